@@ -1,0 +1,58 @@
+//! Account IDs: the one piece of outside input that ends up in file names and
+//! object keys, so it is validated once, here, and carried as a type after that.
+
+use std::fmt;
+
+/// An account ID that matched `[A-Za-z0-9_-]{1,64}` (FORMAT.md §1).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid account ID {0:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+pub struct InvalidAccountId(pub String);
+
+impl AccountId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidAccountId> {
+        let valid = !raw.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(InvalidAccountId(raw.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_allowed_alphabet() {
+        for ok in ["a", "acme", "Edge_17-eu", &"x".repeat(64)] {
+            assert_eq!(AccountId::parse(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        for bad in ["", "a/b", "..", "a.b", "ünï", "a b", "a\0", &"x".repeat(65)] {
+            assert!(AccountId::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Settings: the embedded defaults, overridden by a TOML file, overridden by
+//! command-line flags. Everything is checked here, before anything starts.
+//!
+//! ```toml
+//! data = "data"                    # spool and (by default) archive live here
+//! listen = "127.0.0.1:7280"        # ingest listener
+//! target = "data/archive"          # archive directory (default: <data>/archive)
+//! late_window = "6h"               # how long an hour stays open after it ends
+//! follow_up_after = "1h"           # how long a follow-up part stays open
+//! max_clock_skew = "5m"            # timestamps further ahead are not believed
+//! gzip_level = 6
+//! key_prefix = ""                  # optional, stands before year=, ends in '/'
+//! cache_size = "32MiB"             # sled page cache
+//!
+//! [keys]                           # ingestion key = account
+//! "my-secret-key" = "acme"
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::account::{AccountId, InvalidAccountId};
+use crate::ingest::auth::{KeyError, Keys};
+use crate::seal::SealRule;
+
+/// The key `larch run` accepts when no key is configured, for trying it out.
+pub const DEMO_KEY: &str = "larch-demo-key";
+pub const DEMO_ACCOUNT: &str = "demo";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7280";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{what}: {value:?} is not a duration; write it like 6h, 90m, 30s or 0s")]
+    Duration { what: &'static str, value: String },
+    #[error("cache_size: {0:?} is not a size; write it like 32MiB or 1GiB")]
+    Size(String),
+    #[error("listen: {0:?} is not an address; write it like 127.0.0.1:7280")]
+    Listen(String),
+    #[error("gzip_level must be 0 to 9, not {0}")]
+    GzipLevel(u32),
+    #[error("key_prefix {0:?}: use letters, digits, '_', '-', '.', '=' and '/', end it with '/', and no '.' or '..' segments")]
+    KeyPrefix(String),
+    #[error("--key #{0} is not of the form KEY=ACCOUNT")]
+    KeyFlag(usize),
+    #[error("{0}")]
+    Account(#[from] InvalidAccountId),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+}
+
+/// The TOML file, as written. Unknown keys are errors, so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub target: Option<String>,
+    pub late_window: Option<String>,
+    pub follow_up_after: Option<String>,
+    pub max_clock_skew: Option<String>,
+    pub gzip_level: Option<u32>,
+    pub key_prefix: Option<String>,
+    pub cache_size: Option<String>,
+    pub keys: Option<BTreeMap<String, String>>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Flags that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub target: Option<String>,
+    pub late_window: Option<String>,
+    pub follow_up_after: Option<String>,
+    /// `KEY=ACCOUNT` pairs; given at all, they replace the file's keys.
+    pub keys: Vec<String>,
+}
+
+/// Everything the daemon needs, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub target: String,
+    pub seal: SealRule,
+    pub max_skew_ms: i64,
+    pub gzip_level: u32,
+    pub key_prefix: String,
+    pub cache_bytes: u64,
+    pub keys: Keys,
+    /// Whether the demo key is in use because none was configured.
+    pub demo_key: bool,
+}
+
+fn duration_ms(what: &'static str, value: &str) -> Result<i64, ConfigError> {
+    humantime::parse_duration(value.trim())
+        .map(|d: Duration| d.as_millis().min(i64::MAX as u128) as i64)
+        .map_err(|_| ConfigError::Duration {
+            what,
+            value: value.to_owned(),
+        })
+}
+
+fn size_bytes(value: &str) -> Result<u64, ConfigError> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| ConfigError::Size(value.into()))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return Err(ConfigError::Size(value.into())),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| ConfigError::Size(value.into()))
+}
+
+fn valid_prefix(p: &str) -> bool {
+    p.is_empty()
+        || (p.ends_with('/')
+            && p[..p.len() - 1].split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.=".contains(&b))
+            }))
+}
+
+impl Settings {
+    pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
+        let data_dir = flags
+            .data
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let listen_text = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let target = flags
+            .target
+            .or(file.target)
+            .unwrap_or_else(|| data_dir.join("archive").to_string_lossy().into_owned());
+        let late_window_ms = duration_ms(
+            "late_window",
+            flags
+                .late_window
+                .or(file.late_window)
+                .as_deref()
+                .unwrap_or("6h"),
+        )?;
+        let follow_up_after_ms = duration_ms(
+            "follow_up_after",
+            flags
+                .follow_up_after
+                .or(file.follow_up_after)
+                .as_deref()
+                .unwrap_or("1h"),
+        )?;
+        let max_skew_ms = duration_ms(
+            "max_clock_skew",
+            file.max_clock_skew.as_deref().unwrap_or("5m"),
+        )?;
+        let gzip_level = file.gzip_level.unwrap_or(6);
+        if gzip_level > 9 {
+            return Err(ConfigError::GzipLevel(gzip_level));
+        }
+        let key_prefix = file.key_prefix.unwrap_or_default();
+        if !valid_prefix(&key_prefix) {
+            return Err(ConfigError::KeyPrefix(key_prefix));
+        }
+        let cache_bytes = size_bytes(file.cache_size.as_deref().unwrap_or("32MiB"))?;
+
+        let mut pairs = Vec::new();
+        if flags.keys.is_empty() {
+            for (key, account) in file.keys.unwrap_or_default() {
+                pairs.push((key, AccountId::parse(&account)?));
+            }
+        } else {
+            for (i, flag) in flags.keys.iter().enumerate() {
+                let (key, account) = flag.split_once('=').ok_or(ConfigError::KeyFlag(i + 1))?;
+                pairs.push((key.to_owned(), AccountId::parse(account)?));
+            }
+        }
+        let demo_key = pairs.is_empty();
+        if demo_key {
+            pairs.push((DEMO_KEY.to_owned(), AccountId::parse(DEMO_ACCOUNT)?));
+        }
+        Ok(Self {
+            data_dir,
+            listen,
+            target,
+            seal: SealRule {
+                late_window_ms,
+                follow_up_after_ms,
+            },
+            max_skew_ms,
+            gzip_level,
+            key_prefix,
+            cache_bytes,
+            keys: Keys::new(pairs)?,
+            demo_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(toml_text: &str) -> FileConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn defaults_run_out_of_the_box() {
+        let s = Settings::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.seal, SealRule::default());
+        assert!(s.demo_key);
+        assert_eq!(s.keys.account(DEMO_KEY).unwrap().as_str(), DEMO_ACCOUNT);
+        assert_eq!(PathBuf::from(&s.target), PathBuf::from("data/archive"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = file("late_window = \"2h\"\nlisten = \"127.0.0.1:9\"\n[keys]\nk1 = \"acme\"\n");
+        let s = Settings::resolve(
+            f,
+            Overrides {
+                late_window: Some("0s".into()),
+                keys: vec!["k2=other".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.seal.late_window_ms, 0);
+        assert_eq!(s.listen.port(), 9);
+        assert!(s.keys.account("k1").is_none());
+        assert_eq!(s.keys.account("k2").unwrap().as_str(), "other");
+        assert!(!s.demo_key);
+    }
+
+    #[test]
+    fn bad_accounts_stop_start_up() {
+        let err =
+            Settings::resolve(file("[keys]\nk = \"../etc\"\n"), Overrides::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("invalid account ID \"../etc\""),
+            "{err}"
+        );
+        let err = Settings::resolve(
+            FileConfig::default(),
+            Overrides {
+                keys: vec!["k=a.b".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Account(_)));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        assert!(toml::from_str::<FileConfig>("late_windw = \"1h\"")
+            .unwrap_err()
+            .to_string()
+            .contains("late_windw"));
+        let err =
+            Settings::resolve(file("late_window = \"soon\""), Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("late_window"));
+        let err =
+            Settings::resolve(file("key_prefix = \"../x/\""), Overrides::default()).unwrap_err();
+        assert!(matches!(err, ConfigError::KeyPrefix(_)));
+        assert!(
+            Settings::resolve(file("key_prefix = \"edge/eu-1/\""), Overrides::default()).is_ok()
+        );
+        assert_eq!(size_bytes("32MiB").unwrap(), 32 << 20);
+    }
+}

@@ -1,0 +1,173 @@
+//! `larch run`: wires the stages together and takes them down in order.
+//!
+//! Start-up opens the spool, then starts the commit thread, the seal watcher,
+//! the sync loop and the listener. Shutdown runs the other way: stop accepting
+//! and finish the requests in flight, let the committer drain, stop sealing and
+//! syncing (an upload in flight is abandoned; its recorded state resumes it on
+//! the next start), then flush the spool.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::ingest::{self, Ingest};
+use crate::spool::{Committer, Spool, SpoolError};
+use crate::status::Board;
+use crate::sync::{Backoff, SyncSettings, Syncer};
+use crate::target::{Target, TargetSpecError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Target(#[from] TargetSpecError),
+    #[error("cannot listen on {addr}: {source}. Is another larch (or another program) using that address? Pick another with --listen.")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot prepare {path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the {0} task failed: {1}")]
+    Task(&'static str, String),
+}
+
+/// Seal checks per second: often enough that `--late-window 0s` archives promptly.
+const SEAL_TICK: Duration = Duration::from_millis(500);
+
+pub async fn run(
+    settings: Settings,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let data = settings.data_dir.clone();
+    std::fs::create_dir_all(&data).map_err(|source| DaemonError::Dir {
+        path: data.clone(),
+        source,
+    })?;
+    let spool = {
+        let (data, clock, seal, cache) = (
+            data.clone(),
+            clock.clone(),
+            settings.seal,
+            settings.cache_bytes,
+        );
+        tokio::task::spawn_blocking(move || Spool::open(&data, clock, seal, cache))
+            .await
+            .map_err(|e| DaemonError::Task("spool open", e.to_string()))??
+    };
+    let spool = Arc::new(spool);
+
+    let target = Arc::new(Target::parse(&settings.target)?);
+    // The default archive lives under the data directory; create it. A target the
+    // user named must exist already: creating it could write to the wrong disk.
+    if let Some(dir) = target.local_dir() {
+        if dir.starts_with(&data) {
+            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+    }
+    let board = Arc::new(Board::default());
+    board.set_identity(format!("{:08x}", spool.instance()), target.describe());
+
+    let syncer = Syncer::new(
+        spool.clone(),
+        target.clone(),
+        SyncSettings {
+            staging_dir: data.join("staging"),
+            gzip_level: settings.gzip_level,
+            key_prefix: settings.key_prefix.clone(),
+            backoff: Backoff::default(),
+        },
+        clock.clone(),
+        board.clone(),
+    )
+    .map_err(|source| DaemonError::Dir {
+        path: data.join("staging"),
+        source,
+    })?;
+
+    let listener =
+        TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| DaemonError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+
+    let (committer, commit_thread) = Committer::start(spool.clone());
+    let (stop, stopped) = watch::channel(false);
+    let sealed = Arc::new(Notify::new());
+    let seal_task = tokio::spawn(crate::seal::run(
+        spool.clone(),
+        SEAL_TICK,
+        sealed.clone(),
+        stopped.clone(),
+    ));
+    let sync_task = tokio::spawn(Arc::new(syncer).run(sealed, stopped));
+
+    let app = ingest::router(Arc::new(Ingest {
+        keys: settings.keys.clone(),
+        committer,
+        clock,
+        max_skew_ms: settings.max_skew_ms,
+        spool: spool.clone(),
+        board,
+    }));
+    tracing::info!(
+        "larch listening on http://{addr}, spool in {}, archiving to {}",
+        data.display(),
+        target.describe()
+    );
+    if settings.demo_key {
+        tracing::warn!(
+            "no ingestion keys configured: accepting the demo key {:?} for account {:?}. Configure [keys] before real use.",
+            crate::config::DEMO_KEY,
+            crate::config::DEMO_ACCOUNT
+        );
+    }
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    tracing::info!("shutting down: no longer accepting lines");
+
+    // The router (and with it the last committer handle) is gone: the commit
+    // thread drains what it holds and ends.
+    let _ = stop.send(true);
+    let joined = tokio::task::spawn_blocking(move || commit_thread.join()).await;
+    let _ = seal_task.await;
+    let _ = sync_task.await;
+    let flushed = tokio::task::spawn_blocking(move || spool.make_durable()).await;
+    if let Err(e) = served {
+        return Err(DaemonError::Listen { addr, source: e });
+    }
+    if !matches!(joined, Ok(Ok(()))) {
+        return Err(DaemonError::Task(
+            "commit",
+            "the commit thread panicked".into(),
+        ));
+    }
+    flushed.map_err(|e| DaemonError::Task("final flush", e.to_string()))??;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

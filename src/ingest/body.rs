@@ -1,0 +1,397 @@
+//! Turning an ingest request into lines: gzip, JSON, the limits table and the
+//! timestamp rules of FORMAT.md §3–4. Everything here is checked before a single
+//! line goes to the spool, so a bad request stores nothing.
+
+use std::io::Read;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::clock::EpochMs;
+use crate::line::Line;
+
+pub const MAX_BODY: usize = 10 * 1024 * 1024;
+pub const MAX_LINE: usize = 16 * 1024;
+pub const MAX_META: usize = 32 * 1024;
+pub const MAX_HOSTNAME: usize = 256;
+pub const MAX_APP: usize = 512;
+pub const MAX_LEVEL: usize = 80;
+pub const MAX_TAG: usize = 80;
+/// Reported problems per request; past this the client has enough to go on.
+const MAX_ERRORS: usize = 10;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// 400: the body or a field is malformed or over a field limit.
+    Malformed(Vec<String>),
+    /// 413: the body is over the size limit.
+    TooLarge(String),
+}
+
+/// What the query string says about every line of the request.
+#[derive(Debug, Default, Clone)]
+pub struct RequestContext {
+    pub hostname: Option<String>,
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    /// The client's clock when it sent the request (`now`), for drift correction.
+    pub client_now: Option<EpochMs>,
+    pub tags: Vec<String>,
+    /// Server time the request arrived.
+    pub received: EpochMs,
+    /// Timestamps further ahead than this are not believed.
+    pub max_skew_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    lines: Option<Vec<InLine>>,
+    ls: Option<Vec<InLine>>,
+}
+
+#[derive(Deserialize)]
+struct InLine {
+    line: Option<String>,
+    timestamp: Option<Value>,
+    app: Option<String>,
+    level: Option<String>,
+    file: Option<String>,
+    env: Option<String>,
+    hostname: Option<String>,
+    meta: Option<Value>,
+    label: Option<Value>,
+}
+
+/// Undoes `Content-Encoding: gzip` within the body limit.
+pub fn decode_body(raw: &[u8], gzip: bool) -> Result<Vec<u8>, Rejection> {
+    if raw.len() > MAX_BODY {
+        return Err(too_large());
+    }
+    if !gzip {
+        return Ok(raw.to_vec());
+    }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            Rejection::Malformed(vec![format!(
+                "the body says Content-Encoding: gzip but is not valid gzip ({e})"
+            )])
+        })?;
+    if out.len() > MAX_BODY {
+        return Err(too_large());
+    }
+    Ok(out)
+}
+
+fn too_large() -> Rejection {
+    Rejection::TooLarge(format!(
+        "the request body is over the {} MB limit (after gunzip); send fewer lines per request",
+        MAX_BODY / (1024 * 1024)
+    ))
+}
+
+/// Parses and checks a JSON body into lines ready for the spool.
+pub fn parse(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> {
+    let body: Body = serde_json::from_slice(json).map_err(|e| {
+        Rejection::Malformed(vec![format!(
+            "the body is not valid JSON of the form {{\"lines\":[...]}}: {e}"
+        )])
+    })?;
+    let Some(raw_lines) = body.lines.or(body.ls) else {
+        return Err(Rejection::Malformed(vec![
+            "the body has no \"lines\" array (or \"ls\" array)".into(),
+        ]));
+    };
+    let mut errors = Vec::new();
+    check_len(
+        &mut errors,
+        "hostname parameter",
+        ctx.hostname.as_deref(),
+        MAX_HOSTNAME,
+    );
+    for tag in &ctx.tags {
+        check_len(&mut errors, "tag", Some(tag), MAX_TAG);
+    }
+    let drift = ctx.client_now.map_or(0, |client| ctx.received - client);
+    let mut lines = Vec::with_capacity(raw_lines.len());
+    for (i, raw) in raw_lines.into_iter().enumerate() {
+        if errors.len() >= MAX_ERRORS {
+            break;
+        }
+        match convert(raw, ctx, drift) {
+            Ok(line) => lines.push(line),
+            Err(problems) => {
+                errors.extend(problems.into_iter().map(|p| format!("lines[{i}]: {p}")))
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(lines)
+    } else {
+        errors.truncate(MAX_ERRORS);
+        Err(Rejection::Malformed(errors))
+    }
+}
+
+fn check_len(errors: &mut Vec<String>, what: &str, value: Option<&str>, max: usize) {
+    if let Some(v) = value {
+        let n = v.chars().count();
+        if n > max {
+            errors.push(format!("{what} is {n} characters, over the limit of {max}"));
+        }
+    }
+}
+
+fn convert(raw: InLine, ctx: &RequestContext, drift: i64) -> Result<Line, Vec<String>> {
+    let mut errors = Vec::new();
+    let Some(mut text) = raw.line else {
+        return Err(vec!["\"line\" is missing".into()]);
+    };
+    check_len(
+        &mut errors,
+        "hostname",
+        raw.hostname.as_deref(),
+        MAX_HOSTNAME,
+    );
+    check_len(&mut errors, "app", raw.app.as_deref(), MAX_APP);
+    check_len(&mut errors, "level", raw.level.as_deref(), MAX_LEVEL);
+    let ts = match resolve_timestamp(raw.timestamp.as_ref(), ctx, drift) {
+        Ok(ts) => ts,
+        Err(e) => {
+            errors.push(e);
+            ctx.received
+        }
+    };
+    let meta_json = raw.meta.map(meta_text);
+    if let Some(m) = &meta_json {
+        if m.len() > MAX_META {
+            errors.push(format!(
+                "meta is {} bytes serialized, over the limit of {MAX_META}",
+                m.len()
+            ));
+        }
+    }
+    let label_json = match raw.label {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(v.to_string()),
+        Some(_) => {
+            errors.push("\"label\" must be an object of name → value".into());
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let truncated = text.len() > MAX_LINE;
+    if truncated {
+        let mut cut = MAX_LINE;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    Ok(Line {
+        ts,
+        line: text,
+        truncated,
+        host: raw.hostname.or_else(|| ctx.hostname.clone()),
+        app: raw.app,
+        file: raw.file,
+        level: raw.level,
+        env: raw.env,
+        ip: ctx.ip.clone(),
+        mac: ctx.mac.clone(),
+        tags: ctx.tags.clone(),
+        label_json,
+        meta_json,
+        ingester: "http".into(),
+    })
+}
+
+/// `meta` as an object when it is one, or a string holding one; else as sent.
+fn meta_text(meta: Value) -> String {
+    if let Value::String(s) = &meta {
+        if let Ok(inner @ Value::Object(_)) = serde_json::from_str::<Value>(s) {
+            return inner.to_string();
+        }
+    }
+    meta.to_string()
+}
+
+/// The line's `_ts`: the client's timestamp (ms, or seconds recognised by
+/// magnitude) corrected for the client's clock drift, unless it is missing or
+/// further ahead than the allowed skew; then the time the request arrived.
+fn resolve_timestamp(
+    raw: Option<&Value>,
+    ctx: &RequestContext,
+    drift: i64,
+) -> Result<EpochMs, String> {
+    let number = match raw {
+        None | Some(Value::Null) => return Ok(ctx.received),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    let Some(t) = number.filter(|t| t.is_finite()) else {
+        return Err("\"timestamp\" must be epoch milliseconds (a number)".into());
+    };
+    // 1e11 ms is 1973; 1e11 s is the year 5138: below it, a value is seconds.
+    let ms = if t.abs() < 1e11 { t * 1000.0 } else { t };
+    let ms = (ms as i64).saturating_add(drift);
+    // Years 1970 to 9999 only, so every hour has a printable name.
+    if !(0..253_402_300_800_000).contains(&ms) || ms > ctx.received.saturating_add(ctx.max_skew_ms)
+    {
+        return Ok(ctx.received);
+    }
+    Ok(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: EpochMs = 1_764_140_245_123;
+
+    fn ctx() -> RequestContext {
+        RequestContext {
+            received: NOW,
+            max_skew_ms: 300_000,
+            ..RequestContext::default()
+        }
+    }
+
+    fn parse_json(v: Value) -> Result<Vec<Line>, Rejection> {
+        parse(v.to_string().as_bytes(), &ctx())
+    }
+
+    fn malformed(r: Result<Vec<Line>, Rejection>) -> String {
+        match r {
+            Err(Rejection::Malformed(e)) => e.join("; "),
+            other => panic!("expected 400, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lines_and_ls_are_both_accepted() {
+        let a = parse_json(json!({"lines":[{"line":"x","app":"nginx"}]})).unwrap();
+        let b = parse_json(json!({"e":"ls","ls":[{"line":"x","app":"nginx"}]})).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a[0].app.as_deref(), Some("nginx"));
+        assert_eq!(a[0].ts, NOW);
+    }
+
+    #[test]
+    fn missing_line_and_bad_json_are_400() {
+        assert!(
+            malformed(parse_json(json!({"lines":[{"line":"ok"},{"app":"a"}]})))
+                .contains("lines[1]: \"line\" is missing")
+        );
+        assert!(malformed(parse(b"{not json", &ctx())).contains("not valid JSON"));
+        assert!(malformed(parse_json(json!({"other":1}))).contains("no \"lines\""));
+    }
+
+    #[test]
+    fn field_limits_are_enforced() {
+        let long = |n| "h".repeat(n);
+        assert!(parse_json(
+            json!({"lines":[{"line":"x","hostname":long(256),"app":long(512),"level":long(80)}]})
+        )
+        .is_ok());
+        assert!(malformed(parse_json(
+            json!({"lines":[{"line":"x","hostname":long(257)}]})
+        ))
+        .contains("hostname"));
+        assert!(
+            malformed(parse_json(json!({"lines":[{"line":"x","app":long(513)}]}))).contains("app")
+        );
+        assert!(
+            malformed(parse_json(json!({"lines":[{"line":"x","level":long(81)}]})))
+                .contains("level")
+        );
+        let mut c = ctx();
+        c.tags = vec!["ok".into(), long(81)];
+        assert!(
+            matches!(parse(br#"{"lines":[{"line":"x"}]}"#, &c), Err(Rejection::Malformed(e)) if e[0].contains("tag"))
+        );
+    }
+
+    #[test]
+    fn meta_over_32k_is_400_and_under_is_kept() {
+        let big = "m".repeat(40 * 1024);
+        assert!(
+            malformed(parse_json(json!({"lines":[{"line":"x","meta":{"k":big}}]})))
+                .contains("meta")
+        );
+        let ok = parse_json(json!({"lines":[{"line":"x","meta":{"status":200}}]})).unwrap();
+        assert_eq!(ok[0].meta_json.as_deref(), Some(r#"{"status":200}"#));
+    }
+
+    #[test]
+    fn meta_as_a_json_string_becomes_an_object() {
+        let l = parse_json(json!({"lines":[{"line":"x","meta":"{\"a\":1,\"b\":[2]}"},{"line":"y","meta":"plain"}]})).unwrap();
+        assert_eq!(l[0].meta_json.as_deref(), Some(r#"{"a":1,"b":[2]}"#));
+        assert_eq!(l[1].meta_json.as_deref(), Some(r#""plain""#));
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_a_char_boundary() {
+        let text = format!("{}é tail", "a".repeat(MAX_LINE - 1));
+        let l = parse_json(json!({"lines":[{"line":text}]})).unwrap();
+        assert!(l[0].truncated);
+        assert_eq!(l[0].line.len(), MAX_LINE - 1);
+        let exact = parse_json(json!({"lines":[{"line":"a".repeat(MAX_LINE)}]})).unwrap();
+        assert!(!exact[0].truncated);
+    }
+
+    #[test]
+    fn timestamps_seconds_drift_and_skew() {
+        let ts = |v: Value, c: &RequestContext| {
+            parse(
+                json!({"lines":[{"line":"x","timestamp":v}]})
+                    .to_string()
+                    .as_bytes(),
+                c,
+            )
+            .unwrap()[0]
+                .ts
+        };
+        let c = ctx();
+        assert_eq!(ts(json!(NOW - 5000), &c), NOW - 5000);
+        assert_eq!(
+            ts(json!((NOW - 5000) / 1000), &c),
+            (NOW - 5000) / 1000 * 1000
+        );
+        // Ahead of the allowed skew: not believed.
+        assert_eq!(ts(json!(NOW + 3_600_000), &c), NOW);
+        // The client's clock is 10 s slow: its timestamps move forward 10 s.
+        let mut drift = ctx();
+        drift.client_now = Some(NOW - 10_000);
+        assert_eq!(ts(json!(NOW - 60_000), &drift), NOW - 50_000);
+        assert!(malformed(parse_json(
+            json!({"lines":[{"line":"x","timestamp":"soon"}]})
+        ))
+        .contains("timestamp"));
+    }
+
+    #[test]
+    fn gzip_bodies_are_checked() {
+        assert!(matches!(
+            decode_body(b"plain text", true),
+            Err(Rejection::Malformed(_))
+        ));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &vec![b' '; MAX_BODY + 10]).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(matches!(
+            decode_body(&bomb, true),
+            Err(Rejection::TooLarge(_))
+        ));
+        assert!(matches!(
+            decode_body(&vec![0; MAX_BODY + 1], false),
+            Err(Rejection::TooLarge(_))
+        ));
+    }
+}

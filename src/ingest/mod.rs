@@ -1,0 +1,176 @@
+//! The HTTP front door: Mezmo-compatible `POST /logs/ingest`, plus `/status`
+//! and `/health`. A request is answered 200 only after the committer says its
+//! lines are durable; every refusal uses FORMAT.md's error body.
+
+pub mod auth;
+pub mod body;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::clock::SharedClock;
+use crate::spool::{CommitError, Committer, Spool};
+use crate::status::Board;
+pub use auth::Keys;
+use body::{Rejection, RequestContext};
+
+pub struct Ingest {
+    pub keys: Keys,
+    pub committer: Committer,
+    pub clock: SharedClock,
+    pub max_skew_ms: i64,
+    pub spool: Arc<Spool>,
+    pub board: Arc<Board>,
+}
+
+pub fn router(ingest: Arc<Ingest>) -> Router {
+    Router::new()
+        .route("/logs/ingest", post(ingest_lines))
+        .route("/status", get(status))
+        .route("/health", get(|| async { "ok\n" }))
+        // The handler enforces the body limit itself, with FORMAT.md's 413 body.
+        .layer(DefaultBodyLimit::max(body::MAX_BODY + 1))
+        .with_state(ingest)
+}
+
+fn not_ok(status: StatusCode, errors: Vec<String>) -> Response {
+    (status, Json(json!({"status": "not ok", "errors": errors}))).into_response()
+}
+
+async fn ingest_lines(
+    State(ingest): State<Arc<Ingest>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let params: Vec<(String, String)> = query
+        .as_deref()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+
+    let Some(key) = auth::key_of(&headers, param("apikey")) else {
+        return not_ok(
+            StatusCode::UNAUTHORIZED,
+            vec!["no ingestion key: send it as Basic auth (key as user name), an apikey header, or ?apikey=".into()],
+        );
+    };
+    let Some(account) = ingest.keys.account(&key).cloned() else {
+        return not_ok(
+            StatusCode::UNAUTHORIZED,
+            vec!["unknown ingestion key".into()],
+        );
+    };
+    let raw = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return rejection(Rejection::TooLarge(format!(
+                "the request body is over the {} MB limit; send fewer lines per request",
+                body::MAX_BODY / (1024 * 1024)
+            )))
+        }
+        Err(e) => {
+            return not_ok(
+                StatusCode::BAD_REQUEST,
+                vec![format!("cannot read the request body: {e}")],
+            )
+        }
+    };
+    let gzip = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let ctx = RequestContext {
+        hostname: param("hostname").map(str::to_owned),
+        mac: param("mac").map(str::to_owned),
+        ip: param("ip").map(str::to_owned),
+        client_now: param("now")
+            .and_then(|n| n.parse::<f64>().ok())
+            .map(|n| n as i64),
+        tags: param("tags")
+            .map(|t| {
+                t.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        received: ingest.clock.now_ms(),
+        max_skew_ms: ingest.max_skew_ms,
+    };
+    let lines = match body::decode_body(&raw, gzip).and_then(|json| body::parse(&json, &ctx)) {
+        Ok(lines) => lines,
+        Err(r) => return rejection(r),
+    };
+    match ingest.committer.commit(account, lines).await {
+        Ok(batch_id) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "batchID": batch_id})),
+        )
+            .into_response(),
+        Err(e @ CommitError::ShuttingDown) => not_ok(
+            StatusCode::SERVICE_UNAVAILABLE,
+            vec![format!("{e}; retry shortly")],
+        ),
+        Err(
+            e @ CommitError::Store {
+                disk_full: true, ..
+            },
+        ) => not_ok(
+            StatusCode::INSUFFICIENT_STORAGE,
+            vec![format!(
+                "{e}; the spool's disk is full, nothing of this request was stored, retry later"
+            )],
+        ),
+        Err(e) => not_ok(
+            StatusCode::SERVICE_UNAVAILABLE,
+            vec![format!(
+                "{e}; nothing of this request was stored, retry later"
+            )],
+        ),
+    }
+}
+
+fn rejection(r: Rejection) -> Response {
+    match r {
+        Rejection::Malformed(errors) => not_ok(StatusCode::BAD_REQUEST, errors),
+        Rejection::TooLarge(e) => not_ok(StatusCode::PAYLOAD_TOO_LARGE, vec![e]),
+    }
+}
+
+/// Status is for the host's own operator: only loopback peers are answered.
+async fn status(
+    State(ingest): State<Arc<Ingest>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return not_ok(
+            StatusCode::FORBIDDEN,
+            vec!["status is served to loopback clients only".into()],
+        );
+    }
+    let spool = ingest.spool.clone();
+    match tokio::task::spawn_blocking(move || spool.summary()).await {
+        Ok(Ok(summary)) => Json(ingest.board.snapshot(summary)).into_response(),
+        Ok(Err(e)) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
+        Err(e) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
+    }
+}

@@ -1,0 +1,185 @@
+//! The `larch` command: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use larch::clock::SystemClock;
+use larch::config::{FileConfig, Overrides, Settings, DEFAULT_LISTEN};
+use larch::status::Status;
+
+#[derive(Parser)]
+#[command(name = "larch", version, about = "A log archiver for edge hosts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: accept lines, spool them, seal hours, archive them.
+    Run(RunArgs),
+    /// Ask a running larch what it holds and what it is doing.
+    Status {
+        /// Address of the running larch.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        addr: String,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML config file (see README). Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory for the spool (and the default archive).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Address to listen on for ingest.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Archive target: a directory path or file:// URL.
+    #[arg(long)]
+    target: Option<String>,
+    /// How long an hour stays open after it ends, e.g. 6h or 0s.
+    #[arg(long)]
+    late_window: Option<String>,
+    /// How long a follow-up part stays open after its first line.
+    #[arg(long)]
+    follow_up_after: Option<String>,
+    /// An ingestion key and its account, KEY=ACCOUNT. Repeatable; replaces the config's keys.
+    #[arg(long = "key", value_name = "KEY=ACCOUNT")]
+    keys: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Run(args) => {
+            init_logging();
+            run(args)
+        }
+        Command::Status { addr, json } => status(&addr, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("larch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let settings = Settings::resolve(
+        file,
+        Overrides {
+            data: args.data,
+            listen: args.listen,
+            target: args.target,
+            late_window: args.late_window,
+            follow_up_after: args.follow_up_after,
+            keys: args.keys,
+        },
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(larch::daemon::run(
+        settings,
+        Arc::new(SystemClock),
+        shutdown_signal(),
+    ));
+    // Blocking work still running (a compression) is abandoned; its part resumes on the next start.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(result?)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn status(addr: &str, json: bool) -> anyhow::Result<()> {
+    let url = format!("http://{addr}/status");
+    let mut response = ureq::get(&url)
+        .call()
+        .with_context(|| format!("cannot reach larch at {addr}; is `larch run` running there? (use --addr to point elsewhere)"))?;
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .context("cannot read the status reply")?;
+    let status: Status =
+        serde_json::from_str(&text).with_context(|| format!("unexpected status reply: {text}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let s = &status.spool;
+    println!("instance         {}", status.instance);
+    println!("target           {}", status.target);
+    println!(
+        "parts            {} open, {} sealed, {} uploading",
+        s.parts_open, s.parts_sealed, s.parts_uploading
+    );
+    println!(
+        "waiting          {} lines, {} bytes",
+        s.lines_waiting, s.bytes_waiting
+    );
+    println!(
+        "oldest waiting   {}",
+        s.oldest_waiting_hour.as_deref().unwrap_or("-")
+    );
+    println!(
+        "uploaded         {} objects ({} failed attempts)",
+        status.objects_uploaded, status.upload_failures
+    );
+    println!("quarantined      {} records", s.records_quarantined);
+    if let Some(p) = &status.sync_paused {
+        println!("SYNC PAUSED      {p}");
+    }
+    println!(
+        "last error       {}",
+        status.last_error.as_deref().unwrap_or("-")
+    );
+    if status.sync_paused.is_some() {
+        bail!("uploads are paused; see above");
+    }
+    Ok(())
+}

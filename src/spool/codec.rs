@@ -1,0 +1,85 @@
+//! How records are laid out as bytes in sled: a version byte, a CRC-32 of the
+//! payload, then the payload in bincode. bincode is used here and nowhere else,
+//! so the encoding can be swapped without touching the rest of the spool.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+const VERSION: u8 = 1;
+const HEADER: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CorruptRecord {
+    #[error("record is {0} bytes, shorter than its header")]
+    Short(usize),
+    #[error("record has version {0}, this larch reads version {VERSION}")]
+    Version(u8),
+    #[error("record checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("record does not decode: {0}")]
+    Decode(String),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![VERSION, 0, 0, 0, 0];
+    // Writing into a Vec cannot fail, and our records hold only serde-friendly types.
+    if let Err(e) = bincode::serde::encode_into_std_write(value, &mut out, config()) {
+        unreachable!("spool record failed to encode: {e}");
+    }
+    let crc = crc32fast::hash(&out[HEADER..]);
+    out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CorruptRecord> {
+    if bytes.len() < HEADER {
+        return Err(CorruptRecord::Short(bytes.len()));
+    }
+    if bytes[0] != VERSION {
+        return Err(CorruptRecord::Version(bytes[0]));
+    }
+    let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let computed = crc32fast::hash(&bytes[HEADER..]);
+    if stored != computed {
+        return Err(CorruptRecord::Checksum { stored, computed });
+    }
+    let (value, used) = bincode::serde::decode_from_slice(&bytes[HEADER..], config())
+        .map_err(|e| CorruptRecord::Decode(e.to_string()))?;
+    if used != bytes.len() - HEADER {
+        return Err(CorruptRecord::Decode(format!(
+            "{} trailing bytes",
+            bytes.len() - HEADER - used
+        )));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let v = (7u64, "hello".to_string(), vec![Some(1i64), None]);
+        let back: (u64, String, Vec<Option<i64>>) = decode(&encode(&v)).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        let bytes = encode(&("a line worth keeping".to_string(), 42u32));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x5a;
+            assert!(
+                decode::<(String, u32)>(&bad).is_err(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
+        assert!(decode::<(String, u32)>(&bytes[..3]).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! Group commit: many concurrent requests share one flush and one fsync.
+//!
+//! Sources hand their lines to [`Committer::commit`] and wait. One thread takes
+//! every request that is waiting, stages them in one sled batch, makes it durable,
+//! and only then answers them all. A request is in exactly one group, so it is
+//! stored whole or not at all.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Spool, SpoolError};
+use crate::account::AccountId;
+use crate::line::Line;
+
+/// At most this many line bytes go into one group, so one fsync never waits
+/// behind an unbounded amount of work.
+const GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// Requests waiting for a group; more than this and senders wait their turn.
+const QUEUE: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("larch is shutting down and takes no more lines")]
+    ShuttingDown,
+    #[error("the spool could not store the lines: {message}")]
+    Store { message: String, disk_full: bool },
+}
+
+impl From<&SpoolError> for CommitError {
+    fn from(e: &SpoolError) -> Self {
+        CommitError::Store {
+            message: e.to_string(),
+            disk_full: e.is_disk_full(),
+        }
+    }
+}
+
+struct Request {
+    account: AccountId,
+    lines: Vec<Line>,
+    bytes: usize,
+    done: oneshot::Sender<Result<String, CommitError>>,
+}
+
+/// The handle sources commit through. Cloning is cheap; the committer thread
+/// ends once every clone is dropped and the queue is drained.
+#[derive(Clone)]
+pub struct Committer {
+    queue: mpsc::Sender<Request>,
+}
+
+impl Committer {
+    pub fn start(spool: Arc<Spool>) -> (Self, JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("larch-commit".into())
+            .spawn(move || run(spool, rx));
+        match thread {
+            Ok(handle) => (Self { queue }, handle),
+            // Without its commit thread larch cannot acknowledge anything.
+            Err(e) => panic!("cannot start the commit thread: {e}"),
+        }
+    }
+
+    /// Makes `lines` durable for `account`. Returns the batch ID once they are.
+    pub async fn commit(
+        &self,
+        account: AccountId,
+        lines: Vec<Line>,
+    ) -> Result<String, CommitError> {
+        let bytes = lines.iter().map(|l| l.line.len() + 64).sum();
+        let (done, answer) = oneshot::channel();
+        let request = Request {
+            account,
+            lines,
+            bytes,
+            done,
+        };
+        self.queue
+            .send(request)
+            .await
+            .map_err(|_| CommitError::ShuttingDown)?;
+        match answer.await {
+            Ok(answer) => answer,
+            Err(_) => Err(CommitError::ShuttingDown),
+        }
+    }
+}
+
+fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group_bytes = first.bytes;
+        let mut group = vec![first];
+        while group_bytes < GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(r) => {
+                    group_bytes += r.bytes;
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let (requests, answers): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|r| ((r.account, r.lines), r.done))
+            .unzip();
+        match commit_group(&spool, &requests) {
+            Ok(batch_ids) => {
+                for (done, id) in answers.into_iter().zip(batch_ids) {
+                    let _ = done.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    "could not store {} request(s); they were refused: {e}",
+                    answers.len()
+                );
+                for done in answers {
+                    let _ = done.send(Err(CommitError::from(&e)));
+                }
+            }
+        }
+    }
+}
+
+fn commit_group(
+    spool: &Spool,
+    requests: &[(AccountId, Vec<Line>)],
+) -> Result<Vec<String>, SpoolError> {
+    let staged = spool.append(requests)?;
+    if let Err(e) = spool.make_durable() {
+        if let Err(undo) = spool.discard(&staged) {
+            tracing::error!("could not remove lines that failed to become durable: {undo}");
+        }
+        return Err(e);
+    }
+    Ok(staged.batch_ids)
+}

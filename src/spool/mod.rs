@@ -1,0 +1,533 @@
+//! The spool: lines on local disk, in sled, until the archive holds them.
+//!
+//! Lines are grouped into parts by (account, UTC hour, part number) and stored
+//! in blocks of many lines per sled value. [`Spool::append`] stages a group of
+//! requests in one atomic batch; [`Spool::make_durable`] then flushes and fsyncs,
+//! and only after that may anything be acknowledged (see `commit`).
+
+mod codec;
+mod commit;
+mod durable;
+pub mod keys;
+pub mod part;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::AccountId;
+use crate::clock::{EpochMs, SharedClock};
+use crate::hour::Hour;
+use crate::line::{Line, StoredLine};
+use crate::seal::SealRule;
+
+pub use commit::{CommitError, Committer};
+pub use keys::PartId;
+pub use part::{PartRecord, PartState, Upload};
+
+/// Bumped when the on-disk layout changes incompatibly.
+const FORMAT_VERSION: u32 = 1;
+/// Lines per sled value are capped by size so values stay well inside sled's
+/// inline limit and a block decodes in little memory.
+const BLOCK_BYTES: usize = 60 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("cannot open the spool in {path}: {source}. Check that the directory is writable and that no other larch process is using it.")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("the spool in {path} has format version {found}, but this larch reads version {FORMAT_VERSION}. Run the larch version that wrote it until it has uploaded everything (`larch status` shows 0 lines waiting), then upgrade.")]
+    Incompatible { path: PathBuf, found: u32 },
+    #[error("spool storage error: {0}")]
+    Storage(#[from] sled::Error),
+}
+
+impl SpoolError {
+    /// The disk (or its quota) is full: the client should retry later.
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            SpoolError::Storage(sled::Error::Io(e)) => e,
+            SpoolError::Open {
+                source: sled::Error::Io(e),
+                ..
+            } => e,
+            _ => return false,
+        };
+        io.kind() == io::ErrorKind::StorageFull || matches!(io.raw_os_error(), Some(28) | Some(122))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Block {
+    lines: Vec<StoredLine>,
+}
+
+/// What one group commit staged, so it can be undone if it never became durable.
+pub struct Staged {
+    pub batch_ids: Vec<String>,
+    block_keys: Vec<Vec<u8>>,
+}
+
+/// Counts for `larch status`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpoolSummary {
+    pub parts_open: u64,
+    pub parts_sealed: u64,
+    pub parts_uploading: u64,
+    pub lines_waiting: u64,
+    pub bytes_waiting: u64,
+    /// Oldest hour with lines not yet archived, e.g. `2026-11-26T07:00Z`.
+    pub oldest_waiting_hour: Option<String>,
+    pub records_quarantined: u64,
+}
+
+struct OpenPart {
+    seq: u32,
+    record: PartRecord,
+}
+
+struct Index {
+    open: HashMap<(AccountId, Hour), OpenPart>,
+    next_line: u64,
+}
+
+pub struct Spool {
+    db: sled::Db,
+    durability: durable::Durability,
+    index: Mutex<Index>,
+    clock: SharedClock,
+    seal_rule: SealRule,
+    instance: u32,
+    quarantined: AtomicU64,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool under `dir`.
+    pub fn open(
+        dir: &Path,
+        clock: SharedClock,
+        seal_rule: SealRule,
+        cache_bytes: u64,
+    ) -> Result<Self, SpoolError> {
+        let path = dir.join("spool");
+        let open_err = |source| SpoolError::Open {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&path).map_err(|e| open_err(e.into()))?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // Acks rely on our own flush + fsync, never on a background flush.
+            .flush_every_ms(None)
+            .open()
+            .map_err(open_err)?;
+        let durability = durable::Durability::open(&path).map_err(|e| open_err(e.into()))?;
+
+        let version = read_u64(&db, "version")?;
+        match version {
+            None => {
+                db.insert(
+                    keys::meta("version"),
+                    &u64::from(FORMAT_VERSION).to_be_bytes(),
+                )?;
+            }
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(found) => {
+                return Err(SpoolError::Incompatible {
+                    path,
+                    found: found as u32,
+                })
+            }
+        }
+        let instance = match read_u64(&db, "instance")? {
+            Some(i) => i as u32,
+            None => {
+                let i: u32 = rand::random();
+                db.insert(keys::meta("instance"), &u64::from(i).to_be_bytes())?;
+                i
+            }
+        };
+        let next_line = read_u64(&db, "next_line")?.unwrap_or(0);
+        let spool = Self {
+            db,
+            durability,
+            index: Mutex::new(Index {
+                open: HashMap::new(),
+                next_line,
+            }),
+            clock,
+            seal_rule,
+            instance,
+            quarantined: AtomicU64::new(0),
+        };
+        let quarantined = spool.db.scan_prefix([keys::QUARANTINE]).count() as u64;
+        spool.quarantined.store(quarantined, Ordering::Relaxed);
+        let mut open = HashMap::new();
+        for (id, record) in spool.part_records()? {
+            if record.state == PartState::Open {
+                open.insert(
+                    (id.account, id.hour),
+                    OpenPart {
+                        seq: id.seq,
+                        record,
+                    },
+                );
+            }
+        }
+        spool.lock().open = open;
+        spool.make_durable()?;
+        Ok(spool)
+    }
+
+    /// A random ID for this spool, chosen when it was created.
+    pub fn instance(&self) -> u32 {
+        self.instance
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stages every request of a group in one atomic batch: lines get their IDs
+    /// and parts, counters move on. Nothing is durable until [`Self::make_durable`].
+    pub fn append(&self, requests: &[(AccountId, Vec<Line>)]) -> Result<Staged, SpoolError> {
+        let now = self.clock.now_ms();
+        let mut index = self.lock();
+        let mut next_line = index.next_line;
+        let mut touched: HashMap<(AccountId, Hour), OpenPart> = HashMap::new();
+        let mut lines_by_part: HashMap<PartId, Vec<(u64, StoredLine)>> = HashMap::new();
+        let mut batch_ids = Vec::with_capacity(requests.len());
+
+        for (account, lines) in requests {
+            let mut first_id = None;
+            for line in lines {
+                let hour = Hour::of(line.ts);
+                let slot = (account.clone(), hour);
+                if !touched.contains_key(&slot) {
+                    let part = match index.open.get(&slot) {
+                        Some(p) => OpenPart {
+                            seq: p.seq,
+                            record: p.record.clone(),
+                        },
+                        None => self.new_part(account, hour, now)?,
+                    };
+                    touched.insert(slot.clone(), part);
+                }
+                let Some(part) = touched.get_mut(&slot) else {
+                    continue;
+                };
+                part.record.lines += 1;
+                part.record.bytes += line.line.len() as u64;
+                let seq = next_line;
+                next_line += 1;
+                let id = line_id(now, self.instance, seq);
+                first_id.get_or_insert_with(|| id.clone());
+                let part_id = PartId {
+                    account: account.clone(),
+                    hour,
+                    seq: part.seq,
+                };
+                lines_by_part.entry(part_id).or_default().push((
+                    seq,
+                    StoredLine {
+                        id,
+                        received: now,
+                        line: line.clone(),
+                    },
+                ));
+            }
+            batch_ids.push(first_id.unwrap_or_else(|| line_id(now, self.instance, next_line)));
+        }
+
+        let mut batch = sled::Batch::default();
+        let mut block_keys = Vec::new();
+        for (part_id, lines) in lines_by_part {
+            for (first_seq, block) in into_blocks(lines) {
+                let key = keys::block(&part_id, first_seq);
+                batch.insert(key.clone(), codec::encode(&block));
+                block_keys.push(key);
+            }
+        }
+        for ((account, hour), part) in &touched {
+            let id = PartId {
+                account: account.clone(),
+                hour: *hour,
+                seq: part.seq,
+            };
+            batch.insert(keys::part(&id), codec::encode(&part.record));
+        }
+        batch.insert(keys::meta("next_line"), &next_line.to_be_bytes());
+        self.db.apply_batch(batch)?;
+
+        index.next_line = next_line;
+        index.open.extend(touched);
+        Ok(Staged {
+            batch_ids,
+            block_keys,
+        })
+    }
+
+    /// Removes the lines of a group that could not be made durable, so that a
+    /// request answered with an error never reaches the archive.
+    pub fn discard(&self, staged: &Staged) -> Result<(), SpoolError> {
+        let mut batch = sled::Batch::default();
+        for key in &staged.block_keys {
+            batch.remove(key.as_slice());
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Flushes and fsyncs everything staged so far.
+    pub fn make_durable(&self) -> Result<(), SpoolError> {
+        Ok(self.durability.flush(&self.db)?)
+    }
+
+    /// A part for an (account, hour) that has none open: the first part of the
+    /// hour, or the next follow-up part after the ones already known.
+    fn new_part(
+        &self,
+        account: &AccountId,
+        hour: Hour,
+        now: EpochMs,
+    ) -> Result<OpenPart, SpoolError> {
+        let last = self
+            .db
+            .scan_prefix(keys::parts_of_hour(account, hour))
+            .keys()
+            .next_back()
+            .transpose()?;
+        let seq = match last.as_deref().and_then(keys::parse_part) {
+            Some(p) => p.seq + 1,
+            None => 0,
+        };
+        Ok(OpenPart {
+            seq,
+            record: PartRecord {
+                state: PartState::Open,
+                first_line_ms: now,
+                lines: 0,
+                bytes: 0,
+            },
+        })
+    }
+
+    /// Seals every open part whose time is up, durably. Returns the parts sealed.
+    pub fn seal_due(&self) -> Result<Vec<PartId>, SpoolError> {
+        let now = self.clock.now_ms();
+        let sealed = {
+            let mut index = self.lock();
+            let due: Vec<(AccountId, Hour)> = index
+                .open
+                .iter()
+                .filter(|((_, hour), p)| {
+                    self.seal_rule.due_at(*hour, p.seq, p.record.first_line_ms) <= now
+                })
+                .map(|(slot, _)| slot.clone())
+                .collect();
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut batch = sled::Batch::default();
+            let mut sealed = Vec::with_capacity(due.len());
+            for slot in &due {
+                if let Some(p) = index.open.get(slot) {
+                    let id = PartId {
+                        account: slot.0.clone(),
+                        hour: slot.1,
+                        seq: p.seq,
+                    };
+                    let record = PartRecord {
+                        state: PartState::Sealed,
+                        ..p.record.clone()
+                    };
+                    batch.insert(keys::part(&id), codec::encode(&record));
+                    sealed.push(id);
+                }
+            }
+            self.db.apply_batch(batch)?;
+            for slot in &due {
+                index.open.remove(slot);
+            }
+            sealed
+        };
+        self.make_durable()?;
+        Ok(sealed)
+    }
+
+    /// Every part record, in key order. A record that does not decode is set
+    /// aside and replaced by a sealed record of the same part, so its lines
+    /// are still archived (its own key says which part it was).
+    fn part_records(&self) -> Result<Vec<(PartId, PartRecord)>, SpoolError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([keys::PART]) {
+            let (key, value) = item?;
+            let Some(id) = keys::parse_part(&key) else {
+                self.quarantine(&key, &value, "part key does not parse")?;
+                continue;
+            };
+            match codec::decode::<PartRecord>(&value) {
+                Ok(record) => out.push((id, record)),
+                Err(e) => {
+                    self.quarantine(&key, &value, &format!("part record of {id}: {e}"))?;
+                    let record = PartRecord {
+                        state: PartState::Sealed,
+                        first_line_ms: self.clock.now_ms(),
+                        lines: 0,
+                        bytes: 0,
+                    };
+                    self.db.insert(&key, codec::encode(&record))?;
+                    out.push((id, record));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Parts the sync loop has work for, oldest hour first.
+    pub fn parts_to_sync(&self) -> Result<Vec<(PartId, PartRecord)>, SpoolError> {
+        let mut parts: Vec<_> = self
+            .part_records()?
+            .into_iter()
+            .filter(|(_, r)| r.state.needs_sync())
+            .collect();
+        parts.sort_by(|(a, _), (b, _)| {
+            (a.hour, &a.account, a.seq).cmp(&(b.hour, &b.account, b.seq))
+        });
+        Ok(parts)
+    }
+
+    pub fn record(&self, id: &PartId) -> Result<Option<PartRecord>, SpoolError> {
+        match self.db.get(keys::part(id))? {
+            None => Ok(None),
+            Some(v) => Ok(codec::decode(&v).ok()),
+        }
+    }
+
+    /// Moves a part to its next state, durably.
+    pub fn set_record(&self, id: &PartId, record: &PartRecord) -> Result<(), SpoolError> {
+        self.db.insert(keys::part(id), codec::encode(record))?;
+        self.make_durable()
+    }
+
+    /// Calls `each` with every block of a part's lines, in the order they were
+    /// made durable. A block that fails its checksum is set aside and skipped.
+    pub fn for_each_block<E: From<SpoolError>>(
+        &self,
+        id: &PartId,
+        mut each: impl FnMut(&[StoredLine]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for item in self.db.scan_prefix(keys::blocks_of(id)) {
+            let (key, value) = item.map_err(SpoolError::from)?;
+            match codec::decode::<Block>(&value) {
+                Ok(block) => each(&block.lines)?,
+                Err(e) => self.quarantine(&key, &value, &format!("block of {id}: {e}"))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes an uploaded part's lines from the spool.
+    pub fn delete_blocks(&self, id: &PartId) -> Result<(), SpoolError> {
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
+        for key in self.db.scan_prefix(keys::blocks_of(id)).keys() {
+            batch.remove(key?);
+            pending += 1;
+            if pending == 1024 {
+                self.db.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn quarantine(&self, key: &[u8], value: &[u8], why: &str) -> Result<(), SpoolError> {
+        tracing::error!("corrupt spool record set aside: {why}. Its raw bytes are kept in the spool's quarantine; the other records are unaffected.");
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::quarantine(key), value);
+        batch.remove(key);
+        self.db.apply_batch(batch)?;
+        self.quarantined.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn summary(&self) -> Result<SpoolSummary, SpoolError> {
+        let mut s = SpoolSummary {
+            records_quarantined: self.quarantined.load(Ordering::Relaxed),
+            ..SpoolSummary::default()
+        };
+        let mut oldest: Option<Hour> = None;
+        for item in self.db.scan_prefix([keys::PART]) {
+            let (key, value) = item?;
+            let (Some(id), Ok(record)) =
+                (keys::parse_part(&key), codec::decode::<PartRecord>(&value))
+            else {
+                continue;
+            };
+            match record.state {
+                PartState::Open => s.parts_open += 1,
+                PartState::Sealed => s.parts_sealed += 1,
+                PartState::Uploading(_) => s.parts_uploading += 1,
+                _ => {}
+            }
+            if record.state.is_waiting() {
+                s.lines_waiting += record.lines;
+                s.bytes_waiting += record.bytes;
+                oldest = Some(oldest.map_or(id.hour, |o| o.min(id.hour)));
+            }
+        }
+        s.oldest_waiting_hour = oldest.map(|h| h.to_string());
+        Ok(s)
+    }
+}
+
+fn read_u64(db: &sled::Db, name: &str) -> Result<Option<u64>, SpoolError> {
+    Ok(db
+        .get(keys::meta(name))?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
+/// A ULID-shaped line ID: receive time (ms), this spool's instance, and the
+/// spool's line counter, which never repeats even if the clock steps back.
+fn line_id(now: EpochMs, instance: u32, seq: u64) -> String {
+    let ms = (now.max(0) as u128) & ((1 << 48) - 1);
+    let value = (ms << 80) | (u128::from(instance) << 48) | u128::from(seq & ((1 << 48) - 1));
+    ulid::Ulid(value).to_string()
+}
+
+fn into_blocks(lines: Vec<(u64, StoredLine)>) -> Vec<(u64, Block)> {
+    let mut blocks = Vec::new();
+    let mut current: Vec<StoredLine> = Vec::new();
+    let mut first_seq = 0;
+    let mut size = 0;
+    for (seq, line) in lines {
+        let line_size =
+            line.line.line.len() + line.line.meta_json.as_ref().map_or(0, String::len) + 128;
+        if !current.is_empty() && size + line_size > BLOCK_BYTES {
+            blocks.push((
+                first_seq,
+                Block {
+                    lines: std::mem::take(&mut current),
+                },
+            ));
+            size = 0;
+        }
+        if current.is_empty() {
+            first_seq = seq;
+        }
+        size += line_size;
+        current.push(line);
+    }
+    if !current.is_empty() {
+        blocks.push((first_seq, Block { lines: current }));
+    }
+    blocks
+}

@@ -1,0 +1,65 @@
+//! What larch reports about itself: counts from the spool plus what the sync
+//! loop last saw. Served on `/status` and printed by `larch status`.
+
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::EpochMs;
+use crate::spool::SpoolSummary;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub instance: String,
+    pub target: String,
+    #[serde(flatten)]
+    pub spool: SpoolSummary,
+    pub objects_uploaded: u64,
+    pub upload_failures: u64,
+    /// Set while uploads wait for an operator (permissions, missing directory).
+    pub sync_paused: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<EpochMs>,
+}
+
+/// The parts of [`Status`] that the running stages update.
+#[derive(Debug, Default)]
+pub struct Board {
+    inner: Mutex<Status>,
+}
+
+impl Board {
+    fn with<R>(&self, f: impl FnOnce(&mut Status) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn uploaded(&self) {
+        self.with(|s| {
+            s.objects_uploaded += 1;
+            s.sync_paused = None;
+        });
+    }
+
+    pub fn upload_failed(&self, message: String, now: EpochMs, needs_operator: bool) {
+        self.with(|s| {
+            s.upload_failures += 1;
+            if needs_operator {
+                s.sync_paused = Some(message.clone());
+            }
+            s.last_error = Some(message);
+            s.last_error_at = Some(now);
+        });
+    }
+
+    /// The current status, with the spool's counts filled in by the caller.
+    pub fn snapshot(&self, spool: SpoolSummary) -> Status {
+        self.with(|s| Status { spool, ..s.clone() })
+    }
+
+    pub fn set_identity(&self, instance: String, target: String) {
+        self.with(|s| {
+            s.instance = instance;
+            s.target = target;
+        });
+    }
+}

@@ -1,0 +1,313 @@
+//! The sync loop: sealed parts become archive objects, and only then leave the spool.
+//!
+//! Each part walks `sealed → uploading(key) → uploaded → deleted`, and every
+//! step is recorded durably before the next one starts, so a crash anywhere
+//! resumes without losing a line or writing an object twice:
+//!
+//! - the key is recorded before the first byte goes out;
+//! - an object already at that key is checked: if it holds this part's exact
+//!   bytes, the part is done; if it holds anything else, the next `.N` is tried;
+//! - lines are deleted only after the target confirmed the object.
+
+mod backoff;
+mod stage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{watch, Notify};
+
+pub use backoff::Backoff;
+use stage::{StageError, Staged};
+
+use crate::clock::SharedClock;
+use crate::hour::object_key;
+use crate::spool::{PartId, PartRecord, PartState, Spool, SpoolError, Upload};
+use crate::status::Board;
+use crate::target::{Created, Target, TargetError};
+
+/// Parts compressed and uploaded at once.
+const CONCURRENCY: usize = 2;
+/// How often the loop looks for work when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// A part waiting for an operator is retried this often.
+const OPERATOR_RETRY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("upload to {key}: {source}")]
+    Target { key: String, source: TargetError },
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs blocking spool work off the async runtime.
+async fn blocking<T: Send + 'static, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, SyncError>
+where
+    E: Send + 'static,
+    SyncError: From<E>,
+{
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+pub struct SyncSettings {
+    pub staging_dir: PathBuf,
+    pub gzip_level: u32,
+    pub key_prefix: String,
+    pub backoff: Backoff,
+}
+
+pub struct Syncer {
+    spool: Arc<Spool>,
+    target: Arc<Target>,
+    settings: SyncSettings,
+    clock: SharedClock,
+    board: Arc<Board>,
+    /// Parts that failed, with their attempt count and when they may go again.
+    retry_at: Mutex<HashMap<PartId, (u32, Instant)>>,
+}
+
+impl Syncer {
+    pub fn new(
+        spool: Arc<Spool>,
+        target: Arc<Target>,
+        settings: SyncSettings,
+        clock: SharedClock,
+        board: Arc<Board>,
+    ) -> std::io::Result<Self> {
+        // Staged files are derived data; a crash may leave partial ones behind.
+        if settings.staging_dir.exists() {
+            std::fs::remove_dir_all(&settings.staging_dir)?;
+        }
+        std::fs::create_dir_all(&settings.staging_dir)?;
+        Ok(Self {
+            spool,
+            target,
+            settings,
+            clock,
+            board,
+            retry_at: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs until `shutdown` flips. Work in flight is abandoned safely: its
+    /// recorded state lets the next start pick it up where it stood.
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.clone().pass() => {}
+                _ = shutdown.changed() => return,
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One pass over every part that has sync work and is not backing off.
+    pub async fn pass(self: Arc<Self>) {
+        let spool = self.spool.clone();
+        let parts = match tokio::task::spawn_blocking(move || spool.parts_to_sync()).await {
+            Ok(Ok(parts)) => parts,
+            Ok(Err(e)) => {
+                tracing::error!("cannot list parts to upload, will try again: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::error!("part listing task failed: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let ready: Vec<_> = {
+            let retry_at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+            parts
+                .into_iter()
+                .filter(|(id, _)| retry_at.get(id).is_none_or(|(_, at)| *at <= now))
+                .collect()
+        };
+        futures::stream::iter(ready)
+            .for_each_concurrent(CONCURRENCY, |(id, record)| {
+                let this = self.clone();
+                async move { this.sync_one(id, record).await }
+            })
+            .await;
+    }
+
+    async fn sync_one(&self, id: PartId, record: PartRecord) {
+        let result = self.advance(&id, record).await;
+        let mut retry_at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                retry_at.remove(&id);
+            }
+            Err(e) => {
+                let needs_operator = matches!(
+                    e,
+                    SyncError::Target {
+                        source: TargetError::NeedsOperator(_),
+                        ..
+                    }
+                );
+                let attempt = retry_at.get(&id).map_or(1, |(n, _)| n + 1);
+                let delay = if needs_operator {
+                    OPERATOR_RETRY
+                } else {
+                    self.settings.backoff.delay(attempt)
+                };
+                if needs_operator {
+                    tracing::error!(part = %id, "upload paused until this is fixed: {e}. Nothing is dropped; larch retries every {}s.", delay.as_secs());
+                } else {
+                    tracing::warn!(part = %id, attempt, "upload failed: {e}. Retrying in {:.1}s.", delay.as_secs_f64());
+                }
+                self.board
+                    .upload_failed(format!("{id}: {e}"), self.clock.now_ms(), needs_operator);
+                retry_at.insert(id, (attempt, Instant::now() + delay));
+            }
+        }
+    }
+
+    /// Walks one part through its states until it is deleted or a step fails.
+    async fn advance(&self, id: &PartId, mut record: PartRecord) -> Result<(), SyncError> {
+        let mut staged: Option<Staged> = None;
+        loop {
+            let next = match &record.state {
+                PartState::Open | PartState::Deleted(_) => return Ok(()),
+                PartState::Sealed => {
+                    let s = self.stage(id, self.settings.gzip_level).await?;
+                    let state = if s.lines == 0 {
+                        self.discard_staged(&s);
+                        PartState::Deleted(None)
+                    } else {
+                        let upload = self.upload_for(id, id.seq, &s, self.settings.gzip_level);
+                        staged = Some(s);
+                        PartState::Uploading(upload)
+                    };
+                    state
+                }
+                PartState::Uploading(upload) => {
+                    let s = match staged.take() {
+                        Some(s) => s,
+                        None => self.stage(id, upload.level).await?,
+                    };
+                    let next = self.upload(id, upload, &s).await?;
+                    staged = Some(s);
+                    next
+                }
+                PartState::Uploaded(upload) => {
+                    let (spool, part) = (self.spool.clone(), id.clone());
+                    blocking(move || spool.delete_blocks(&part)).await?;
+                    if let Some(s) = staged.take() {
+                        self.discard_staged(&s);
+                    }
+                    tracing::info!(part = %id, key = %upload.key, lines = upload.lines, bytes = upload.size, "archived");
+                    self.board.uploaded();
+                    PartState::Deleted(Some(upload.clone()))
+                }
+            };
+            record.state = next;
+            let (spool, part, rec) = (self.spool.clone(), id.clone(), record.clone());
+            blocking(move || spool.set_record(&part, &rec)).await?;
+        }
+    }
+
+    /// One attempt to put the part's object under its recorded key.
+    async fn upload(
+        &self,
+        id: &PartId,
+        upload: &Upload,
+        staged: &Staged,
+    ) -> Result<PartState, SyncError> {
+        let target_err = |key: &str| {
+            let key = key.to_owned();
+            move |source| SyncError::Target { key, source }
+        };
+        if staged.sha256 != upload.sha256 {
+            // The part no longer compresses to what was recorded (a block was set
+            // aside since). The recorded object may already be there: then it is done.
+            if self
+                .target
+                .holds(&upload.key, upload.size, &upload.sha256)
+                .await
+                .map_err(target_err(&upload.key))?
+            {
+                return Ok(PartState::Uploaded(upload.clone()));
+            }
+            return Ok(PartState::Uploading(self.upload_for(
+                id,
+                upload.n,
+                staged,
+                upload.level,
+            )));
+        }
+        let created = self
+            .target
+            .create(&upload.key, &staged.path, staged.size)
+            .await
+            .map_err(target_err(&upload.key))?;
+        let done = Upload {
+            at: self.clock.now_ms(),
+            ..upload.clone()
+        };
+        match created {
+            Created::Created => Ok(PartState::Uploaded(done)),
+            Created::AlreadyExists => {
+                let ours = self
+                    .target
+                    .holds(&upload.key, staged.size, &staged.sha256)
+                    .await
+                    .map_err(target_err(&upload.key))?;
+                if ours {
+                    tracing::info!(part = %id, key = %upload.key, "object already holds this part (upload finished before a restart)");
+                    Ok(PartState::Uploaded(done))
+                } else {
+                    tracing::info!(part = %id, key = %upload.key, "key taken by another object; trying the next part number");
+                    Ok(PartState::Uploading(self.upload_for(
+                        id,
+                        upload.n + 1,
+                        staged,
+                        upload.level,
+                    )))
+                }
+            }
+        }
+    }
+
+    fn upload_for(&self, id: &PartId, n: u32, staged: &Staged, level: u32) -> Upload {
+        Upload {
+            key: object_key(&self.settings.key_prefix, &id.account, id.hour, n),
+            n,
+            size: staged.size,
+            sha256: staged.sha256,
+            level,
+            lines: staged.lines,
+            at: self.clock.now_ms(),
+        }
+    }
+
+    async fn stage(&self, id: &PartId, level: u32) -> Result<Staged, SyncError> {
+        let (spool, part) = (self.spool.clone(), id.clone());
+        let dir = self.settings.staging_dir.clone();
+        blocking(move || stage::stage(&spool, &part, level, &dir)).await
+    }
+
+    fn discard_staged(&self, staged: &Staged) {
+        if let Err(e) = std::fs::remove_file(&staged.path) {
+            tracing::warn!(
+                "could not remove staged file {}: {e}",
+                staged.path.display()
+            );
+        }
+    }
+}
