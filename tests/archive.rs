@@ -1,0 +1,134 @@
+//! Lines in, objects out: names, fields and follow-up parts, through the real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{hours_ago, read_archive, Daemon};
+use serde_json::json;
+
+fn hour_name(ts: i64) -> (String, String) {
+    let t = chrono::DateTime::from_timestamp_millis(ts).unwrap();
+    (
+        t.format("year=%Y/month=%m/day=%d").to_string(),
+        t.format("%Y-%m-%d.%H00").to_string(),
+    )
+}
+
+#[test]
+fn lines_of_an_earlier_hour_become_one_object_then_numbered_follow_ups() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &[
+            "--late-window",
+            "0s",
+            "--follow-up-after",
+            "1s",
+            "--key",
+            "k=acme",
+            "--key",
+            "k2=other",
+        ],
+    );
+    let ts = hours_ago(3, 1234);
+    let first = json!({"lines":[
+        {"timestamp": ts, "line":"GET /health 200 3ms", "app":"nginx", "level":"info",
+         "file":"/var/log/nginx/access.log", "meta":{"status":200}, "label":{"team":"edge"}},
+        {"timestamp": ts + 1, "line":"second", "meta":"{\"as\":\"string\"}"}
+    ]});
+    let (s, body) = d.ingest_json("k", &first);
+    assert_eq!(s, 200, "{body}");
+    let (s, _) = d.ingest_json(
+        "k2",
+        &json!({"lines":[{"timestamp": ts, "line":"other account"}]}),
+    );
+    assert_eq!(s, 200);
+    d.wait_drained(Duration::from_secs(30));
+
+    let (day_dir, stamp) = hour_name(ts);
+    let archive = d.data.join("archive");
+    let objects = read_archive(&archive);
+    let names: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            format!("{day_dir}/acme.{stamp}.json.gz"),
+            format!("{day_dir}/other.{stamp}.json.gz")
+        ]
+    );
+    let lines = &objects[0].1;
+    assert_eq!(lines.len(), 2);
+    let l = &lines[0];
+    assert_eq!(l["_account"], "acme");
+    assert_eq!(l["_ts"], ts);
+    assert_eq!(l["_line"], "GET /health 200 3ms");
+    assert_eq!(l["_app"], "nginx");
+    assert_eq!(l["level"], "info");
+    assert_eq!(l["_file"], "/var/log/nginx/access.log");
+    assert_eq!(l["_meta"], json!({"status": 200}));
+    assert_eq!(l["_label"], json!({"team": "edge"}));
+    assert_eq!(l["_ingester"], "http");
+    assert_eq!(l["_id"].as_str().unwrap().len(), 26);
+    assert!(l["_received"].as_i64().unwrap() >= ts);
+    assert_eq!(lines[1]["_meta"], json!({"as": "string"}));
+    assert_ne!(lines[0]["_id"], lines[1]["_id"]);
+
+    // The hour is sealed: later lines make .1, then .2.
+    for (n, text) in [(1, "late one"), (2, "late two")] {
+        let (s, _) = d.ingest_json(
+            "k",
+            &json!({"lines":[{"timestamp": ts + 10, "line": text}]}),
+        );
+        assert_eq!(s, 200);
+        d.wait_drained(Duration::from_secs(30));
+        let key = format!("{day_dir}/acme.{stamp}.{n}.json.gz");
+        let objects = read_archive(&archive);
+        let (_, lines) = objects
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("no {key} in {objects:?}"));
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["_line"], text);
+    }
+    assert_eq!(read_archive(&archive).len(), 4);
+}
+
+#[test]
+fn acked_lines_survive_restarts_and_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A long late window: the hour stays open across the restarts.
+    let mut d = Daemon::start(&data, &["--late-window", "48h", "--key", "k=acme"]);
+    let ts = hours_ago(1, 0);
+    let (s, _) = d.ingest_json(
+        "k",
+        &json!({"lines":[{"timestamp": ts, "line":"before kill"}]}),
+    );
+    assert_eq!(s, 200);
+    d.kill9();
+    drop(d);
+    let mut d = Daemon::start(&data, &["--late-window", "48h", "--key", "k=acme"]);
+    let (s, _) = d.ingest_json(
+        "k",
+        &json!({"lines":[{"timestamp": ts, "line":"before term"}]}),
+    );
+    assert_eq!(s, 200);
+    let status = d.status();
+    assert_eq!(status["lines_waiting"], 2, "{status}");
+    assert_eq!(status["parts_open"], 1, "{status}");
+    assert!(d.terminate().success(), "SIGTERM should exit 0");
+    drop(d);
+
+    // Restart with no late window: the open hour seals and both lines come out in one object.
+    let d = Daemon::start(&data, &["--late-window", "0s", "--key", "k=acme"]);
+    d.wait_drained(Duration::from_secs(30));
+    let objects = read_archive(&data.join("archive"));
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let texts: Vec<_> = objects[0]
+        .1
+        .iter()
+        .map(|l| l["_line"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, vec!["before kill", "before term"]);
+}

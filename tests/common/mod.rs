@@ -1,0 +1,271 @@
+//! Helpers for tests that run the real `larch` binary against real files.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// A `larch run` child process with its own data directory and port.
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: String,
+    pub data: PathBuf,
+    args: Vec<String>,
+    starts: u32,
+    agent: ureq::Agent,
+}
+
+impl Daemon {
+    pub fn start(data: &Path, extra: &[&str]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--data".into(),
+            data.display().to_string(),
+            "--listen".into(),
+            addr.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Self {
+            child: None,
+            addr,
+            data: data.to_owned(),
+            args,
+            starts: 0,
+            agent: agent(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))
+            .expect("cannot open daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_larch"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start larch");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self
+                .agent
+                .get(format!("http://{}/health", self.addr))
+                .call()
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "larch exited during start-up ({status}); see {}",
+                        self.log_path().display()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "larch did not become ready; see {}",
+            self.log_path().display()
+        );
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data.with_extension("log")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGKILL);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("larch is not running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().expect("cannot wait for larch")
+    }
+
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
+    /// POSTs to the ingest API with the given key header form; returns status and body.
+    pub fn ingest(
+        &self,
+        query: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<(u16, String), String> {
+        let url = format!("http://{}/logs/ingest{}", self.addr, query);
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        match req.send(&body[..]) {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let text = r.body_mut().read_to_string().unwrap_or_default();
+                Ok((status, text))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn ingest_json(&self, key: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = self
+            .ingest("", &[("apikey", key)], body.to_string().into_bytes())
+            .expect("request failed");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub fn status(&self) -> Value {
+        let mut r = self
+            .agent
+            .get(format!("http://{}/status", self.addr))
+            .call()
+            .expect("status request failed");
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    }
+
+    /// Waits until every line has left the spool for the archive.
+    pub fn wait_drained(&self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            let busy = [
+                "parts_open",
+                "parts_sealed",
+                "parts_uploading",
+                "lines_waiting",
+            ]
+            .iter()
+            .any(|k| s[*k].as_u64() != Some(0));
+            if !busy {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spool not drained in {timeout:?}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Every archive object under `dir` (files named `*.json.gz`), decompressed and
+/// parsed, keyed by their path relative to `dir`, sorted.
+pub fn read_archive(dir: &Path) -> Vec<(String, Vec<Value>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(".json.gz") {
+                let mut text = String::new();
+                flate2::read::MultiGzDecoder::new(std::fs::File::open(&path).unwrap())
+                    .read_to_string(&mut text)
+                    .unwrap_or_else(|e| panic!("{} is not valid gzip: {e}", path.display()));
+                assert!(
+                    text.is_empty() || text.ends_with('\n'),
+                    "{} does not end in a newline",
+                    path.display()
+                );
+                let lines = text
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str(l).unwrap_or_else(|e| {
+                            panic!("bad NDJSON line in {}: {e}: {l}", path.display())
+                        })
+                    })
+                    .collect();
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, lines));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A timestamp `hours_ago` whole hours before the current hour's start, plus `offset_ms`.
+pub fn hours_ago(hours_ago: i64, offset_ms: i64) -> i64 {
+    let hour = now_ms() / 3_600_000;
+    (hour - hours_ago) * 3_600_000 + offset_ms
+}
