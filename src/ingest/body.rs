@@ -220,6 +220,13 @@ fn meta_text(meta: Value) -> String {
     meta.to_string()
 }
 
+/// Epoch milliseconds from a client's number, which may be seconds: 1e11 ms
+/// is 1973 and 1e11 s is the year 5138, so anything below it is seconds.
+pub fn epoch_ms_by_magnitude(t: f64) -> EpochMs {
+    let ms = if t.abs() < 1e11 { t * 1000.0 } else { t };
+    ms as i64
+}
+
 /// The line's `_ts`: the client's timestamp (ms, or seconds recognised by
 /// magnitude) corrected for the client's clock drift, unless it is missing or
 /// further ahead than the allowed skew; then the time the request arrived.
@@ -237,9 +244,7 @@ fn resolve_timestamp(
     let Some(t) = number.filter(|t| t.is_finite()) else {
         return Err("\"timestamp\" must be epoch milliseconds (a number)".into());
     };
-    // 1e11 ms is 1973; 1e11 s is the year 5138: below it, a value is seconds.
-    let ms = if t.abs() < 1e11 { t * 1000.0 } else { t };
-    let ms = (ms as i64).saturating_add(drift);
+    let ms = epoch_ms_by_magnitude(t).saturating_add(drift);
     // Years 1970 to 9999 only, so every hour has a printable name.
     if !(0..253_402_300_800_000).contains(&ms) || ms > ctx.received.saturating_add(ctx.max_skew_ms)
     {
@@ -344,6 +349,16 @@ mod tests {
         assert_eq!(l[0].line.len(), MAX_LINE - 1);
         let exact = parse_json(json!({"lines":[{"line":"a".repeat(MAX_LINE)}]})).unwrap();
         assert!(!exact[0].truncated);
+    }
+
+    #[test]
+    fn client_clocks_in_seconds_or_milliseconds() {
+        assert_eq!(epoch_ms_by_magnitude(1_764_140_245.0), 1_764_140_245_000);
+        assert_eq!(
+            epoch_ms_by_magnitude(1_764_140_245_123.0),
+            1_764_140_245_123
+        );
+        assert_eq!(epoch_ms_by_magnitude(1_764_140_245.5), 1_764_140_245_500);
     }
 
     #[test]

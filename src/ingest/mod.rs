@@ -103,7 +103,8 @@ async fn ingest_lines(
         ip: param("ip").map(str::to_owned),
         client_now: param("now")
             .and_then(|n| n.parse::<f64>().ok())
-            .map(|n| n as i64),
+            .filter(|n| n.is_finite())
+            .map(body::epoch_ms_by_magnitude),
         tags: param("tags")
             .map(|t| {
                 t.split(',')

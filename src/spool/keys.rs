@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn keys_sort_by_account_hour_part_block() {
-        let mut keys = vec![
+        let mut keys = [
             block(&id("b", 1, 0), 0),
             block(&id("a", 2, 0), 0),
             block(&id("a", -1, 0), 9),

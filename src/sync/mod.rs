@@ -10,7 +10,7 @@
 //! - lines are deleted only after the target confirmed the object.
 
 mod backoff;
-mod stage;
+pub mod stage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -186,15 +186,14 @@ impl Syncer {
                 PartState::Open | PartState::Deleted(_) => return Ok(()),
                 PartState::Sealed => {
                     let s = self.stage(id, self.settings.gzip_level).await?;
-                    let state = if s.lines == 0 {
+                    if s.lines == 0 {
                         self.discard_staged(&s);
                         PartState::Deleted(None)
                     } else {
                         let upload = self.upload_for(id, id.seq, &s, self.settings.gzip_level);
                         staged = Some(s);
                         PartState::Uploading(upload)
-                    };
-                    state
+                    }
                 }
                 PartState::Uploading(upload) => {
                     let s = match staged.take() {

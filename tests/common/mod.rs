@@ -269,3 +269,11 @@ pub fn hours_ago(hours_ago: i64, offset_ms: i64) -> i64 {
     let hour = now_ms() / 3_600_000;
     (hour - hours_ago) * 3_600_000 + offset_ms
 }
+
+/// `bytes` as a gzip file.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
