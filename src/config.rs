@@ -11,10 +11,18 @@
 //! gzip_level = 6
 //! key_prefix = ""                  # optional, stands before year=, ends in '/'
 //! cache_size = "32MiB"             # sled page cache
+//! single_writer = false            # see below
 //!
 //! [keys]                           # ingestion key = account
 //! "my-secret-key" = "acme"
+//!
+//! [s3]                             # options of an s3:// target (also [gcs], [azure])
+//! region = "eu-west-1"
 //! ```
+//!
+//! `single_writer = true` lets larch use a store that cannot refuse to overwrite
+//! an object: it then checks for an object before each write, which is safe only
+//! if no other writer uses the same prefix.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +34,7 @@ use serde::Deserialize;
 use crate::account::{AccountId, InvalidAccountId};
 use crate::ingest::auth::{KeyError, Keys};
 use crate::seal::SealRule;
+use crate::target::TargetConfig;
 
 /// The key `larch run` accepts when no key is configured, for trying it out.
 pub const DEMO_KEY: &str = "larch-demo-key";
@@ -51,6 +60,8 @@ pub enum ConfigError {
     GzipLevel(u32),
     #[error("key_prefix {0:?}: use letters, digits, '_', '-', '.', '=' and '/', end it with '/', and no '.' or '..' segments")]
     KeyPrefix(String),
+    #[error("[{table}] {key}: give a string, a number or true/false")]
+    StoreOption { table: &'static str, key: String },
     #[error("--key #{0} is not of the form KEY=ACCOUNT")]
     KeyFlag(usize),
     #[error("{0}")]
@@ -72,7 +83,11 @@ pub struct FileConfig {
     pub gzip_level: Option<u32>,
     pub key_prefix: Option<String>,
     pub cache_size: Option<String>,
+    pub single_writer: Option<bool>,
     pub keys: Option<BTreeMap<String, String>>,
+    pub s3: Option<BTreeMap<String, toml::Value>>,
+    pub gcs: Option<BTreeMap<String, toml::Value>>,
+    pub azure: Option<BTreeMap<String, toml::Value>>,
 }
 
 impl FileConfig {
@@ -105,7 +120,7 @@ pub struct Overrides {
 pub struct Settings {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    pub target: String,
+    pub target: TargetConfig,
     pub seal: SealRule,
     pub max_skew_ms: i64,
     pub gzip_level: u32,
@@ -156,6 +171,27 @@ fn valid_prefix(p: &str) -> bool {
             }))
 }
 
+/// A store's option table as strings, the form `object_store` takes them in.
+fn store_options(
+    table: &'static str,
+    options: Option<BTreeMap<String, toml::Value>>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    options
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => return Err(ConfigError::StoreOption { table, key }),
+            };
+            Ok((key, text))
+        })
+        .collect()
+}
+
 impl Settings {
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
         let data_dir = flags
@@ -169,10 +205,16 @@ impl Settings {
         let listen = listen_text
             .parse()
             .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
-        let target = flags
-            .target
-            .or(file.target)
-            .unwrap_or_else(|| data_dir.join("archive").to_string_lossy().into_owned());
+        let target = TargetConfig {
+            url: flags
+                .target
+                .or(file.target)
+                .unwrap_or_else(|| data_dir.join("archive").to_string_lossy().into_owned()),
+            s3: store_options("s3", file.s3)?,
+            gcs: store_options("gcs", file.gcs)?,
+            azure: store_options("azure", file.azure)?,
+            single_writer: file.single_writer.unwrap_or(false),
+        };
         let late_window_ms = duration_ms(
             "late_window",
             flags
@@ -252,7 +294,8 @@ mod tests {
         assert_eq!(s.seal, SealRule::default());
         assert!(s.demo_key);
         assert_eq!(s.keys.account(DEMO_KEY).unwrap().as_str(), DEMO_ACCOUNT);
-        assert_eq!(PathBuf::from(&s.target), PathBuf::from("data/archive"));
+        assert_eq!(PathBuf::from(&s.target.url), PathBuf::from("data/archive"));
+        assert!(!s.target.single_writer);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    TargetUnusable(String),
     #[error("the {0} task failed: {1}")]
     Task(&'static str, String),
 }
@@ -67,7 +69,7 @@ pub async fn run(
     };
     let spool = Arc::new(spool);
 
-    let target = Arc::new(Target::parse(&settings.target)?);
+    let target = Arc::new(Target::new(settings.target.clone())?);
     // The default archive lives under the data directory; create it. A target the
     // user named must exist already: creating it could write to the wrong disk.
     if let Some(dir) = target.local_dir() {
@@ -143,11 +145,24 @@ pub async fn run(
             crate::config::DEMO_ACCOUNT
         );
     }
+    let (unusable_tx, unusable_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(probe_at_start(target.clone(), unusable_tx));
+    let unusable = Arc::new(std::sync::Mutex::new(None));
+    let stop_reason = unusable.clone();
+    let stop_on = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            Ok(why) = unusable_rx => {
+                tracing::error!("{why}");
+                *stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            }
+        }
+    };
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(stop_on)
     .await;
     tracing::info!("shutting down: no longer accepting lines");
 
@@ -168,6 +183,44 @@ pub async fn run(
         ));
     }
     flushed.map_err(|e| DaemonError::Task("final flush", e.to_string()))??;
+    if let Some(why) = unusable.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(DaemonError::TargetUnusable(why));
+    }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Probes a cloud target once at start-up and logs the verdict. A store that
+/// answers but cannot refuse overwrites stops larch, unless single-writer mode
+/// was chosen; a store that cannot be reached yet is left to the sync loop,
+/// which keeps the lines and tries again.
+async fn probe_at_start(target: Arc<Target>, unusable: tokio::sync::oneshot::Sender<String>) {
+    if target.local_dir().is_some() {
+        return;
+    }
+    let report = match target.probe().await {
+        Ok(report) => report,
+        Err(e) => {
+            tracing::warn!(
+                "cannot check the target yet: {e}. Lines are kept; uploads start once it answers."
+            );
+            return;
+        }
+    };
+    if report.usable(target.single_writer()) {
+        tracing::info!("target checked:\n{report}");
+        return;
+    }
+    if let Err(e) = report.problem() {
+        if e.needs_operator() {
+            tracing::error!("target check failed; uploads wait until this is fixed:\n{report}");
+        } else {
+            tracing::warn!("target not reachable yet; lines are kept and uploads start once it answers:\n{report}");
+        }
+        return;
+    }
+    let _ = unusable.send(format!(
+        "refusing to run: {} cannot refuse to overwrite objects, so another writer could destroy archives. If this larch is the only writer under this prefix, set single_writer = true in the config.\n{report}",
+        target.describe()
+    ));
 }

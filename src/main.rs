@@ -22,6 +22,16 @@ struct Cli {
 enum Command {
     /// Run the daemon: accept lines, spool them, seal hours, archive them.
     Run(RunArgs),
+    /// Check that the archive target is reachable, writable, accepts the
+    /// encryption asked for and refuses overwrites. Exits non-zero if uploads could not go ahead.
+    CheckTarget {
+        /// TOML config file (its target and store settings are used).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Archive target URL, overriding the config's.
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Ask a running larch what it holds and what it is doing.
     Status {
         /// Address of the running larch.
@@ -44,7 +54,7 @@ struct RunArgs {
     /// Address to listen on for ingest.
     #[arg(long)]
     listen: Option<String>,
-    /// Archive target: a directory path or file:// URL.
+    /// Archive target: a directory, file://DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX].
     #[arg(long)]
     target: Option<String>,
     /// How long an hour stays open after it ends, e.g. 6h or 0s.
@@ -64,6 +74,7 @@ fn main() -> ExitCode {
             init_logging();
             run(args)
         }
+        Command::CheckTarget { config, target } => check_target(config, target),
         Command::Status { addr, json } => status(&addr, json),
     };
     match result {
@@ -133,6 +144,40 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+fn check_target(config: Option<PathBuf>, target: Option<String>) -> anyhow::Result<()> {
+    let file = match &config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let settings = Settings::resolve(
+        file,
+        Overrides {
+            target,
+            ..Overrides::default()
+        },
+    )?;
+    let single_writer = settings.target.single_writer;
+    let target = larch::target::Target::new(settings.target)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(target.probe())?;
+    println!("{report}");
+    if report.usable(single_writer) {
+        if !report.conditional_create.passed() {
+            println!("verdict             usable in single-writer mode only");
+        } else {
+            println!("verdict             ready");
+        }
+        Ok(())
+    } else if report.problem().is_ok() {
+        bail!("this store cannot refuse overwrites; set single_writer = true if this larch is the only writer under the prefix")
+    } else {
+        bail!("the target is not usable yet; fix the points marked FAILED")
     }
 }
 

@@ -27,7 +27,7 @@ use crate::clock::SharedClock;
 use crate::hour::object_key;
 use crate::spool::{PartId, PartRecord, PartState, Spool, SpoolError, Upload};
 use crate::status::Board;
-use crate::target::{Created, Target, TargetError};
+use crate::target::{Created, Ownership, Target, TargetError};
 
 /// Parts compressed and uploaded at once.
 const CONCURRENCY: usize = 2;
@@ -250,9 +250,15 @@ impl Syncer {
                 upload.level,
             )));
         }
+        let owner = Ownership {
+            instance: format!("{:08x}", self.spool.instance()),
+            part: id.to_string(),
+            sha256: staged.sha256,
+            lines: staged.lines,
+        };
         let created = self
             .target
-            .create(&upload.key, &staged.path, staged.size)
+            .create(&upload.key, &staged.path, staged.size, &owner)
             .await
             .map_err(target_err(&upload.key))?;
         let done = Upload {

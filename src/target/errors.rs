@@ -1,0 +1,76 @@
+//! Sorting store errors into those a retry can fix and those that need a person.
+//!
+//! A retry fixes the network, a busy or failing store (5xx, 429, timeouts) and a
+//! full disk. It does not fix a missing bucket, a refused credential or a setting
+//! the store rejects (403, 401, 404 on write, other 4xx): those pause uploads and
+//! say what to fix, and are tried again now and then in case someone fixed them.
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Worth retrying as is: the network, a busy store, a full disk.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying will not help until someone changes something.
+    #[error("{0}")]
+    NeedsOperator(String),
+}
+
+impl TargetError {
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, TargetError::NeedsOperator(_))
+    }
+}
+
+/// The HTTP status a store answered with, when the error carries one.
+pub fn http_status(e: &object_store::Error) -> Option<u16> {
+    // object_store keeps the status in a private type; its message is stable:
+    // "... status code: 403 Forbidden: <body>".
+    let text = e.to_string();
+    let at = text.find("status code: ")? + "status code: ".len();
+    text.get(at..at + 3)?.parse().ok()
+}
+
+pub fn classify(e: object_store::Error) -> TargetError {
+    use object_store::Error as E;
+    let message = e.to_string();
+    let hint = match &e {
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => Some(
+            "the store refused the credentials or the permission; check the key, its policy and the bucket",
+        ),
+        E::NotFound { .. } => Some("the bucket or container does not exist; create it or fix the target"),
+        E::NotSupported { .. } | E::NotImplemented { .. } => {
+            Some("the store does not support an operation larch needs")
+        }
+        E::InvalidPath { .. } | E::UnknownConfigurationKey { .. } => Some("a setting is wrong"),
+        _ => match http_status(&e) {
+            Some(408 | 409 | 425 | 429) | None => None,
+            Some(501) => Some("the store does not implement a request larch sends (encryption?)"),
+            Some(status) if (400..500).contains(&status) => Some(
+                "the store rejected the request; check the target's settings (region, encryption, KMS key)",
+            ),
+            _ => None,
+        },
+    };
+    let local = io_kind(&e).is_some_and(|kind| {
+        matches!(
+            kind,
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        )
+    });
+    match (hint, local) {
+        (Some(hint), _) => TargetError::NeedsOperator(format!("{message} ({hint})")),
+        (None, true) => TargetError::NeedsOperator(message),
+        (None, false) => TargetError::Transient(message),
+    }
+}
+
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = err.source();
+    }
+    None
+}

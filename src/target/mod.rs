@@ -1,0 +1,364 @@
+//! Targets: where archive objects go, through the `object_store` crate: a local
+//! directory, S3 and S3-compatible stores, Google Cloud Storage, Azure Blob.
+//!
+//! Objects are only ever *created*: a put that would overwrite answers
+//! [`Created::AlreadyExists`], and the caller decides whether the object there is
+//! its own (a retry after a crash) or another writer's. Every cloud object
+//! carries metadata naming the part it holds and its checksum, so that check is
+//! one HEAD request. Before the first upload the store is probed once for
+//! create-only writes (see `probe`); a store without them is used only in
+//! single-writer mode, which the user must choose.
+
+mod errors;
+pub mod probe;
+pub mod spec;
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions,
+    PutOptions, PutPayload, WriteMultipart,
+};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+
+use errors::classify;
+pub use errors::TargetError;
+pub use spec::{Location, TargetConfig, TargetSpecError};
+
+/// Objects up to this size go up in one put; larger ones stream in parts to a
+/// temporary key and are then copied into place only if the key is free.
+const SINGLE_PUT_MAX: u64 = 8 * 1024 * 1024;
+const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
+/// Where large objects are assembled before they are linked into place.
+const UPLOAD_AREA: &str = ".larch-upload";
+
+/// Metadata keys on every cloud object (`x-amz-meta-…` on S3).
+pub const META_INSTANCE: &str = "larch-instance";
+pub const META_PART: &str = "larch-part";
+pub const META_SHA256: &str = "larch-sha256";
+pub const META_LINES: &str = "larch-lines";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    AlreadyExists,
+}
+
+/// Who wrote an object and what it must hold.
+#[derive(Debug, Clone)]
+pub struct Ownership {
+    /// The spool instance ID, hex.
+    pub instance: String,
+    /// `account/hour/part N`.
+    pub part: String,
+    pub sha256: [u8; 32],
+    pub lines: u64,
+}
+
+impl Ownership {
+    fn attributes(&self) -> Attributes {
+        let mut a = Attributes::new();
+        a.insert(
+            Attribute::Metadata(META_INSTANCE.into()),
+            self.instance.clone().into(),
+        );
+        a.insert(
+            Attribute::Metadata(META_PART.into()),
+            self.part.clone().into(),
+        );
+        a.insert(
+            Attribute::Metadata(META_SHA256.into()),
+            hex(&self.sha256).into(),
+        );
+        a.insert(
+            Attribute::Metadata(META_LINES.into()),
+            self.lines.to_string().into(),
+        );
+        a.insert(Attribute::ContentType, "application/x-ndjson".into());
+        a.insert(Attribute::ContentEncoding, "gzip".into());
+        a
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the store can do, found by the probe.
+#[derive(Debug, Clone, Copy)]
+struct Capabilities {
+    conditional_create: bool,
+}
+
+pub struct Target {
+    location: Location,
+    config: TargetConfig,
+    /// Built on first use, so a target that is missing at start-up does not stop ingest.
+    store: Mutex<Option<Arc<dyn ObjectStore>>>,
+    capabilities: Mutex<Option<Capabilities>>,
+}
+
+impl Target {
+    /// Checks the URL and the store's settings; connects nothing yet.
+    pub fn new(config: TargetConfig) -> Result<Self, TargetSpecError> {
+        let location = Location::parse(&config.url)?;
+        if !matches!(location, Location::LocalDir(_)) {
+            // Build once now so that bad settings stop start-up, not the first upload.
+            spec::build_cloud(&location, &config)?;
+        }
+        Ok(Self {
+            location,
+            config,
+            store: Mutex::new(None),
+            capabilities: Mutex::new(None),
+        })
+    }
+
+    /// A target from a URL alone, with default settings.
+    pub fn parse(url: &str) -> Result<Self, TargetSpecError> {
+        Self::new(TargetConfig {
+            url: url.to_owned(),
+            ..TargetConfig::default()
+        })
+    }
+
+    /// A description safe to print (never holds credentials).
+    pub fn describe(&self) -> String {
+        let mut d = self.location.describe();
+        if self.config.single_writer {
+            d.push_str(" (single-writer mode)");
+        }
+        d
+    }
+
+    pub fn single_writer(&self) -> bool {
+        self.config.single_writer
+    }
+
+    /// The local directory behind the target, if it is one.
+    pub fn local_dir(&self) -> Option<&FsPath> {
+        match &self.location {
+            Location::LocalDir(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn is_cloud(&self) -> bool {
+        !matches!(self.location, Location::LocalDir(_))
+    }
+
+    async fn store(&self) -> Result<Arc<dyn ObjectStore>, TargetError> {
+        let mut slot = self.store.lock().await;
+        if let Some(store) = slot.as_ref() {
+            return Ok(store.clone());
+        }
+        let store: Arc<dyn ObjectStore> = match &self.location {
+            Location::LocalDir(dir) => {
+                if !dir.is_dir() {
+                    return Err(TargetError::NeedsOperator(format!(
+                        "the archive directory {} does not exist; create it (or point --target elsewhere) and larch will carry on",
+                        dir.display()
+                    )));
+                }
+                Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(classify)?)
+            }
+            cloud => spec::build_cloud(cloud, &self.config)
+                .map_err(|e| TargetError::NeedsOperator(e.to_string()))?,
+        };
+        *slot = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Runs the compatibility probe against the store and reports each point.
+    pub async fn probe(&self) -> Result<probe::Report, TargetError> {
+        let store = self.store().await?;
+        Ok(probe::run(store.as_ref(), &self.location, &self.config).await)
+    }
+
+    /// Probes the store once per process before the first upload.
+    async fn capabilities(&self, store: &dyn ObjectStore) -> Result<Capabilities, TargetError> {
+        let mut slot = self.capabilities.lock().await;
+        if let Some(caps) = *slot {
+            return Ok(caps);
+        }
+        let caps = if self.is_cloud() {
+            let report = probe::run(store, &self.location, &self.config).await;
+            report.problem()?;
+            Capabilities {
+                conditional_create: report.conditional_create.passed(),
+            }
+        } else {
+            Capabilities {
+                conditional_create: true,
+            }
+        };
+        if !caps.conditional_create && !self.config.single_writer {
+            return Err(TargetError::NeedsOperator(format!(
+                "{} does not support create-only writes, so two writers could overwrite each other's objects. If this larch is the only one writing under this prefix, set single_writer = true in the config",
+                self.location.describe()
+            )));
+        }
+        if !caps.conditional_create {
+            tracing::warn!(target = %self.location.describe(), "single-writer mode: the store cannot refuse overwrites, so larch checks for an existing object before each write; no other writer may use this prefix");
+        }
+        *slot = Some(caps);
+        Ok(caps)
+    }
+
+    /// Creates `key` from the file at `source` unless an object is already there.
+    pub async fn create(
+        &self,
+        key: &str,
+        source: &FsPath,
+        size: u64,
+        owner: &Ownership,
+    ) -> Result<Created, TargetError> {
+        let store = self.store().await?;
+        let caps = self.capabilities(store.as_ref()).await?;
+        let location = Path::parse(key).map_err(|e| TargetError::NeedsOperator(e.to_string()))?;
+        if !caps.conditional_create && exists(store.as_ref(), &location).await? {
+            return Ok(Created::AlreadyExists);
+        }
+        let attributes = if self.is_cloud() {
+            owner.attributes()
+        } else {
+            Attributes::new()
+        };
+        let mode = if caps.conditional_create {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        let result = if size <= SINGLE_PUT_MAX {
+            let bytes = tokio::fs::read(source).await.map_err(|e| {
+                TargetError::Transient(format!(
+                    "cannot read staged object {}: {e}",
+                    source.display()
+                ))
+            })?;
+            let options = PutOptions {
+                mode,
+                attributes,
+                ..PutOptions::default()
+            };
+            store
+                .put_opts(&location, PutPayload::from(bytes), options)
+                .await
+                .map(|_| ())
+        } else {
+            create_large(
+                store.as_ref(),
+                &location,
+                source,
+                attributes,
+                caps.conditional_create,
+            )
+            .await
+        };
+        match result {
+            Ok(()) => Ok(Created::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Created::AlreadyExists),
+            Err(e @ object_store::Error::Precondition { .. }) => {
+                tracing::debug!("create of {key} refused: {e}");
+                Ok(Created::AlreadyExists)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Whether `key` holds exactly these bytes (same size and SHA-256). Cloud
+    /// objects answer from their metadata; others (and large objects, whose
+    /// server-side copy drops metadata) are read back and hashed.
+    pub async fn holds(
+        &self,
+        key: &str,
+        size: u64,
+        sha256: &[u8; 32],
+    ) -> Result<bool, TargetError> {
+        let store = self.store().await?;
+        let location = Path::parse(key).map_err(|e| TargetError::NeedsOperator(e.to_string()))?;
+        let head = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        let found = match store.get_opts(&location, head).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(classify(e)),
+        };
+        if found.meta.size != size {
+            return Ok(false);
+        }
+        if let Some(recorded) = found
+            .attributes
+            .get(&Attribute::Metadata(META_SHA256.into()))
+        {
+            return Ok(recorded.as_ref() == hex(sha256));
+        }
+        let mut stream = store.get(&location).await.map_err(classify)?.into_stream();
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            hasher.update(chunk.map_err(classify)?);
+        }
+        Ok(hasher.finalize().as_slice() == sha256)
+    }
+}
+
+async fn exists(store: &dyn ObjectStore, location: &Path) -> Result<bool, TargetError> {
+    match store.head(location).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// Streams a large object into a temporary upload, then links it into place
+/// only if nothing is there yet, so readers never see a partial object.
+async fn create_large(
+    store: &dyn ObjectStore,
+    location: &Path,
+    source: &FsPath,
+    attributes: Attributes,
+    conditional: bool,
+) -> object_store::Result<()> {
+    let staging = Path::from(format!(
+        "{UPLOAD_AREA}/{}.{:016x}",
+        location,
+        rand::random::<u64>()
+    ));
+    let io = |e: std::io::Error| object_store::Error::Generic {
+        store: "larch",
+        source: Box::new(e),
+    };
+    let mut file = tokio::fs::File::open(source).await.map_err(io)?;
+    let options = PutMultipartOptions {
+        attributes,
+        ..PutMultipartOptions::default()
+    };
+    let mut upload = WriteMultipart::new(store.put_multipart_opts(&staging, options).await?);
+    let mut buf = vec![0u8; MULTIPART_CHUNK];
+    loop {
+        let n = file.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        upload.wait_for_capacity(2).await?;
+        upload.write(&buf[..n]);
+    }
+    upload.finish().await?;
+    let linked = if conditional {
+        store.copy_if_not_exists(&staging, location).await
+    } else {
+        store.copy(&staging, location).await
+    };
+    if let Err(e) = store.delete(&staging).await {
+        tracing::warn!("could not remove temporary upload {staging}: {e}");
+    }
+    linked
+}

@@ -1,0 +1,383 @@
+//! Target URLs and their settings, turned into an `object_store` client.
+//!
+//! `file://DIR` (or a plain path), `s3://BUCKET[/PREFIX]`, `gs://BUCKET[/PREFIX]`,
+//! `az://CONTAINER[/PREFIX]`. Each store reads its credentials from the standard
+//! places (environment, instance metadata, web identity, service account files) and
+//! takes further settings from the config's `[s3]`, `[gcs]` or `[azure]` table,
+//! whose keys are the `object_store` option names (`region`, `endpoint`, ...).
+//! Nothing here ever prints a setting's value: some of them are secrets.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::prefix::PrefixStore;
+use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
+
+/// What the user configured: the URL, the options of its store, and whether this
+/// larch may assume it is the only writer under the prefix.
+#[derive(Debug, Clone, Default)]
+pub struct TargetConfig {
+    pub url: String,
+    pub s3: BTreeMap<String, String>,
+    pub gcs: BTreeMap<String, String>,
+    pub azure: BTreeMap<String, String>,
+    pub single_writer: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid target {spec:?}: {why}")]
+pub struct TargetSpecError {
+    pub spec: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    LocalDir(PathBuf),
+    S3 { bucket: String, prefix: String },
+    Gcs { bucket: String, prefix: String },
+    Azure { container: String, prefix: String },
+}
+
+/// Server-side encryption asked of S3 unless the config says otherwise.
+pub const DEFAULT_S3_ENCRYPTION: &str = "AES256";
+/// Our own retry loop retries forever; the client's only covers short blips.
+const CLIENT_RETRIES: usize = 3;
+
+impl Location {
+    pub fn parse(spec: &str) -> Result<Self, TargetSpecError> {
+        let err = |why: &str| TargetSpecError {
+            spec: spec.to_owned(),
+            why: why.to_owned(),
+        };
+        if spec.is_empty() {
+            return Err(err("the target is empty"));
+        }
+        let Some((scheme, rest)) = spec.split_once("://") else {
+            return Ok(Location::LocalDir(PathBuf::from(spec)));
+        };
+        if scheme == "file" {
+            if !rest.starts_with('/') {
+                return Err(err(
+                    "a file:// URL needs an absolute path, e.g. file:///var/lib/larch/archive",
+                ));
+            }
+            return Ok(Location::LocalDir(PathBuf::from(rest)));
+        }
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.contains('@') || bucket.contains(':') {
+            return Err(err(
+                "credentials and ports do not go in the target URL; use the environment or the config's store table",
+            ));
+        }
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !bucket_ok {
+            return Err(err(
+                "the bucket or container name must be 3 to 63 letters, digits, '-', '.' or '_'",
+            ));
+        }
+        let prefix = prefix.trim_end_matches('/');
+        let prefix_ok = prefix.is_empty()
+            || prefix.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._=".contains(&b))
+            });
+        if !prefix_ok {
+            return Err(err(
+                "the prefix may hold letters, digits, '-', '.', '_', '=' and '/' between non-empty segments",
+            ));
+        }
+        let (bucket, prefix) = (bucket.to_owned(), prefix.to_owned());
+        match scheme {
+            "s3" | "s3a" => Ok(Location::S3 { bucket, prefix }),
+            "gs" | "gcs" => Ok(Location::Gcs { bucket, prefix }),
+            "az" | "azure" => Ok(Location::Azure {
+                container: bucket,
+                prefix,
+            }),
+            _ => Err(err(
+                "the scheme must be file://, s3://, gs:// or az:// (or give a directory path)",
+            )),
+        }
+    }
+
+    /// A description safe to print: never holds credentials.
+    pub fn describe(&self) -> String {
+        let with_prefix = |scheme: &str, bucket: &str, prefix: &str| {
+            if prefix.is_empty() {
+                format!("{scheme}://{bucket}")
+            } else {
+                format!("{scheme}://{bucket}/{prefix}")
+            }
+        };
+        match self {
+            Location::LocalDir(p) => format!("directory {}", p.display()),
+            Location::S3 { bucket, prefix } => with_prefix("s3", bucket, prefix),
+            Location::Gcs { bucket, prefix } => with_prefix("gs", bucket, prefix),
+            Location::Azure { container, prefix } => with_prefix("az", container, prefix),
+        }
+    }
+}
+
+fn option_error(store: &str, key: &str, why: impl std::fmt::Display) -> TargetSpecError {
+    TargetSpecError {
+        spec: format!("[{store}] {key}"),
+        why: why.to_string(),
+    }
+}
+
+fn parse_bool(store: &str, key: &str, value: &str) -> Result<bool, TargetSpecError> {
+    match value.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(option_error(store, key, "must be true or false")),
+    }
+}
+
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: CLIENT_RETRIES,
+        retry_timeout: Duration::from_secs(60),
+        ..RetryConfig::default()
+    }
+}
+
+/// Builds the client for a cloud location. The local directory is built by the caller.
+pub fn build_cloud(
+    location: &Location,
+    config: &TargetConfig,
+) -> Result<Arc<dyn ObjectStore>, TargetSpecError> {
+    let (store, prefix): (Arc<dyn ObjectStore>, &str) = match location {
+        Location::LocalDir(p) => {
+            return Err(TargetSpecError {
+                spec: p.display().to_string(),
+                why: "a directory is not a cloud store".into(),
+            })
+        }
+        Location::S3 { bucket, prefix } => (Arc::new(build_s3(bucket, &config.s3)?), prefix),
+        Location::Gcs { bucket, prefix } => (Arc::new(build_gcs(bucket, &config.gcs)?), prefix),
+        Location::Azure { container, prefix } => {
+            (Arc::new(build_azure(container, &config.azure)?), prefix)
+        }
+    };
+    if prefix.is_empty() {
+        Ok(store)
+    } else {
+        Ok(Arc::new(PrefixStore::new(store, prefix)))
+    }
+}
+
+fn build_s3(
+    bucket: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<object_store::aws::AmazonS3, TargetSpecError> {
+    const STORE: &str = "s3";
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry())
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "120s")
+        .with_config(
+            AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+            "10s",
+        )
+        // Large objects are uploaded beside their key, then copied into place
+        // only if the key is free: S3's native way to do that.
+        .with_config(AmazonS3ConfigKey::CopyIfNotExists, "multipart")
+        .with_config(AmazonS3ConfigKey::ConditionalPut, "etag");
+    let encryption_key = AmazonS3ConfigKey::from_str("aws_server_side_encryption")
+        .map_err(|e| option_error(STORE, "server_side_encryption", e))?;
+    let mut encryption = builder
+        .get_config_value(&encryption_key)
+        .unwrap_or_else(|| DEFAULT_S3_ENCRYPTION.to_owned());
+    for (key, value) in options {
+        match key.as_str() {
+            "path_style" => {
+                let path_style = parse_bool(STORE, key, value)?;
+                builder = builder.with_virtual_hosted_style_request(!path_style);
+            }
+            "server_side_encryption" | "sse" => encryption = value.clone(),
+            _ => {
+                let config_key = AmazonS3ConfigKey::from_str(key).map_err(|_| {
+                    option_error(
+                        STORE,
+                        key,
+                        "unknown S3 option; see the README for the options larch takes",
+                    )
+                })?;
+                builder = builder.with_config(config_key, value);
+            }
+        }
+    }
+    match encryption.as_str() {
+        "none" => {}
+        "AES256" | "aws:kms" | "aws:kms:dsse" => {
+            builder = builder.with_config(encryption_key, encryption.as_str());
+        }
+        _ => {
+            return Err(option_error(
+                STORE,
+                "server_side_encryption",
+                "must be AES256, aws:kms, aws:kms:dsse or none",
+            ))
+        }
+    }
+    // AWS_ENDPOINT_URL=http://... (a local MinIO, say) means plain HTTP is intended.
+    let plain_http = builder
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .is_some_and(|e| e.starts_with("http://"));
+    if plain_http {
+        builder = builder.with_allow_http(true);
+    }
+    builder
+        .build()
+        .map_err(|e| option_error(STORE, "settings", e))
+}
+
+fn build_gcs(
+    bucket: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<object_store::gcp::GoogleCloudStorage, TargetSpecError> {
+    const STORE: &str = "gcs";
+    let mut builder = GoogleCloudStorageBuilder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry())
+        .with_config(GoogleConfigKey::Client(ClientConfigKey::Timeout), "120s");
+    for (key, value) in options {
+        let config_key = GoogleConfigKey::from_str(key).map_err(|_| {
+            option_error(
+                STORE,
+                key,
+                "unknown GCS option; see the README for the options larch takes",
+            )
+        })?;
+        builder = builder.with_config(config_key, value);
+    }
+    let plain_http = builder
+        .get_config_value(&GoogleConfigKey::BaseUrl)
+        .is_some_and(|e| e.starts_with("http://"));
+    if plain_http {
+        builder = builder.with_client_options(
+            object_store::ClientOptions::new()
+                .with_allow_http(true)
+                .with_timeout(Duration::from_secs(120)),
+        );
+    }
+    builder
+        .build()
+        .map_err(|e| option_error(STORE, "settings", e))
+}
+
+fn build_azure(
+    container: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<object_store::azure::MicrosoftAzure, TargetSpecError> {
+    const STORE: &str = "azure";
+    let mut builder = MicrosoftAzureBuilder::from_env()
+        .with_container_name(container)
+        .with_retry(retry())
+        .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), "120s");
+    for (key, value) in options {
+        let config_key = AzureConfigKey::from_str(key).map_err(|_| {
+            option_error(
+                STORE,
+                key,
+                "unknown Azure option; see the README for the options larch takes",
+            )
+        })?;
+        builder = builder.with_config(config_key, value);
+    }
+    let plain_http = builder
+        .get_config_value(&AzureConfigKey::Endpoint)
+        .is_some_and(|e| e.starts_with("http://"));
+    if plain_http {
+        builder = builder.with_allow_http(true);
+    }
+    builder
+        .build()
+        .map_err(|e| option_error(STORE, "settings", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_store_a_bucket_and_a_prefix() {
+        assert_eq!(
+            Location::parse("s3://logs/edge/eu").unwrap(),
+            Location::S3 {
+                bucket: "logs".into(),
+                prefix: "edge/eu".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("gs://my-bucket/").unwrap(),
+            Location::Gcs {
+                bucket: "my-bucket".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            Location::parse("az://archive").unwrap(),
+            Location::Azure {
+                container: "archive".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            Location::parse("file:///var/lib/larch").unwrap(),
+            Location::LocalDir("/var/lib/larch".into())
+        );
+        assert_eq!(
+            Location::parse("data/archive").unwrap(),
+            Location::LocalDir("data/archive".into())
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_the_reason() {
+        for (bad, why) in [
+            ("ftp://host/x", "scheme"),
+            ("s3://ab", "bucket"),
+            ("s3://key:secret@bucket", "credentials"),
+            ("s3://bucket/../etc", "prefix"),
+            ("s3://bucket/a//b", "prefix"),
+            ("file://relative", "absolute"),
+            ("", "empty"),
+        ] {
+            let e = Location::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_store_options_are_named() {
+        let config = TargetConfig {
+            url: "s3://bucket".into(),
+            s3: [("regoin".to_owned(), "eu-west-1".to_owned())].into(),
+            ..TargetConfig::default()
+        };
+        let location = Location::parse(&config.url).unwrap();
+        let e = build_cloud(&location, &config).err().unwrap().to_string();
+        assert!(e.contains("[s3] regoin"), "{e}");
+        let config = TargetConfig {
+            s3: [("sse".to_owned(), "rot13".to_owned())].into(),
+            ..config
+        };
+        let e = build_cloud(&location, &config).err().unwrap().to_string();
+        assert!(e.contains("AES256"), "{e}");
+    }
+}
