@@ -11,6 +11,7 @@
 //! gzip_level = 6
 //! key_prefix = ""                  # optional, stands before year=, ends in '/'
 //! cache_size = "32MiB"             # sled page cache
+//! retry_max_delay = "5m"           # longest wait between upload attempts
 //! single_writer = false            # see below
 //!
 //! [keys]                           # ingestion key = account
@@ -83,6 +84,7 @@ pub struct FileConfig {
     pub gzip_level: Option<u32>,
     pub key_prefix: Option<String>,
     pub cache_size: Option<String>,
+    pub retry_max_delay: Option<String>,
     pub single_writer: Option<bool>,
     pub keys: Option<BTreeMap<String, String>>,
     pub s3: Option<BTreeMap<String, toml::Value>>,
@@ -126,6 +128,8 @@ pub struct Settings {
     pub gzip_level: u32,
     pub key_prefix: String,
     pub cache_bytes: u64,
+    /// Cap of the upload backoff; also how often a paused upload is re-checked (at most 30 s).
+    pub retry_max_delay: Duration,
     pub keys: Keys,
     /// Whether the demo key is in use because none was configured.
     pub demo_key: bool,
@@ -244,6 +248,11 @@ impl Settings {
             return Err(ConfigError::KeyPrefix(key_prefix));
         }
         let cache_bytes = size_bytes(file.cache_size.as_deref().unwrap_or("32MiB"))?;
+        let retry_max_ms = duration_ms(
+            "retry_max_delay",
+            file.retry_max_delay.as_deref().unwrap_or("5m"),
+        )?;
+        let retry_max_delay = Duration::from_millis(retry_max_ms.max(1000) as u64);
 
         let mut pairs = Vec::new();
         if flags.keys.is_empty() {
@@ -272,6 +281,7 @@ impl Settings {
             gzip_level,
             key_prefix,
             cache_bytes,
+            retry_max_delay,
             keys: Keys::new(pairs)?,
             demo_key,
         })

@@ -90,7 +90,10 @@ pub async fn run(
             staging_dir: data.join("staging"),
             gzip_level: settings.gzip_level,
             key_prefix: settings.key_prefix.clone(),
-            backoff: Backoff::default(),
+            backoff: Backoff {
+                cap: settings.retry_max_delay,
+                ..Backoff::default()
+            },
         },
         clock.clone(),
         board.clone(),

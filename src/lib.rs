@@ -16,6 +16,7 @@ pub mod account;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod fault;
 pub mod hour;
 pub mod ingest;
 pub mod line;

@@ -33,7 +33,7 @@ use crate::target::{Created, Ownership, Target, TargetError};
 const CONCURRENCY: usize = 2;
 /// How often the loop looks for work when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// A part waiting for an operator is retried this often.
+/// A part waiting for an operator is retried this often (or at the backoff cap, if lower).
 const OPERATOR_RETRY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +162,7 @@ impl Syncer {
                 );
                 let attempt = retry_at.get(&id).map_or(1, |(n, _)| n + 1);
                 let delay = if needs_operator {
-                    OPERATOR_RETRY
+                    OPERATOR_RETRY.min(self.settings.backoff.cap)
                 } else {
                     self.settings.backoff.delay(attempt)
                 };
@@ -266,7 +266,10 @@ impl Syncer {
             ..upload.clone()
         };
         match created {
-            Created::Created => Ok(PartState::Uploaded(done)),
+            Created::Created => {
+                crate::fault::point("after-put");
+                Ok(PartState::Uploaded(done))
+            }
             Created::AlreadyExists => {
                 let ours = self
                     .target

@@ -30,9 +30,27 @@ pub fn http_status(e: &object_store::Error) -> Option<u16> {
     text.get(at..at + 3)?.parse().ok()
 }
 
+/// The store's message without its XML wrapping: `<Code>X</Code><Message>Y</Message>`
+/// becomes `X: Y`, and request IDs and the like are left out.
+fn tidy(message: &str) -> String {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = message.find(&open)? + open.len();
+        let end = message[start..].find("</")? + start;
+        Some(message[start..end].to_owned())
+    };
+    match (message.find("<?xml"), tag("Code")) {
+        (Some(xml), Some(code)) => {
+            let text = tag("Message").unwrap_or_default();
+            format!("{}{code}: {text}", &message[..xml])
+        }
+        _ => message.to_owned(),
+    }
+}
+
 pub fn classify(e: object_store::Error) -> TargetError {
     use object_store::Error as E;
-    let message = e.to_string();
+    let message = tidy(&e.to_string());
     let hint = match &e {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => Some(
             "the store refused the credentials or the permission; check the key, its policy and the bucket",
@@ -73,4 +91,19 @@ fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> 
         current = err.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_xml_errors_are_shortened_to_code_and_message() {
+        let raw = "PUT x - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message><RequestId>abc</RequestId></Error>";
+        assert_eq!(
+            tidy(raw),
+            "PUT x - Server returned non-2xx status code: 403 Forbidden: AccessDenied: Access Denied"
+        );
+        assert_eq!(tidy("connection refused"), "connection refused");
+    }
 }

@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `larch` binary against real files.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -30,12 +32,18 @@ pub struct Daemon {
     pub addr: String,
     pub data: PathBuf,
     args: Vec<String>,
+    /// Environment for the next (re)start.
+    pub env: Vec<(String, String)>,
     starts: u32,
     agent: ureq::Agent,
 }
 
 impl Daemon {
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(String, String)]) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -50,6 +58,7 @@ impl Daemon {
             addr,
             data: data.to_owned(),
             args,
+            env: env.to_vec(),
             starts: 0,
             agent: agent(),
         };
@@ -67,6 +76,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_larch"))
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -123,6 +133,33 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Waits for the process to exit by itself (a crash at a fault point, say).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("larch is not running");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "larch did not exit in {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the process again after it exited.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "larch is still running");
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// SIGTERM, then wait for the exit status.

@@ -1,0 +1,252 @@
+//! A real S3-compatible server (moto, installed by `scripts/test-servers.sh`)
+//! on 127.0.0.1, and a fault proxy to put in front of it.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{agent, free_port};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    let path = repo().join(".test-servers/venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test-servers.sh (scripts/test.sh does it for you)",
+        path.display()
+    );
+    path
+}
+
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(venv_bin("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start moto_server");
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while agent().get(&moto.endpoint).call().is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        let r = agent()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send_empty()
+            .expect("create bucket");
+        assert_eq!(r.status(), 200, "create bucket {bucket}");
+    }
+
+    /// The environment a larch needs to use this server (through `endpoint`,
+    /// which may be a proxy in front of it).
+    pub fn env(endpoint: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", endpoint),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Every object of `bucket` as the server reports it: key, size, `sse`,
+    /// `metadata`, `sha256` of the bytes and the gunzipped `lines`.
+    pub fn inspect(&self, bucket: &str) -> Vec<Value> {
+        let out = Command::new(venv_bin("python"))
+            .arg(repo().join("scripts/s3_inspect.py"))
+            .args([&self.endpoint, bucket])
+            .output()
+            .expect("run s3_inspect.py");
+        assert!(
+            out.status.success(),
+            "s3_inspect.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("s3_inspect.py output")
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward to the server.
+    Pass,
+    /// Accept and drop every connection, as a dead link does.
+    Refuse,
+    /// Answer every request with this HTTP status and an S3 error body.
+    Status(u16),
+}
+
+/// A TCP proxy whose behaviour the test switches while larch runs. Switching
+/// away from `Pass` also cuts connections already open.
+pub struct FaultProxy {
+    pub endpoint: String,
+    mode: Arc<Mutex<Mode>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, mode: Mode) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let mode = Arc::new(Mutex::new(mode));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (mode.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        let current = *m.lock().unwrap();
+                        let (m, s, upstream) = (m.clone(), s.clone(), upstream.clone());
+                        std::thread::spawn(move || match current {
+                            Mode::Refuse => drop(client),
+                            Mode::Status(code) => answer(client, code),
+                            Mode::Pass => forward(client, &upstream, m, s),
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            endpoint,
+            mode,
+            stop,
+        }
+    }
+
+    pub fn set(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads one request (headers and a Content-Length body) and answers `code`.
+fn answer(mut client: TcpStream, code: u16) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    let header_end = loop {
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let headers = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+    let length: usize = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut have = buf.len() - header_end;
+    while have < length {
+        match client.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => have += n,
+        }
+    }
+    let (reason, s3_code) = match code {
+        400 => ("Bad Request", "InvalidArgument"),
+        403 => ("Forbidden", "AccessDenied"),
+        500 => ("Internal Server Error", "InternalError"),
+        503 => ("Service Unavailable", "SlowDown"),
+        _ => ("Error", "InternalError"),
+    };
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{s3_code}</Code><Message>injected by the test proxy</Message></Error>"
+    );
+    let response = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(response.as_bytes());
+    let _ = client.shutdown(Shutdown::Both);
+}
+
+fn forward(client: TcpStream, upstream: &str, mode: Arc<Mutex<Mode>>, stop: Arc<AtomicBool>) {
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let pipes = [
+        (client.try_clone(), server.try_clone()),
+        (server.try_clone(), client.try_clone()),
+    ];
+    let mut threads = Vec::new();
+    for (from, to) in pipes {
+        let (Ok(mut from), Ok(mut to)) = (from, to) else {
+            return;
+        };
+        let (mode, stop) = (mode.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                if stop.load(Ordering::Relaxed) || *mode.lock().unwrap() != Mode::Pass {
+                    break;
+                }
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        }));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}

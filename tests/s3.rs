@@ -1,0 +1,418 @@
+//! Archiving to a real S3-compatible server (moto) over HTTP on 127.0.0.1, with a
+//! fault proxy in front of it when the test needs the store to misbehave.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::s3::{FaultProxy, Mode, Moto};
+use common::{hours_ago, Daemon};
+use serde_json::{json, Value};
+
+const BUCKET: &str = "archive";
+
+fn config(dir: &Path, extra: &str) -> String {
+    let path = dir.join("larch.toml");
+    std::fs::write(
+        &path,
+        format!("retry_max_delay = \"1s\"\n[keys]\nk = \"acme\"\nk2 = \"beta\"\n{extra}"),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+fn start(dir: &Path, name: &str, endpoint: &str, config_path: &str) -> Daemon {
+    Daemon::start_with_env(
+        &dir.join(name),
+        &[
+            "--config",
+            config_path,
+            "--target",
+            &format!("s3://{BUCKET}/edge"),
+            "--late-window",
+            "0s",
+            "--follow-up-after",
+            "1s",
+        ],
+        &Moto::env(endpoint),
+    )
+}
+
+/// Sends `n` lines for `key` into the hour `hours` ago; returns their texts.
+fn send(d: &Daemon, key: &str, hours: i64, tag: &str, n: usize) -> Vec<String> {
+    let texts: Vec<String> = (0..n).map(|i| format!("{tag} line {i}")).collect();
+    let lines: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"timestamp": hours_ago(hours, 1000 + i as i64), "line": t}))
+        .collect();
+    let (status, body) = d.ingest_json(key, &json!({ "lines": lines }));
+    assert_eq!(status, 200, "{body}");
+    texts
+}
+
+fn name_of(account: &str, hours: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(hours_ago(hours, 0)).unwrap();
+    format!(
+        "edge/{}/{account}.{}",
+        t.format("year=%Y/month=%m/day=%d"),
+        t.format("%Y-%m-%d.%H00")
+    )
+}
+
+/// Every archived `_line`, with how often it was archived.
+fn archived_lines(objects: &[Value]) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for o in objects {
+        let lines = o["lines"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{} is not gzip NDJSON", o["key"]));
+        for l in lines {
+            *seen
+                .entry(l["_line"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+fn keys(objects: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = objects
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_owned())
+        .filter(|k| !k.contains(".larch-"))
+        .collect();
+    k.sort();
+    k
+}
+
+fn archive_objects(moto: &Moto) -> Vec<Value> {
+    moto.inspect(BUCKET)
+        .into_iter()
+        .filter(|o| !o["key"].as_str().unwrap().contains(".larch-"))
+        .collect()
+}
+
+#[test]
+fn objects_are_named_encrypted_and_carry_their_owner() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "a", &moto.endpoint, &config(dir.path(), ""));
+    let mut sent = send(&d, "k", 3, "acme-3h", 5);
+    sent.extend(send(&d, "k", 2, "acme-2h", 3));
+    sent.extend(send(&d, "k2", 2, "beta-2h", 4));
+    d.wait_drained(Duration::from_secs(60));
+
+    let objects = archive_objects(&moto);
+    let mut expected = vec![
+        format!("{}.json.gz", name_of("acme", 3)),
+        format!("{}.json.gz", name_of("acme", 2)),
+        format!("{}.json.gz", name_of("beta", 2)),
+    ];
+    expected.sort();
+    assert_eq!(keys(&objects), expected);
+    let instance = d.status()["instance"].as_str().unwrap().to_owned();
+    for o in &objects {
+        assert_eq!(o["sse"], "AES256", "{}", o["key"]);
+        let meta = &o["metadata"];
+        assert_eq!(meta["larch-sha256"], o["sha256"], "{}", o["key"]);
+        assert_eq!(meta["larch-instance"], instance.as_str());
+        let lines = o["lines"].as_array().unwrap();
+        assert_eq!(meta["larch-lines"], lines.len().to_string());
+        let account = lines[0]["_account"].as_str().unwrap();
+        assert!(
+            meta["larch-part"].as_str().unwrap().starts_with(account),
+            "{meta}"
+        );
+    }
+    let archived = archived_lines(&objects);
+    assert_eq!(archived.len(), sent.len());
+    assert!(archived.values().all(|n| *n == 1));
+    for t in &sent {
+        assert!(archived.contains_key(t), "{t} missing");
+    }
+}
+
+#[test]
+fn kms_encryption_is_asked_for_when_configured() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "[s3]\nserver_side_encryption = \"aws:kms\"\nsse_kms_key_id = \"alias/larch-test\"\n",
+    );
+    let d = start(dir.path(), "a", &moto.endpoint, &cfg);
+    send(&d, "k", 2, "kms", 2);
+    d.wait_drained(Duration::from_secs(60));
+    let objects = archive_objects(&moto);
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0]["sse"], "aws:kms");
+}
+
+#[test]
+fn two_hosts_archiving_one_account_never_overwrite_each_other() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let a = start(dir.path(), "a", &moto.endpoint, &cfg);
+    let b = start(dir.path(), "b", &moto.endpoint, &cfg);
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for (d, host) in [(&a, "a"), (&b, "b")] {
+            sent.extend(send(d, "k", 2, &format!("{host} round {round}"), 20));
+            sent.extend(send(d, "k", 3, &format!("{host} round {round} older"), 10));
+        }
+    }
+    a.wait_drained(Duration::from_secs(60));
+    b.wait_drained(Duration::from_secs(60));
+
+    let objects = archive_objects(&moto);
+    let archived = archived_lines(&objects);
+    let duplicated: Vec<_> = archived.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "archived twice: {duplicated:?}");
+    for t in &sent {
+        assert!(archived.contains_key(t), "{t} lost");
+    }
+    assert_eq!(archived.len(), sent.len());
+    // Every object still holds what its writer put there: nothing was overwritten.
+    for o in &objects {
+        assert_eq!(o["metadata"]["larch-sha256"], o["sha256"], "{}", o["key"]);
+    }
+    // Each host's parts of an hour took their own names: the hour's first
+    // object and numbered ones after it.
+    for hours in [2, 3] {
+        let base = name_of("acme", hours);
+        let of_hour: Vec<_> = keys(&objects)
+            .into_iter()
+            .filter(|k| k.starts_with(&base))
+            .collect();
+        assert!(of_hour.contains(&format!("{base}.json.gz")), "{of_hour:?}");
+        assert!(of_hour.len() >= 2, "{of_hour:?}");
+        for k in &of_hour {
+            let rest = &k[base.len()..];
+            let ok = rest == ".json.gz"
+                || rest
+                    .strip_prefix('.')
+                    .and_then(|r| r.strip_suffix(".json.gz"))
+                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 1));
+            assert!(ok, "bad name {k}");
+        }
+    }
+}
+
+#[test]
+fn a_crash_between_the_put_and_the_bookkeeping_makes_no_second_object() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let mut d = start(dir.path(), "a", &moto.endpoint, &cfg);
+    d.env.push(("LARCH_FAULT".into(), "after-put".into()));
+    d.restart();
+    let sent = send(&d, "k", 2, "crash", 7);
+    let exit = d.wait_exit(Duration::from_secs(60));
+    assert!(!exit.success(), "larch should have died at the fault point");
+    assert_eq!(archive_objects(&moto).len(), 1, "the put happened");
+
+    d.env.retain(|(k, _)| k != "LARCH_FAULT");
+    d.start_again();
+    d.wait_drained(Duration::from_secs(60));
+    let objects = archive_objects(&moto);
+    assert_eq!(
+        keys(&objects),
+        vec![format!("{}.json.gz", name_of("acme", 2))]
+    );
+    let archived = archived_lines(&objects);
+    assert_eq!(archived.len(), sent.len());
+    assert!(archived.values().all(|n| *n == 1));
+    assert!(
+        d.log().contains("object already holds this part"),
+        "the restart should recognise its own object"
+    );
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_outage_of_any_kind_loses_nothing_and_uploads_resume_by_themselves() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let proxy = FaultProxy::start(&moto.endpoint, Mode::Refuse);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(dir.path(), "a", &proxy.endpoint, &config(dir.path(), ""));
+    let mut sent = Vec::new();
+
+    // The link is down: ingest goes on, lines wait, status says why.
+    sent.extend(send(&d, "k", 4, "during refuse", 10));
+    wait_for("a failed upload", Duration::from_secs(30), || {
+        d.status()["upload_failures"].as_u64().unwrap_or(0) > 0
+    });
+    sent.extend(send(&d, "k", 3, "during refuse, later", 10));
+
+    // The store answers, but with 500 and 503 SlowDown.
+    for code in [500, 503] {
+        proxy.set(Mode::Status(code));
+        let failures = d.status()["upload_failures"].as_u64().unwrap();
+        sent.extend(send(&d, "k2", 3, &format!("during {code}"), 5));
+        wait_for(
+            &format!("a failure under {code}"),
+            Duration::from_secs(30),
+            || d.status()["upload_failures"].as_u64().unwrap() > failures,
+        );
+        let s = d.status();
+        assert!(
+            s["last_error"]
+                .as_str()
+                .unwrap()
+                .contains(&code.to_string()),
+            "{s}"
+        );
+        assert!(
+            s["sync_paused"].is_null(),
+            "a {code} is worth retrying: {s}"
+        );
+    }
+
+    // A 403 needs a person: uploads pause and say so.
+    proxy.set(Mode::Status(403));
+    wait_for("sync paused", Duration::from_secs(30), || {
+        !d.status()["sync_paused"].is_null()
+    });
+    let s = d.status();
+    assert!(s["sync_paused"].as_str().unwrap().contains("403"), "{s}");
+    sent.extend(send(&d, "k", 2, "during 403", 10));
+    assert!(archive_objects(&moto).is_empty(), "nothing got through yet");
+    assert_eq!(
+        d.status()["lines_waiting"].as_u64().unwrap(),
+        sent.len() as u64
+    );
+
+    // Fixed: everything goes out by itself, exactly once.
+    proxy.set(Mode::Pass);
+    let s = d.wait_drained(Duration::from_secs(90));
+    assert!(s["sync_paused"].is_null(), "{s}");
+    let objects = archive_objects(&moto);
+    let archived = archived_lines(&objects);
+    assert_eq!(archived.len(), sent.len());
+    assert!(archived.values().all(|n| *n == 1));
+    for t in &sent {
+        assert!(archived.contains_key(t), "{t} lost");
+    }
+}
+
+#[test]
+fn check_target_reports_each_point_and_a_refused_encryption_header() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let run = |endpoint: &str, bucket: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_larch"))
+            .args(["check-target", "--target", &format!("s3://{bucket}/edge")])
+            .envs(Moto::env(endpoint))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&moto.endpoint, BUCKET);
+    assert!(ok, "{text}");
+    for point in ["reachable", "writable", "encryption", "conditional create"] {
+        let line = text.lines().find(|l| l.starts_with(point)).unwrap();
+        assert!(line.contains("ok"), "{line}");
+    }
+    assert!(text.contains("AES256"), "{text}");
+    assert!(
+        !text.contains("test\n") && !text.contains("AWS_SECRET"),
+        "{text}"
+    );
+
+    let (ok, text) = run(&moto.endpoint, "no-such-bucket");
+    assert!(!ok);
+    assert!(text.contains("does not exist"), "{text}");
+
+    // A store that rejects the encryption header is a configuration error.
+    let proxy = FaultProxy::start(&moto.endpoint, Mode::Status(400));
+    let (ok, text) = run(&proxy.endpoint, BUCKET);
+    assert!(!ok);
+    let line = text.lines().find(|l| l.starts_with("encryption")).unwrap();
+    assert!(
+        line.contains("FAILED") && line.contains("server_side_encryption"),
+        "{line}"
+    );
+
+    // A dead link is reported as unreachable.
+    proxy.set(Mode::Refuse);
+    let (ok, text) = run(&proxy.endpoint, BUCKET);
+    assert!(!ok);
+    let line = text.lines().find(|l| l.starts_with("reachable")).unwrap();
+    assert!(line.contains("FAILED"), "{line}");
+}
+
+#[test]
+fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
+    use base64::Engine;
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let mut d = start(dir.path(), "a", &moto.endpoint, &cfg);
+    d.env.push(("LARCH_FAULT".into(), "after-put".into()));
+    d.restart();
+    // Random text barely compresses: about 12 MiB of gzip, over the 8 MiB of one put.
+    let mut sent = 0;
+    for request in 0..4 {
+        let lines: Vec<Value> = (0..500)
+            .map(|i| {
+                let noise: Vec<u8> = (0..6000).map(|_| rand::random::<u8>()).collect();
+                let text = format!(
+                    "big {request} {i} {}",
+                    base64::engine::general_purpose::STANDARD.encode(noise)
+                );
+                json!({"timestamp": hours_ago(2, i), "line": text})
+            })
+            .collect();
+        sent += lines.len();
+        let (status, body) = d.ingest_json("k", &json!({ "lines": lines }));
+        assert_eq!(status, 200, "{body}");
+    }
+    let exit = d.wait_exit(Duration::from_secs(120));
+    assert!(!exit.success(), "larch should have died at the fault point");
+
+    d.env.retain(|(k, _)| k != "LARCH_FAULT");
+    d.start_again();
+    d.wait_drained(Duration::from_secs(120));
+    let all = moto.inspect(BUCKET);
+    let leftovers: Vec<_> = all
+        .iter()
+        .filter(|o| o["key"].as_str().unwrap().contains(".larch-upload"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary uploads left: {leftovers:?}"
+    );
+    let objects = archive_objects(&moto);
+    assert_eq!(
+        keys(&objects),
+        vec![format!("{}.json.gz", name_of("acme", 2))]
+    );
+    assert!(objects[0]["size"].as_u64().unwrap() > 8 << 20);
+    assert_eq!(objects[0]["sse"], "AES256");
+    let archived = archived_lines(&objects);
+    assert_eq!(archived.len(), sent);
+    assert!(archived.values().all(|n| *n == 1));
+    assert!(d.log().contains("object already holds this part"));
+}
