@@ -32,6 +32,8 @@ for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
                 "key": key,
                 "size": head["ContentLength"],
                 "sse": head.get("ServerSideEncryption"),
+                "content_type": head.get("ContentType"),
+                "content_encoding": head.get("ContentEncoding"),
                 "metadata": head.get("Metadata", {}),
                 "sha256": hashlib.sha256(body).hexdigest(),
                 "lines": lines,

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Installs the servers the tests run against, into .test-servers/ (git-ignored):
-# - moto (PyPI): an S3-compatible server, plus boto3 for inspecting what larch wrote.
+# - moto (PyPI): an S3-compatible server, with boto3 to inspect what larch wrote;
+# - Azurite (npm): the Azure Blob Storage emulator, with azure-storage-blob (PyPI).
 # Idempotent: what is already there is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.test-servers
 mkdir -p "$dir"
-if [ ! -x "$dir/venv/bin/moto_server" ] || ! "$dir/venv/bin/python" -c 'import boto3, moto' 2>/dev/null; then
-    echo "installing moto and boto3 into $dir/venv (a few minutes)"
+if ! "$dir/venv/bin/python" -c 'import boto3, moto, azure.storage.blob' 2>/dev/null; then
+    echo "installing moto, boto3 and azure-storage-blob into $dir/venv (a few minutes)"
     python3 -m venv "$dir/venv"
-    "$dir/venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]' boto3
+    "$dir/venv/bin/pip" install --quiet --disable-pip-version-check \
+        'moto[server]' boto3 azure-storage-blob
 fi
-"$dir/venv/bin/moto_server" --version >/dev/null 2>&1 || "$dir/venv/bin/python" -c 'import moto; print("moto", moto.__version__)'
+if [ ! -x "$dir/npm/node_modules/.bin/azurite-blob" ]; then
+    if ! command -v npm >/dev/null; then
+        echo "npm is needed to install Azurite (the Azure emulator): install Node.js and npm" >&2
+        exit 1
+    fi
+    echo "installing azurite into $dir/npm"
+    npm install --silent --no-audit --no-fund --prefix "$dir/npm" azurite
+fi
+"$dir/venv/bin/python" -c 'import moto; print("moto", moto.__version__)'
+echo "azurite $("$dir/npm/node_modules/.bin/azurite-blob" --version)"

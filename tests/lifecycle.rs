@@ -308,3 +308,41 @@ async fn an_error_retrying_cannot_fix_pauses_the_part_and_drops_nothing() {
     assert_eq!(status.spool.lines_waiting, 0);
     assert!(missing.join(key("acme", 0)).exists());
 }
+
+#[test]
+fn a_backlog_drains_oldest_hour_first() {
+    let rig = Rig::new();
+    let at = |hours_before: i64, account: &str, text: &str| {
+        let line = Line {
+            ts: HOUR_START - hours_before * 3_600_000,
+            line: text.into(),
+            ingester: "test".into(),
+            ..Line::default()
+        };
+        let account = AccountId::parse(account).unwrap();
+        rig.spool().append(&[(account, vec![line])]).unwrap();
+        rig.spool().make_durable().unwrap();
+    };
+    at(1, "zeta", "newer");
+    at(5, "beta", "oldest");
+    at(0, "acme", "newest");
+    at(3, "acme", "older");
+    rig.seal();
+    let order: Vec<(String, i64)> = rig
+        .spool()
+        .parts_to_sync()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| (id.account.to_string(), id.hour.0))
+        .collect();
+    let hour = Hour::of(HOUR_START).0;
+    assert_eq!(
+        order,
+        [
+            ("beta".to_owned(), hour - 5),
+            ("acme".to_owned(), hour - 3),
+            ("zeta".to_owned(), hour - 1),
+            ("acme".to_owned(), hour),
+        ]
+    );
+}

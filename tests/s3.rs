@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::objects::{archived_lines, keys, send};
 use common::s3::{FaultProxy, Mode, Moto};
 use common::{hours_ago, Daemon};
 use serde_json::{json, Value};
@@ -17,10 +17,14 @@ fn config(dir: &Path, extra: &str) -> String {
     let path = dir.join("larch.toml");
     std::fs::write(
         &path,
-        format!("retry_max_delay = \"1s\"\n[keys]\nk = \"acme\"\nk2 = \"beta\"\n{extra}"),
+        format!("retry_max_delay = \"1s\"\n{extra}\n[keys]\nk = \"acme\"\nk2 = \"beta\"\n"),
     )
     .unwrap();
     path.display().to_string()
+}
+
+fn name_of_edge(account: &str, hours: i64) -> String {
+    common::objects::name_of("edge/", account, hours)
 }
 
 fn start(dir: &Path, name: &str, endpoint: &str, config_path: &str) -> Daemon {
@@ -38,54 +42,6 @@ fn start(dir: &Path, name: &str, endpoint: &str, config_path: &str) -> Daemon {
         ],
         &Moto::env(endpoint),
     )
-}
-
-/// Sends `n` lines for `key` into the hour `hours` ago; returns their texts.
-fn send(d: &Daemon, key: &str, hours: i64, tag: &str, n: usize) -> Vec<String> {
-    let texts: Vec<String> = (0..n).map(|i| format!("{tag} line {i}")).collect();
-    let lines: Vec<Value> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| json!({"timestamp": hours_ago(hours, 1000 + i as i64), "line": t}))
-        .collect();
-    let (status, body) = d.ingest_json(key, &json!({ "lines": lines }));
-    assert_eq!(status, 200, "{body}");
-    texts
-}
-
-fn name_of(account: &str, hours: i64) -> String {
-    let t = chrono::DateTime::from_timestamp_millis(hours_ago(hours, 0)).unwrap();
-    format!(
-        "edge/{}/{account}.{}",
-        t.format("year=%Y/month=%m/day=%d"),
-        t.format("%Y-%m-%d.%H00")
-    )
-}
-
-/// Every archived `_line`, with how often it was archived.
-fn archived_lines(objects: &[Value]) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for o in objects {
-        let lines = o["lines"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{} is not gzip NDJSON", o["key"]));
-        for l in lines {
-            *seen
-                .entry(l["_line"].as_str().unwrap().to_owned())
-                .or_insert(0) += 1;
-        }
-    }
-    seen
-}
-
-fn keys(objects: &[Value]) -> Vec<String> {
-    let mut k: Vec<String> = objects
-        .iter()
-        .map(|o| o["key"].as_str().unwrap().to_owned())
-        .filter(|k| !k.contains(".larch-"))
-        .collect();
-    k.sort();
-    k
 }
 
 fn archive_objects(moto: &Moto) -> Vec<Value> {
@@ -108,23 +64,26 @@ fn objects_are_named_encrypted_and_carry_their_owner() {
 
     let objects = archive_objects(&moto);
     let mut expected = vec![
-        format!("{}.json.gz", name_of("acme", 3)),
-        format!("{}.json.gz", name_of("acme", 2)),
-        format!("{}.json.gz", name_of("beta", 2)),
+        format!("{}.json.gz", name_of_edge("acme", 3)),
+        format!("{}.json.gz", name_of_edge("acme", 2)),
+        format!("{}.json.gz", name_of_edge("beta", 2)),
     ];
     expected.sort();
     assert_eq!(keys(&objects), expected);
     let instance = d.status()["instance"].as_str().unwrap().to_owned();
     for o in &objects {
         assert_eq!(o["sse"], "AES256", "{}", o["key"]);
+        // A gzip file, not gzip transfer encoding: downloads must keep the bytes.
+        assert_eq!(o["content_type"], "application/gzip");
+        assert!(o["content_encoding"].is_null(), "{o}");
         let meta = &o["metadata"];
-        assert_eq!(meta["larch-sha256"], o["sha256"], "{}", o["key"]);
-        assert_eq!(meta["larch-instance"], instance.as_str());
+        assert_eq!(meta["larch_sha256"], o["sha256"], "{}", o["key"]);
+        assert_eq!(meta["larch_instance"], instance.as_str());
         let lines = o["lines"].as_array().unwrap();
-        assert_eq!(meta["larch-lines"], lines.len().to_string());
+        assert_eq!(meta["larch_lines"], lines.len().to_string());
         let account = lines[0]["_account"].as_str().unwrap();
         assert!(
-            meta["larch-part"].as_str().unwrap().starts_with(account),
+            meta["larch_part"].as_str().unwrap().starts_with(account),
             "{meta}"
         );
     }
@@ -181,12 +140,12 @@ fn two_hosts_archiving_one_account_never_overwrite_each_other() {
     assert_eq!(archived.len(), sent.len());
     // Every object still holds what its writer put there: nothing was overwritten.
     for o in &objects {
-        assert_eq!(o["metadata"]["larch-sha256"], o["sha256"], "{}", o["key"]);
+        assert_eq!(o["metadata"]["larch_sha256"], o["sha256"], "{}", o["key"]);
     }
     // Each host's parts of an hour took their own names: the hour's first
     // object and numbered ones after it.
     for hours in [2, 3] {
-        let base = name_of("acme", hours);
+        let base = name_of_edge("acme", hours);
         let of_hour: Vec<_> = keys(&objects)
             .into_iter()
             .filter(|k| k.starts_with(&base))
@@ -225,7 +184,7 @@ fn a_crash_between_the_put_and_the_bookkeeping_makes_no_second_object() {
     let objects = archive_objects(&moto);
     assert_eq!(
         keys(&objects),
-        vec![format!("{}.json.gz", name_of("acme", 2))]
+        vec![format!("{}.json.gz", name_of_edge("acme", 2))]
     );
     let archived = archived_lines(&objects);
     assert_eq!(archived.len(), sent.len());
@@ -407,7 +366,7 @@ fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
     let objects = archive_objects(&moto);
     assert_eq!(
         keys(&objects),
-        vec![format!("{}.json.gz", name_of("acme", 2))]
+        vec![format!("{}.json.gz", name_of_edge("acme", 2))]
     );
     assert!(objects[0]["size"].as_u64().unwrap() > 8 << 20);
     assert_eq!(objects[0]["sse"], "AES256");
@@ -415,4 +374,76 @@ fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
     assert_eq!(archived.len(), sent);
     assert!(archived.values().all(|n| *n == 1));
     assert!(d.log().contains("object already holds this part"));
+}
+
+#[test]
+fn a_store_that_cannot_refuse_overwrites_is_used_only_in_single_writer_mode() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let no_conditional = "[s3]\nconditional_put = \"disabled\"\n";
+
+    // Without single-writer mode, larch refuses to run.
+    let cfg = config(dir.path(), no_conditional);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_larch"))
+        .args([
+            "run",
+            "--config",
+            &cfg,
+            "--target",
+            &format!("s3://{BUCKET}/edge"),
+        ])
+        .args(["--data", dir.path().join("refused").to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{}", common::free_port())])
+        .envs(Moto::env(&moto.endpoint))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "larch kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("single_writer = true"), "{stderr}");
+
+    // With it, larch runs, says so, and still never overwrites what it finds.
+    let cfg = config(
+        dir.path(),
+        &format!("single_writer = true\n{no_conditional}"),
+    );
+    let d = start(dir.path(), "single", &moto.endpoint, &cfg);
+    assert!(
+        d.status()["target"]
+            .as_str()
+            .unwrap()
+            .contains("single-writer mode"),
+        "{}",
+        d.status()
+    );
+    let taken = format!("{}.json.gz", name_of_edge("acme", 2));
+    let r = common::agent()
+        .put(format!("{}/{BUCKET}/{taken}", moto.endpoint))
+        .send(&b"someone else's"[..])
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = send(&d, "k", 2, "single", 3);
+    d.wait_drained(Duration::from_secs(60));
+    let all = moto.inspect(BUCKET);
+    let theirs = all.iter().find(|o| o["key"] == taken.as_str()).unwrap();
+    assert_eq!(theirs["size"], 14, "the other object was overwritten");
+    let ours: Vec<Value> = archive_objects(&moto)
+        .into_iter()
+        .filter(|o| o["key"] != taken.as_str())
+        .collect();
+    assert_eq!(
+        keys(&ours),
+        vec![format!("{}.1.json.gz", name_of_edge("acme", 2))]
+    );
+    assert_eq!(archived_lines(&ours).len(), sent.len());
 }

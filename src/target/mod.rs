@@ -39,10 +39,10 @@ const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
 const UPLOAD_AREA: &str = ".larch-upload";
 
 /// Metadata keys on every cloud object (`x-amz-meta-…` on S3).
-pub const META_INSTANCE: &str = "larch-instance";
-pub const META_PART: &str = "larch-part";
-pub const META_SHA256: &str = "larch-sha256";
-pub const META_LINES: &str = "larch-lines";
+pub const META_INSTANCE: &str = "larch_instance";
+pub const META_PART: &str = "larch_part";
+pub const META_SHA256: &str = "larch_sha256";
+pub const META_LINES: &str = "larch_lines";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Created {
@@ -80,8 +80,9 @@ impl Ownership {
             Attribute::Metadata(META_LINES.into()),
             self.lines.to_string().into(),
         );
-        a.insert(Attribute::ContentType, "application/x-ndjson".into());
-        a.insert(Attribute::ContentEncoding, "gzip".into());
+        // The object *is* a gzip file. A Content-Encoding of gzip would make
+        // HTTP clients unzip it on download and hand readers plain NDJSON.
+        a.insert(Attribute::ContentType, "application/gzip".into());
         a
     }
 }

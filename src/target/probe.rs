@@ -121,14 +121,25 @@ pub async fn run(store: &dyn ObjectStore, location: &Location, config: &TargetCo
         mode: PutMode::Create,
         ..PutOptions::default()
     };
-    match store
+    let mut first = store
         .put_opts(
             &key,
             PutPayload::from_static(b"larch probe\n"),
             create.clone(),
         )
-        .await
-    {
+        .await;
+    let mut create_switched_off = false;
+    if let Err(object_store::Error::NotImplemented { .. }) = first {
+        // The client is set not to send create-only writes: check the rest with a plain put.
+        create_switched_off = true;
+        report.conditional_create = Check::Failed(
+            "the store's client is set not to send create-only writes (conditional_put)".into(),
+        );
+        first = store
+            .put(&key, PutPayload::from_static(b"larch probe\n"))
+            .await;
+    }
+    match first {
         Ok(_) => {
             report.reachable = Check::Passed("answered".into());
             report.writable = Check::Passed("created a test object".into());
@@ -136,13 +147,6 @@ pub async fn run(store: &dyn ObjectStore, location: &Location, config: &TargetCo
                 report.encryption =
                     Check::Passed(format!("accepted x-amz-server-side-encryption: {asked}"));
             }
-        }
-        Err(object_store::Error::NotImplemented { .. }) => {
-            report.reachable = Check::NotChecked("conditional create is switched off".into());
-            report.conditional_create = Check::Failed(
-                "the store's client is set not to send create-only writes (conditional_put)".into(),
-            );
-            return report;
         }
         Err(e) => {
             let status = http_status(&e);
@@ -170,6 +174,12 @@ pub async fn run(store: &dyn ObjectStore, location: &Location, config: &TargetCo
             }
             return report;
         }
+    }
+    if create_switched_off {
+        if let Err(e) = store.delete(&key).await {
+            tracing::warn!("could not delete the probe object {key}: {e}");
+        }
+        return report;
     }
     report.conditional_create = match store
         .put_opts(&key, PutPayload::from_static(b"larch probe\n"), create)

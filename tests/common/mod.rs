@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `larch` binary against real files.
 #![allow(dead_code)]
 
+pub mod azure;
+pub mod objects;
 pub mod s3;
 
 use std::io::Read;
