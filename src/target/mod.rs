@@ -9,6 +9,7 @@
 //! create-only writes (see `probe`); a store without them is used only in
 //! single-writer mode, which the user must choose.
 
+mod aws_profile;
 mod errors;
 pub mod probe;
 pub mod spec;

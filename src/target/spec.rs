@@ -197,6 +197,7 @@ fn build_s3(
         // only if the key is free: S3's native way to do that.
         .with_config(AmazonS3ConfigKey::CopyIfNotExists, "multipart")
         .with_config(AmazonS3ConfigKey::ConditionalPut, "etag");
+    builder = with_profile_keys(builder, options, super::aws_profile::from_env());
     let encryption_key = AmazonS3ConfigKey::from_str("aws_server_side_encryption")
         .map_err(|e| option_error(STORE, "server_side_encryption", e))?;
     let mut encryption = builder
@@ -244,6 +245,39 @@ fn build_s3(
     builder
         .build()
         .map_err(|e| option_error(STORE, "settings", e))
+}
+
+/// Fills in keys and region from the AWS shared files when neither the
+/// environment nor the config gives them.
+fn with_profile_keys(
+    mut builder: AmazonS3Builder,
+    options: &BTreeMap<String, String>,
+    profile: super::aws_profile::ProfileKeys,
+) -> AmazonS3Builder {
+    let configured = |key: &AmazonS3ConfigKey, names: &[&str]| {
+        builder.get_config_value(key).is_some() || names.iter().any(|n| options.contains_key(*n))
+    };
+    let has_keys = configured(
+        &AmazonS3ConfigKey::AccessKeyId,
+        &["access_key_id", "aws_access_key_id"],
+    );
+    let has_region = configured(&AmazonS3ConfigKey::Region, &["region", "aws_region"]);
+    if !has_keys {
+        if let (Some(id), Some(secret)) = (profile.access_key_id, profile.secret_access_key) {
+            builder = builder
+                .with_access_key_id(id)
+                .with_secret_access_key(secret);
+            if let Some(token) = profile.session_token {
+                builder = builder.with_token(token);
+            }
+        }
+    }
+    if !has_region {
+        if let Some(region) = profile.region {
+            builder = builder.with_region(region);
+        }
+    }
+    builder
 }
 
 fn build_gcs(
@@ -361,6 +395,43 @@ mod tests {
             let e = Location::parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn profile_keys_fill_in_only_what_nothing_else_gave() {
+        let profile = super::super::aws_profile::ProfileKeys {
+            access_key_id: Some("AKIAPROFILE".into()),
+            secret_access_key: Some("secret".into()),
+            session_token: None,
+            region: Some("eu-west-1".into()),
+        };
+        let none = BTreeMap::new();
+        let b = with_profile_keys(AmazonS3Builder::new(), &none, profile.clone());
+        let value = |b: &AmazonS3Builder, k| b.get_config_value(&k);
+        assert_eq!(
+            value(&b, AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            Some("AKIAPROFILE")
+        );
+        assert_eq!(
+            value(&b, AmazonS3ConfigKey::Region).as_deref(),
+            Some("eu-west-1")
+        );
+        let from_env = AmazonS3Builder::new()
+            .with_access_key_id("AKIAENV")
+            .with_secret_access_key("s")
+            .with_region("us-west-2");
+        let b = with_profile_keys(from_env, &none, profile.clone());
+        assert_eq!(
+            value(&b, AmazonS3ConfigKey::AccessKeyId).as_deref(),
+            Some("AKIAENV")
+        );
+        assert_eq!(
+            value(&b, AmazonS3ConfigKey::Region).as_deref(),
+            Some("us-west-2")
+        );
+        let in_config: BTreeMap<String, String> = [("region".into(), "ap-south-1".into())].into();
+        let b = with_profile_keys(AmazonS3Builder::new(), &in_config, profile);
+        assert_eq!(value(&b, AmazonS3ConfigKey::Region), None);
     }
 
     #[test]
