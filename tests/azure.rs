@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::azure::Azurite;
-use common::objects::{archived_lines, keys, name_of, send};
+use common::objects::{archive_only, assert_exactly_once, keys, name_of, send};
 use common::Daemon;
 use serde_json::Value;
 
@@ -34,11 +34,7 @@ fn start(dir: &Path, name: &str, azurite: &Azurite) -> Daemon {
 }
 
 fn archive_objects(azurite: &Azurite) -> Vec<Value> {
-    azurite
-        .inspect(CONTAINER)
-        .into_iter()
-        .filter(|o| !o["key"].as_str().unwrap().contains(".larch-"))
-        .collect()
+    archive_only(azurite.inspect(CONTAINER))
 }
 
 #[test]
@@ -64,9 +60,7 @@ fn objects_are_named_and_carry_their_owner() {
         assert_eq!(meta["larch_sha256"], o["sha256"], "{}", o["key"]);
         assert_eq!(meta["larch_instance"], instance.as_str());
     }
-    let archived = archived_lines(&objects);
-    assert_eq!(archived.len(), sent.len());
-    assert!(archived.values().all(|n| *n == 1));
+    assert_exactly_once(&objects, &sent);
 }
 
 #[test]
@@ -90,9 +84,7 @@ fn two_hosts_never_overwrite_each_other_and_a_crash_after_put_makes_no_copy() {
 
     let objects = archive_objects(&azurite);
     assert_eq!(objects.len(), 2, "{:?}", keys(&objects));
-    let archived = archived_lines(&objects);
-    assert_eq!(archived.len(), sent.len());
-    assert!(archived.values().all(|n| *n == 1), "archived twice");
+    assert_exactly_once(&objects, &sent);
     for o in &objects {
         assert_eq!(o["metadata"]["larch_sha256"], o["sha256"], "{}", o["key"]);
     }

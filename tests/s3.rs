@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::objects::{archived_lines, keys, send};
+use common::objects::{archive_only, archived_lines, assert_exactly_once, keys, send};
 use common::s3::{FaultProxy, Mode, Moto};
 use common::{hours_ago, Daemon};
 use serde_json::{json, Value};
@@ -45,10 +45,7 @@ fn start(dir: &Path, name: &str, endpoint: &str, config_path: &str) -> Daemon {
 }
 
 fn archive_objects(moto: &Moto) -> Vec<Value> {
-    moto.inspect(BUCKET)
-        .into_iter()
-        .filter(|o| !o["key"].as_str().unwrap().contains(".larch-"))
-        .collect()
+    archive_only(moto.inspect(BUCKET))
 }
 
 #[test]
@@ -87,12 +84,7 @@ fn objects_are_named_encrypted_and_carry_their_owner() {
             "{meta}"
         );
     }
-    let archived = archived_lines(&objects);
-    assert_eq!(archived.len(), sent.len());
-    assert!(archived.values().all(|n| *n == 1));
-    for t in &sent {
-        assert!(archived.contains_key(t), "{t} missing");
-    }
+    assert_exactly_once(&objects, &sent);
 }
 
 #[test]
@@ -131,13 +123,7 @@ fn two_hosts_archiving_one_account_never_overwrite_each_other() {
     b.wait_drained(Duration::from_secs(60));
 
     let objects = archive_objects(&moto);
-    let archived = archived_lines(&objects);
-    let duplicated: Vec<_> = archived.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "archived twice: {duplicated:?}");
-    for t in &sent {
-        assert!(archived.contains_key(t), "{t} lost");
-    }
-    assert_eq!(archived.len(), sent.len());
+    assert_exactly_once(&objects, &sent);
     // Every object still holds what its writer put there: nothing was overwritten.
     for o in &objects {
         assert_eq!(o["metadata"]["larch_sha256"], o["sha256"], "{}", o["key"]);
@@ -186,9 +172,7 @@ fn a_crash_between_the_put_and_the_bookkeeping_makes_no_second_object() {
         keys(&objects),
         vec![format!("{}.json.gz", name_of_edge("acme", 2))]
     );
-    let archived = archived_lines(&objects);
-    assert_eq!(archived.len(), sent.len());
-    assert!(archived.values().all(|n| *n == 1));
+    assert_exactly_once(&objects, &sent);
     assert!(
         d.log().contains("object already holds this part"),
         "the restart should recognise its own object"
@@ -262,12 +246,7 @@ fn an_outage_of_any_kind_loses_nothing_and_uploads_resume_by_themselves() {
     let s = d.wait_drained(Duration::from_secs(90));
     assert!(s["sync_paused"].is_null(), "{s}");
     let objects = archive_objects(&moto);
-    let archived = archived_lines(&objects);
-    assert_eq!(archived.len(), sent.len());
-    assert!(archived.values().all(|n| *n == 1));
-    for t in &sent {
-        assert!(archived.contains_key(t), "{t} lost");
-    }
+    assert_exactly_once(&objects, &sent);
 }
 
 #[test]

@@ -210,16 +210,7 @@ fn build_s3(
                 builder = builder.with_virtual_hosted_style_request(!path_style);
             }
             "server_side_encryption" | "sse" => encryption = value.clone(),
-            _ => {
-                let config_key = AmazonS3ConfigKey::from_str(key).map_err(|_| {
-                    option_error(
-                        STORE,
-                        key,
-                        "unknown S3 option; see the README for the options larch takes",
-                    )
-                })?;
-                builder = builder.with_config(config_key, value);
-            }
+            _ => builder = builder.with_config(option_key(STORE, key)?, value),
         }
     }
     match encryption.as_str() {
@@ -235,11 +226,7 @@ fn build_s3(
             ))
         }
     }
-    // AWS_ENDPOINT_URL=http://... (a local MinIO, say) means plain HTTP is intended.
-    let plain_http = builder
-        .get_config_value(&AmazonS3ConfigKey::Endpoint)
-        .is_some_and(|e| e.starts_with("http://"));
-    if plain_http {
+    if is_plain_http(builder.get_config_value(&AmazonS3ConfigKey::Endpoint)) {
         builder = builder.with_allow_http(true);
     }
     builder
@@ -280,6 +267,22 @@ fn with_profile_keys(
     builder
 }
 
+/// A store option's key, in `object_store`'s names; unknown names are errors.
+fn option_key<K: FromStr>(store: &str, key: &str) -> Result<K, TargetSpecError> {
+    K::from_str(key).map_err(|_| {
+        option_error(
+            store,
+            key,
+            format!("unknown {store} option; see the README for the options larch takes"),
+        )
+    })
+}
+
+/// An `http://` endpoint (an emulator, a local store) means plain HTTP is intended.
+fn is_plain_http(endpoint: Option<String>) -> bool {
+    endpoint.is_some_and(|e| e.starts_with("http://"))
+}
+
 fn build_gcs(
     bucket: &str,
     options: &BTreeMap<String, String>,
@@ -290,24 +293,10 @@ fn build_gcs(
         .with_retry(retry())
         .with_config(GoogleConfigKey::Client(ClientConfigKey::Timeout), "120s");
     for (key, value) in options {
-        let config_key = GoogleConfigKey::from_str(key).map_err(|_| {
-            option_error(
-                STORE,
-                key,
-                "unknown GCS option; see the README for the options larch takes",
-            )
-        })?;
-        builder = builder.with_config(config_key, value);
+        builder = builder.with_config(option_key(STORE, key)?, value);
     }
-    let plain_http = builder
-        .get_config_value(&GoogleConfigKey::BaseUrl)
-        .is_some_and(|e| e.starts_with("http://"));
-    if plain_http {
-        builder = builder.with_client_options(
-            object_store::ClientOptions::new()
-                .with_allow_http(true)
-                .with_timeout(Duration::from_secs(120)),
-        );
+    if is_plain_http(builder.get_config_value(&GoogleConfigKey::BaseUrl)) {
+        builder = builder.with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
     }
     builder
         .build()
@@ -324,19 +313,9 @@ fn build_azure(
         .with_retry(retry())
         .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), "120s");
     for (key, value) in options {
-        let config_key = AzureConfigKey::from_str(key).map_err(|_| {
-            option_error(
-                STORE,
-                key,
-                "unknown Azure option; see the README for the options larch takes",
-            )
-        })?;
-        builder = builder.with_config(config_key, value);
+        builder = builder.with_config(option_key(STORE, key)?, value);
     }
-    let plain_http = builder
-        .get_config_value(&AzureConfigKey::Endpoint)
-        .is_some_and(|e| e.starts_with("http://"));
-    if plain_http {
+    if is_plain_http(builder.get_config_value(&AzureConfigKey::Endpoint)) {
         builder = builder.with_allow_http(true);
     }
     builder

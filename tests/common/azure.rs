@@ -2,27 +2,12 @@
 //! on 127.0.0.1.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::free_port;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn installed(relative: &str) -> PathBuf {
-    let path = repo().join(".test-servers").join(relative);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test-servers.sh (scripts/test.sh does it for you)",
-        path.display()
-    );
-    path
-}
+use super::{free_port, installed, repo_file};
 
 pub struct Azurite {
     child: Child,
@@ -54,7 +39,7 @@ impl Azurite {
 
     fn helper(&self, command: &str, container: &str) -> Vec<u8> {
         let out = Command::new(installed("venv/bin/python"))
-            .arg(repo().join("scripts/azure_inspect.py"))
+            .arg(repo_file("scripts/azure_inspect.py"))
             .args([&self.endpoint, command, container])
             .output()
             .expect("run azure_inspect.py");

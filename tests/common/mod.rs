@@ -13,6 +13,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A test server installed by `scripts/test-servers.sh` under `.test-servers/`.
+pub fn installed(relative: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".test-servers")
+        .join(relative);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test-servers.sh (scripts/test.sh does it for you)",
+        path.display()
+    );
+    path
+}
+
+/// A file of the repository, e.g. a helper script.
+pub fn repo_file(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

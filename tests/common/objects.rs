@@ -55,3 +55,26 @@ pub fn keys(objects: &[Value]) -> Vec<String> {
     k.sort();
     k
 }
+
+/// Every text in `sent` is archived exactly once, and nothing else is.
+pub fn assert_exactly_once(objects: &[Value], sent: &[String]) {
+    let archived = archived_lines(objects);
+    let twice: Vec<_> = archived.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "archived more than once: {twice:?}");
+    for t in sent {
+        assert!(archived.contains_key(t), "{t} lost");
+    }
+    assert_eq!(
+        archived.len(),
+        sent.len(),
+        "lines nobody sent were archived"
+    );
+}
+
+/// The archive objects among `objects`, without larch's temporary ones.
+pub fn archive_only(objects: Vec<Value>) -> Vec<Value> {
+    objects
+        .into_iter()
+        .filter(|o| !o["key"].as_str().unwrap().contains(".larch-"))
+        .collect()
+}

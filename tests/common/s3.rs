@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,21 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{agent, free_port};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn venv_bin(name: &str) -> PathBuf {
-    let path = repo().join(".test-servers/venv/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test-servers.sh (scripts/test.sh does it for you)",
-        path.display()
-    );
-    path
-}
+use super::{agent, free_port, installed, repo_file};
 
 pub struct Moto {
     child: Child,
@@ -35,7 +20,7 @@ pub struct Moto {
 impl Moto {
     pub fn start() -> Self {
         let port = free_port();
-        let child = Command::new(venv_bin("moto_server"))
+        let child = Command::new(installed("venv/bin/moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -78,8 +63,8 @@ impl Moto {
     /// Every object of `bucket` as the server reports it: key, size, `sse`,
     /// `metadata`, `sha256` of the bytes and the gunzipped `lines`.
     pub fn inspect(&self, bucket: &str) -> Vec<Value> {
-        let out = Command::new(venv_bin("python"))
-            .arg(repo().join("scripts/s3_inspect.py"))
+        let out = Command::new(installed("venv/bin/python"))
+            .arg(repo_file("scripts/s3_inspect.py"))
             .args([&self.endpoint, bucket])
             .output()
             .expect("run s3_inspect.py");
