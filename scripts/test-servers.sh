@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the servers the tests run against, into .test-servers/ (git-ignored):
 # - moto (PyPI): an S3-compatible server, with boto3 to inspect what larch wrote;
-# - Azurite (npm): the Azure Blob Storage emulator, with azure-storage-blob (PyPI).
+# - Azurite (npm): the Azure Blob Storage emulator, with azure-storage-blob (PyPI);
+# - s3s-fs (crates.io): an S3-compatible server that checks request signatures.
 # Idempotent: what is already there is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,11 @@ if [ ! -x "$dir/npm/node_modules/.bin/azurite-blob" ]; then
     echo "installing azurite into $dir/npm"
     npm install --silent --no-audit --no-fund --prefix "$dir/npm" azurite
 fi
+if [ ! -x "$dir/cargo/bin/s3s-fs" ]; then
+    # 0.14.1 is the last version that builds with this toolchain.
+    echo "installing s3s-fs into $dir/cargo (about 5 minutes)"
+    cargo install --quiet s3s-fs@0.14.1 --features binary --locked --root "$dir/cargo"
+fi
 "$dir/venv/bin/python" -c 'import moto; print("moto", moto.__version__)'
 echo "azurite $("$dir/npm/node_modules/.bin/azurite-blob" --version)"
+"$dir/cargo/bin/s3s-fs" --version

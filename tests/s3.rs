@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::objects::{archive_only, archived_lines, assert_exactly_once, keys, send};
-use common::s3::{FaultProxy, Mode, Moto};
+use common::s3::{FaultProxy, Mode, Moto, S3sFs};
 use common::{hours_ago, Daemon};
 use serde_json::{json, Value};
 
@@ -425,4 +425,44 @@ fn a_store_that_cannot_refuse_overwrites_is_used_only_in_single_writer_mode() {
         vec![format!("{}.1.json.gz", name_of_edge("acme", 2))]
     );
     assert_eq!(archived_lines(&ours).len(), sent.len());
+}
+
+#[test]
+fn a_wrong_secret_pauses_uploads_until_the_right_one_is_given() {
+    let s3s = S3sFs::start(&[BUCKET]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let mut d = start(dir.path(), "a", &s3s.endpoint, &cfg);
+    d.env = s3s.env("a-wrong-secret");
+    d.restart();
+    let sent = send(&d, "k", 2, "signed", 6);
+    wait_for("sync paused", Duration::from_secs(30), || {
+        !d.status()["sync_paused"].is_null()
+    });
+    let s = d.status();
+    let paused = s["sync_paused"].as_str().unwrap();
+    assert!(
+        paused.contains("403") && paused.contains("SignatureDoesNotMatch"),
+        "{s}"
+    );
+    assert!(
+        !paused.contains("a-wrong-secret"),
+        "a secret was printed: {paused}"
+    );
+    assert!(!d.log().contains("a-wrong-secret"), "a secret was logged");
+    assert_eq!(s["lines_waiting"].as_u64().unwrap(), sent.len() as u64);
+
+    d.env = s3s.env(S3sFs::SECRET_KEY);
+    d.restart();
+    d.wait_drained(Duration::from_secs(60));
+    let objects: Vec<Value> = common::read_archive(&s3s.root.path().join(BUCKET))
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".json.gz"))
+        .map(|(name, lines)| json!({"key": name, "lines": lines}))
+        .collect();
+    assert_eq!(
+        keys(&objects),
+        vec![format!("{}.json.gz", name_of_edge("acme", 2))]
+    );
+    assert_exactly_once(&objects, &sent);
 }

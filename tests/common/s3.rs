@@ -84,6 +84,69 @@ impl Drop for Moto {
     }
 }
 
+/// s3s-fs: an S3-compatible server that checks signatures, storing each
+/// object as a file under `root/<bucket>/<key>`.
+pub struct S3sFs {
+    child: Child,
+    pub endpoint: String,
+    pub root: tempfile::TempDir,
+}
+
+impl S3sFs {
+    pub const ACCESS_KEY: &'static str = "AKIDLARCHTEST";
+    pub const SECRET_KEY: &'static str = "the-right-secret";
+
+    pub fn start(buckets: &[&str]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        for b in buckets {
+            std::fs::create_dir_all(root.path().join(b)).unwrap();
+        }
+        let port = free_port();
+        let child = Command::new(installed("cargo/bin/s3s-fs"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--access-key",
+                Self::ACCESS_KEY,
+                "--secret-key",
+                Self::SECRET_KEY,
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start s3s-fs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root,
+        }
+    }
+
+    pub fn env(&self, secret: &str) -> Vec<(String, String)> {
+        let mut env = Moto::env(&self.endpoint);
+        for (k, v) in env.iter_mut() {
+            match k.as_str() {
+                "AWS_ACCESS_KEY_ID" => *v = Self::ACCESS_KEY.into(),
+                "AWS_SECRET_ACCESS_KEY" => *v = secret.into(),
+                _ => {}
+            }
+        }
+        env
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Forward to the server.
