@@ -212,8 +212,11 @@ fn status(addr: &str, json: bool) -> anyhow::Result<()> {
         s.oldest_waiting_hour.as_deref().unwrap_or("-")
     );
     println!(
-        "uploaded         {} objects ({} failed attempts)",
-        status.objects_uploaded, status.upload_failures
+        "uploaded         {} objects, {} bytes ({} before gzip; {} failed attempts)",
+        status.objects_uploaded,
+        status.bytes_uploaded,
+        status.input_bytes_uploaded,
+        status.upload_failures
     );
     println!("quarantined      {} records", s.records_quarantined);
     if let Some(p) = &status.sync_paused {

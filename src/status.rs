@@ -15,6 +15,10 @@ pub struct Status {
     #[serde(flatten)]
     pub spool: SpoolSummary,
     pub objects_uploaded: u64,
+    /// Compressed bytes written to the target since start.
+    pub bytes_uploaded: u64,
+    /// NDJSON bytes those objects hold, before compression.
+    pub input_bytes_uploaded: u64,
     pub upload_failures: u64,
     /// Set while uploads wait for an operator (permissions, missing directory).
     pub sync_paused: Option<String>,
@@ -37,6 +41,13 @@ impl Board {
         self.with(|s| {
             s.objects_uploaded += 1;
             s.sync_paused = None;
+        });
+    }
+
+    pub fn wrote(&self, bytes: u64, input_bytes: u64) {
+        self.with(|s| {
+            s.bytes_uploaded += bytes;
+            s.input_bytes_uploaded += input_bytes;
         });
     }
 

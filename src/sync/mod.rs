@@ -267,6 +267,7 @@ impl Syncer {
         };
         match created {
             Created::Created => {
+                self.board.wrote(staged.size, staged.input_bytes);
                 crate::fault::point("after-put");
                 Ok(PartState::Uploaded(done))
             }

@@ -21,6 +21,8 @@ pub struct Staged {
     pub size: u64,
     pub sha256: [u8; 32],
     pub lines: u64,
+    /// NDJSON bytes before compression.
+    pub input_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +73,14 @@ pub fn stage(spool: &Spool, id: &PartId, level: u32, dir: &Path) -> Result<Stage
     let mut gz = GzBuilder::new().write(hashing, Compression::new(level));
     let mut ndjson = Vec::with_capacity(128 * 1024);
     let mut lines = 0u64;
+    let mut input_bytes = 0u64;
     spool.for_each_block(id, |block| -> Result<(), StageError> {
         ndjson.clear();
         for line in block {
             line.write_ndjson(id.account.as_str(), &mut ndjson);
         }
         lines += block.len() as u64;
+        input_bytes += ndjson.len() as u64;
         gz.write_all(&ndjson).map_err(io_err)
     })?;
     let mut hashing = gz.finish().map_err(io_err)?;
@@ -87,5 +91,6 @@ pub fn stage(spool: &Spool, id: &PartId, level: u32, dir: &Path) -> Result<Stage
         size: hashing.size,
         sha256: hashing.hasher.finalize().into(),
         lines,
+        input_bytes,
     })
 }

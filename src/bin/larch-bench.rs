@@ -1,0 +1,340 @@
+//! `larch-bench`: the load generator and machine baselines behind `scripts/bench.sh`.
+//!
+//! - `load`: concurrent clients POST Mezmo bodies to a running larch and report
+//!   lines/s, MB/s and request latency percentiles (as JSON on stdout);
+//! - `fsync`: sequential write + fsync throughput of a directory's disk;
+//! - `gzip`: single-core gzip throughput on log lines like the ones `load` sends.
+//!
+//! Every figure is printed as JSON so the script can put them in one table.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "larch-bench", about = "Load generator and baselines for larch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send lines to a running larch and measure throughput and latency.
+    Load {
+        #[arg(long, default_value = "127.0.0.1:7280")]
+        addr: String,
+        #[arg(long, default_value = "larch-demo-key")]
+        key: String,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 1000)]
+        lines_per_request: usize,
+        /// Approximate length of each line's text.
+        #[arg(long, default_value_t = 300)]
+        line_bytes: usize,
+        #[arg(long, default_value = "20s")]
+        duration: humantime::Duration,
+        /// Lines per second for all clients together; 0 sends as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Stamp lines this many hours back (spread over that many hours), so
+        /// they seal at once with `--late-window 0s`; 0 stamps them now.
+        #[arg(long, default_value_t = 0)]
+        hours_back: i64,
+    },
+    /// Sequential write + fsync throughput in a directory.
+    Fsync {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        mib: usize,
+    },
+    /// Single-core gzip throughput on generated log lines.
+    Gzip {
+        #[arg(long, default_value_t = 200)]
+        mib: usize,
+        #[arg(long, default_value_t = 6)]
+        level: u32,
+        #[arg(long, default_value_t = 300)]
+        line_bytes: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Load {
+            addr,
+            key,
+            clients,
+            lines_per_request,
+            line_bytes,
+            duration,
+            rate,
+            hours_back,
+        } => load(LoadPlan {
+            addr,
+            key,
+            clients,
+            lines_per_request,
+            line_bytes,
+            duration: duration.into(),
+            rate,
+            hours_back,
+        }),
+        Command::Fsync { dir, mib } => fsync(&dir, mib),
+        Command::Gzip {
+            mib,
+            level,
+            line_bytes,
+        } => gzip(mib, level, line_bytes),
+    }
+}
+
+/// A deterministic stream of pseudo-random numbers (splitmix64), so runs compare.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A log line of about `len` bytes, like an application's access log: fixed
+/// words, and ids, addresses and numbers that vary, so it compresses about as
+/// well as real logs (4 to 5 times with gzip -6).
+fn log_line(n: u64, len: usize) -> String {
+    const PATHS: [&str; 6] = [
+        "/api/v1/orders",
+        "/api/v1/users",
+        "/health",
+        "/static/app.js",
+        "/api/v2/search",
+        "/login",
+    ];
+    const AGENTS: [&str; 4] = [
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/131.0",
+        "curl/8.5.0",
+        "okhttp/4.12.0",
+        "Go-http-client/1.1",
+    ];
+    const WORDS: [&str; 16] = [
+        "cache", "miss", "retry", "upstream", "timeout", "user", "session", "token", "queue",
+        "shard", "replica", "lag", "commit", "batch", "flush", "index",
+    ];
+    let r = |k: u64| mix(n.wrapping_mul(31).wrapping_add(k));
+    let mut line = format!(
+        "10.{}.{}.{} - - \"{} {}/{}?page={} HTTP/1.1\" {} {} \"{}\" rt={}ms trace={:016x}{:08x}",
+        r(1) % 256,
+        r(2) % 256,
+        r(3) % 256,
+        ["GET", "POST", "GET", "PUT"][(r(4) % 4) as usize],
+        PATHS[(r(5) % 6) as usize],
+        r(6) % 100_000,
+        r(7) % 50,
+        [200, 200, 200, 201, 304, 404, 500][(r(8) % 7) as usize],
+        r(9) % 200_000,
+        AGENTS[(r(10) % 4) as usize],
+        r(11) % 2_000,
+        r(12),
+        r(13) as u32,
+    );
+    let mut k = 14;
+    while line.len() < len {
+        line.push(' ');
+        line.push_str(WORDS[(r(k) % 16) as usize]);
+        line.push_str(&format!("={}", r(k + 1) % 10_000));
+        k += 2;
+    }
+    line.truncate(len);
+    line
+}
+
+struct LoadPlan {
+    addr: String,
+    key: String,
+    clients: usize,
+    lines_per_request: usize,
+    line_bytes: usize,
+    duration: Duration,
+    rate: u64,
+    hours_back: i64,
+}
+
+fn body(plan: &LoadPlan, seq: u64) -> Vec<u8> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut out = Vec::with_capacity(plan.lines_per_request * (plan.line_bytes + 64));
+    out.extend_from_slice(b"{\"lines\":[");
+    for i in 0..plan.lines_per_request as u64 {
+        let n = seq * plan.lines_per_request as u64 + i;
+        if i > 0 {
+            out.push(b',');
+        }
+        let ts = if plan.hours_back > 0 {
+            now_ms - 3_600_000 * (1 + (n as i64 % plan.hours_back))
+        } else {
+            now_ms
+        };
+        let entry = json!({"timestamp": ts, "line": log_line(n, plan.line_bytes), "app": "bench"});
+        out.extend_from_slice(entry.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn load(plan: LoadPlan) -> anyhow::Result<()> {
+    let plan = Arc::new(plan);
+    let url = format!("http://{}/logs/ingest?hostname=bench", plan.addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let lines_ok = Arc::new(AtomicU64::new(0));
+    let bytes_ok = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let seq = Arc::new(AtomicU64::new(0));
+    let per_request = if plan.rate > 0 {
+        Some(Duration::from_secs_f64(
+            plan.lines_per_request as f64 * plan.clients as f64 / plan.rate as f64,
+        ))
+    } else {
+        None
+    };
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for client in 0..plan.clients {
+        let (plan, url, stop) = (plan.clone(), url.clone(), stop.clone());
+        let (lines_ok, bytes_ok, failures) = (lines_ok.clone(), bytes_ok.clone(), failures.clone());
+        let (latencies, seq) = (latencies.clone(), seq.clone());
+        threads.push(std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build()
+                .into();
+            let mut mine = Vec::new();
+            // Stagger paced clients so their requests spread over the interval.
+            let mut next = Instant::now()
+                + per_request.map_or(Duration::ZERO, |p| {
+                    p.mul_f64(client as f64 / plan.clients as f64)
+                });
+            while !stop.load(Ordering::Relaxed) {
+                if per_request.is_some() {
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
+                }
+                let body = body(&plan, seq.fetch_add(1, Ordering::Relaxed));
+                let sent = Instant::now();
+                let result = agent
+                    .post(&url)
+                    .header("apikey", &plan.key)
+                    .header("Content-Type", "application/json")
+                    .send(&body[..]);
+                let took = sent.elapsed();
+                match result {
+                    Ok(r) if r.status() == 200 => {
+                        lines_ok.fetch_add(plan.lines_per_request as u64, Ordering::Relaxed);
+                        bytes_ok.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        mine.push(took.as_secs_f64() * 1000.0);
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                if let Some(p) = per_request {
+                    next += p;
+                }
+            }
+            if let Ok(mut all) = latencies.lock() {
+                all.extend(mine);
+            }
+        }));
+    }
+    std::thread::sleep(plan.duration);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut lat = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    lat.sort_by(f64::total_cmp);
+    let lines = lines_ok.load(Ordering::Relaxed);
+    let report = json!({
+        "lines": lines,
+        "seconds": elapsed,
+        "lines_per_s": lines as f64 / elapsed,
+        "mb_per_s": bytes_ok.load(Ordering::Relaxed) as f64 / elapsed / 1e6,
+        "requests": lat.len(),
+        "failed_requests": failures.load(Ordering::Relaxed),
+        "p50_ms": percentile(&lat, 0.50),
+        "p99_ms": percentile(&lat, 0.99),
+        "max_ms": lat.last().copied().unwrap_or(0.0),
+    });
+    println!("{report}");
+    if lines == 0 {
+        bail!("no request succeeded: is larch running on {}?", plan.addr);
+    }
+    Ok(())
+}
+
+fn fsync(dir: &std::path::Path, mib: usize) -> anyhow::Result<()> {
+    let path = dir.join(format!("larch-bench-fsync.{}", std::process::id()));
+    let chunk = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&path)?;
+        for i in 0..mib {
+            f.write_all(&chunk)?;
+            // An fsync every 8 MiB, like a busy group commit.
+            if i % 8 == 7 {
+                f.sync_data()?;
+            }
+        }
+        f.sync_all()
+    })();
+    let secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    result.with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{}",
+        json!({"mb_per_s": (mib << 20) as f64 / secs / 1e6, "mib": mib, "seconds": secs})
+    );
+    Ok(())
+}
+
+fn gzip(mib: usize, level: u32, line_bytes: usize) -> anyhow::Result<()> {
+    // The NDJSON larch writes: archived lines with their fields.
+    let mut data = Vec::with_capacity(mib << 20);
+    let mut n = 0u64;
+    while data.len() < mib << 20 {
+        let line = json!({"_id": format!("{:026}", n), "_account": "bench", "_ts": 1_764_140_245_123i64 + n as i64,
+            "_line": log_line(n, line_bytes), "_host": "bench", "_app": "bench", "_ingester": "http",
+            "_received": 1_764_140_245_123i64 + n as i64});
+        data.extend_from_slice(line.to_string().as_bytes());
+        data.push(b'\n');
+        n += 1;
+    }
+    let start = Instant::now();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    gz.write_all(&data)?;
+    let out = gz.finish()?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"mb_per_s": data.len() as f64 / secs / 1e6, "ratio": data.len() as f64 / out.len() as f64, "seconds": secs})
+    );
+    Ok(())
+}
