@@ -249,12 +249,20 @@ async fn corrupt_records_are_set_aside_without_stopping_start_up_or_taking_other
     let spool_dir = rig.dir.path().join("spool");
     drop(rig.spool);
 
-    // Damage that sled's own checks cannot see: one byte of acme's first block
-    // and one byte of beta's part record, as bit rot would.
+    // Damage that no filesystem check sees: one byte in the middle of acme's
+    // first block in its segment file, and one byte of beta's part record in
+    // sled, as bit rot would.
     {
         let db = sled::open(&spool_dir).unwrap();
-        let block_key = db.scan_prefix(b"Bacme\0").keys().next().unwrap().unwrap();
-        flip_a_byte(&db, &block_key);
+        let block_ref = db.scan_prefix(b"Bacme\0").values().next().unwrap().unwrap();
+        // segment (u64), offset (u64), length (u32), big-endian.
+        let segment = u64::from_be_bytes(block_ref[..8].try_into().unwrap());
+        let offset = u64::from_be_bytes(block_ref[8..16].try_into().unwrap());
+        let len = u32::from_be_bytes(block_ref[16..20].try_into().unwrap());
+        let path = rig.dir.path().join(format!("segments/{segment:016x}.seg"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(offset + u64::from(len) / 2) as usize] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
         let record_key = db.scan_prefix(b"Pbeta\0").keys().next().unwrap().unwrap();
         flip_a_byte(&db, &record_key);
         db.flush().unwrap();
@@ -345,4 +353,28 @@ fn a_backlog_drains_oldest_hour_first() {
             ("acme".to_owned(), hour),
         ]
     );
+}
+
+#[tokio::test]
+async fn segment_files_go_once_every_part_in_them_is_archived() {
+    let rig = Rig::new();
+    rig.ingest("acme", &["one", "two"]);
+    rig.ingest("beta", &["three"]);
+    let segments = |rig: &Rig| {
+        let mut names: Vec<String> = std::fs::read_dir(rig.dir.path().join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    // A restart starts a new segment; the old one still holds both parts.
+    let rig = rig.reopen();
+    let before = segments(&rig);
+    assert_eq!(before.len(), 2, "{before:?}");
+    rig.seal();
+    rig.sync().await;
+    assert_eq!(rig.archived().len(), 2);
+    let after = segments(&rig);
+    assert_eq!(after, before[1..], "the archived parts' segment is gone");
 }

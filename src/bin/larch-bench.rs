@@ -187,6 +187,9 @@ fn body(plan: &LoadPlan, seq: u64) -> Vec<u8> {
     out
 }
 
+/// Distinct bodies each client cycles through.
+const BODIES_PER_CLIENT: u64 = 8;
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -211,19 +214,26 @@ fn load(plan: LoadPlan) -> anyhow::Result<()> {
     } else {
         None
     };
-    let start = Instant::now();
+    let ready = Arc::new(std::sync::Barrier::new(plan.clients + 1));
     let mut threads = Vec::new();
     for client in 0..plan.clients {
         let (plan, url, stop) = (plan.clone(), url.clone(), stop.clone());
         let (lines_ok, bytes_ok, failures) = (lines_ok.clone(), bytes_ok.clone(), failures.clone());
-        let (latencies, seq) = (latencies.clone(), seq.clone());
+        let (latencies, seq, ready) = (latencies.clone(), seq.clone(), ready.clone());
         threads.push(std::thread::spawn(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(60)))
                 .build()
                 .into();
+            // Bodies are built before the clock starts, so the generator's own
+            // CPU does not compete with larch's on a small machine.
+            let pool: Vec<Vec<u8>> = (0..BODIES_PER_CLIENT)
+                .map(|_| body(&plan, seq.fetch_add(1, Ordering::Relaxed)))
+                .collect();
+            let mut sent_count = 0usize;
             let mut mine = Vec::new();
+            ready.wait();
             // Stagger paced clients so their requests spread over the interval.
             let mut next = Instant::now()
                 + per_request.map_or(Duration::ZERO, |p| {
@@ -236,7 +246,8 @@ fn load(plan: LoadPlan) -> anyhow::Result<()> {
                         std::thread::sleep(next - now);
                     }
                 }
-                let body = body(&plan, seq.fetch_add(1, Ordering::Relaxed));
+                let body = &pool[sent_count % pool.len()];
+                sent_count += 1;
                 let sent = Instant::now();
                 let result = agent
                     .post(&url)
@@ -263,6 +274,8 @@ fn load(plan: LoadPlan) -> anyhow::Result<()> {
             }
         }));
     }
+    ready.wait();
+    let start = Instant::now();
     std::thread::sleep(plan.duration);
     stop.store(true, Ordering::Relaxed);
     for t in threads {

@@ -1,15 +1,18 @@
 //! The spool: lines on local disk, in sled, until the archive holds them.
 //!
 //! Lines are grouped into parts by (account, UTC hour, part number) and stored
-//! in blocks of many lines per sled value. [`Spool::append`] stages a group of
-//! requests in one atomic batch; [`Spool::make_durable`] then flushes and fsyncs,
-//! and only after that may anything be acknowledged (see `commit`).
+//! in blocks of many lines. The blocks' bytes go into segment files (see
+//! `segments`); sled holds a small reference per block, the part records and the
+//! counters. [`Spool::append`] writes and fsyncs a group's blocks, then stages
+//! their references in one atomic sled batch; [`Spool::make_durable`] flushes and
+//! fsyncs sled, and only after that may anything be acknowledged (see `commit`).
 
 mod codec;
 mod commit;
 mod durable;
 pub mod keys;
 pub mod part;
+mod segments;
 
 use std::collections::HashMap;
 use std::io;
@@ -30,7 +33,7 @@ pub use keys::PartId;
 pub use part::{PartRecord, PartState, Upload};
 
 /// Bumped when the on-disk layout changes incompatibly.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// Lines per sled value are capped by size so values stay well inside sled's
 /// inline limit and a block decodes in little memory.
 const BLOCK_BYTES: usize = 60 * 1024;
@@ -43,13 +46,15 @@ pub enum SpoolError {
     Incompatible { path: PathBuf, found: u32 },
     #[error("spool storage error: {0}")]
     Storage(#[from] sled::Error),
+    #[error("spool segment file error: {0}")]
+    Segment(#[from] io::Error),
 }
 
 impl SpoolError {
     /// The disk (or its quota) is full: the client should retry later.
     pub fn is_disk_full(&self) -> bool {
         let io = match self {
-            SpoolError::Storage(sled::Error::Io(e)) => e,
+            SpoolError::Storage(sled::Error::Io(e)) | SpoolError::Segment(e) => e,
             SpoolError::Open {
                 source: sled::Error::Io(e),
                 ..
@@ -96,6 +101,7 @@ struct Index {
 
 pub struct Spool {
     db: sled::Db,
+    segments: segments::Segments,
     durability: durable::Durability,
     index: Mutex<Index>,
     clock: SharedClock,
@@ -127,6 +133,8 @@ impl Spool {
             .open()
             .map_err(open_err)?;
         let durability = durable::Durability::open(&path).map_err(|e| open_err(e.into()))?;
+        let segments =
+            segments::Segments::open(&dir.join("segments")).map_err(|e| open_err(e.into()))?;
 
         let version = read_u64(&db, "version")?;
         match version {
@@ -155,6 +163,7 @@ impl Spool {
         let next_line = read_u64(&db, "next_line")?.unwrap_or(0);
         let spool = Self {
             db,
+            segments,
             durability,
             index: Mutex::new(Index {
                 open: HashMap::new(),
@@ -246,13 +255,17 @@ impl Spool {
 
         let mut batch = sled::Batch::default();
         let mut block_keys = Vec::new();
+        // The blocks are on disk before sled learns where they are.
+        let mut writer = self.segments.lock();
         for (part_id, lines) in lines_by_part {
             for (first_seq, block) in into_blocks(lines) {
                 let key = keys::block(&part_id, first_seq);
-                batch.insert(key.clone(), codec::encode(&block));
+                let at = writer.append(&codec::encode(&block))?;
+                batch.insert(key.clone(), &at.encode()[..]);
                 block_keys.push(key);
             }
         }
+        writer.sync()?;
         for ((account, hour), part) in &touched {
             let id = PartId {
                 account: account.clone(),
@@ -263,6 +276,7 @@ impl Spool {
         }
         batch.insert(keys::meta("next_line"), &next_line.to_be_bytes());
         self.db.apply_batch(batch)?;
+        drop(writer);
 
         index.next_line = next_line;
         index.open.extend(touched);
@@ -424,12 +438,50 @@ impl Spool {
     ) -> Result<(), E> {
         for item in self.db.scan_prefix(keys::blocks_of(id)) {
             let (key, value) = item.map_err(SpoolError::from)?;
-            match codec::decode::<Block>(&value) {
+            let Some(at) = segments::BlockRef::decode(&value) else {
+                self.quarantine(&key, &value, &format!("block reference of {id} is damaged"))?;
+                continue;
+            };
+            let bytes = match self.segments.read(&at) {
+                Ok(bytes) => bytes,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    self.quarantine(
+                        &key,
+                        &value,
+                        &format!(
+                            "block of {id} is missing from segment {:016x}: {e}",
+                            at.segment
+                        ),
+                    )?;
+                    continue;
+                }
+                Err(e) => return Err(SpoolError::from(e).into()),
+            };
+            match codec::decode::<Block>(&bytes) {
                 Ok(block) => each(&block.lines)?,
-                Err(e) => self.quarantine(&key, &value, &format!("block of {id}: {e}"))?,
+                Err(e) => self.quarantine(&key, &bytes, &format!("block of {id}: {e}"))?,
             }
         }
         Ok(())
+    }
+
+    /// Deletes segment files that no block refers to any more. Cheap enough to
+    /// run after uploads: it reads only the small block references.
+    pub fn collect_segments(&self) -> Result<usize, SpoolError> {
+        // Taken first: every reference into an older segment is in sled by now.
+        let before = self.segments.current();
+        let mut live = std::collections::HashSet::new();
+        for value in self.db.scan_prefix([keys::BLOCK]).values() {
+            if let Some(at) = segments::BlockRef::decode(&value?) {
+                live.insert(at.segment);
+            }
+        }
+        Ok(self.segments.remove_unreferenced(before, &live)?)
     }
 
     /// Removes an uploaded part's lines from the spool.

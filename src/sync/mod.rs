@@ -14,6 +14,7 @@ pub mod stage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,8 @@ use crate::target::{Created, Ownership, Target, TargetError};
 const CONCURRENCY: usize = 2;
 /// How often the loop looks for work when nothing wakes it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Spool segment files are looked at for removal at most this often.
+const COLLECT_EVERY: Duration = Duration::from_secs(5);
 /// A part waiting for an operator is retried this often (or at the backoff cap, if lower).
 const OPERATOR_RETRY: Duration = Duration::from_secs(30);
 
@@ -74,6 +77,9 @@ pub struct Syncer {
     board: Arc<Board>,
     /// Parts that failed, with their attempt count and when they may go again.
     retry_at: Mutex<HashMap<PartId, (u32, Instant)>>,
+    /// Set when parts left the spool: their segment files may be free now.
+    segments_to_collect: AtomicBool,
+    last_collected: Mutex<Option<Instant>>,
 }
 
 impl Syncer {
@@ -96,6 +102,9 @@ impl Syncer {
             clock,
             board,
             retry_at: Mutex::new(HashMap::new()),
+            // A previous run may have deleted parts without freeing their segments.
+            segments_to_collect: AtomicBool::new(true),
+            last_collected: Mutex::new(None),
         })
     }
 
@@ -143,6 +152,34 @@ impl Syncer {
                 async move { this.sync_one(id, record).await }
             })
             .await;
+        self.collect_segments().await;
+    }
+
+    /// Frees segment files whose parts have all left the spool, at most every
+    /// `COLLECT_EVERY`: it reads every block reference.
+    async fn collect_segments(&self) {
+        {
+            let mut last = self
+                .last_collected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < COLLECT_EVERY)
+                || !self.segments_to_collect.swap(false, Ordering::Relaxed)
+            {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.collect_segments()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!("removed {n} spool segment file(s) no part needs"),
+            Ok(Err(e)) => {
+                tracing::warn!("could not remove unused spool segments, will try again: {e}");
+                self.segments_to_collect.store(true, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("segment collection task failed: {e}"),
+        }
     }
 
     async fn sync_one(&self, id: PartId, record: PartRecord) {
@@ -207,6 +244,7 @@ impl Syncer {
                 PartState::Uploaded(upload) => {
                     let (spool, part) = (self.spool.clone(), id.clone());
                     blocking(move || spool.delete_blocks(&part)).await?;
+                    self.segments_to_collect.store(true, Ordering::Relaxed);
                     if let Some(s) = staged.take() {
                         self.discard_staged(&s);
                     }

@@ -1,0 +1,241 @@
+//! Segment files: where the spool's line blocks live, beside sled.
+//!
+//! sled keeps every value it was given in memory until its cache evicts it, and
+//! with blocks of tens of KiB that grew larch to hundreds of MB under load. So
+//! the blocks go into append-only files here, and sled holds only a small
+//! [`BlockRef`] per block (segment, offset, length) next to the part records.
+//!
+//! A group commit appends its blocks to the current segment, fsyncs it, and only
+//! then gives sled the references, so a reference never points at bytes that
+//! are not on disk. A segment is deleted once no reference points into it.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use super::durable::sync_dir;
+
+/// A segment is closed and a new one started past this size.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Where one block's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl BlockRef {
+    const ENCODED: usize = 20;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED] {
+        let mut out = [0u8; Self::ENCODED];
+        out[..8].copy_from_slice(&self.segment.to_be_bytes());
+        out[8..16].copy_from_slice(&self.offset.to_be_bytes());
+        out[16..].copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; Self::ENCODED] = bytes.try_into().ok()?;
+        let (segment, rest) = bytes.split_at(8);
+        let (offset, len) = rest.split_at(8);
+        Some(Self {
+            segment: u64::from_be_bytes(segment.try_into().ok()?),
+            offset: u64::from_be_bytes(offset.try_into().ok()?),
+            len: u32::from_be_bytes(len.try_into().ok()?),
+        })
+    }
+}
+
+struct Writer {
+    id: u64,
+    file: File,
+    len: u64,
+    /// Segments written since the last sync, the current one included.
+    unsynced: Vec<(u64, File)>,
+    /// A segment file was created since the last sync: the directory needs one too.
+    new_file: bool,
+}
+
+pub struct Segments {
+    dir: PathBuf,
+    writer: Mutex<Writer>,
+}
+
+fn file_name(id: u64) -> String {
+    format!("{id:016x}.seg")
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
+}
+
+fn create(dir: &Path, id: u64) -> io::Result<File> {
+    OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .append(true)
+        .open(dir.join(file_name(id)))
+}
+
+impl Segments {
+    /// Opens the segment directory. Writing always starts a new segment: the
+    /// tail of the last one may hold bytes of a commit that never finished.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let newest = Self::ids(dir)?.into_iter().max().unwrap_or(0);
+        let id = newest + 1;
+        let file = create(dir, id)?;
+        sync_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            writer: Mutex::new(Writer {
+                id,
+                file,
+                len: 0,
+                unsynced: Vec::new(),
+                new_file: false,
+            }),
+        })
+    }
+
+    fn ids(dir: &Path) -> io::Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            if let Some(id) = entry?.file_name().to_str().and_then(parse_name) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Holds off other appends (and segment collection) while a group is written
+    /// and its references handed to sled.
+    pub fn lock(&self) -> SegmentWriter<'_> {
+        SegmentWriter {
+            dir: &self.dir,
+            writer: self.writer.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Reads one block's bytes.
+    pub fn read(&self, r: &BlockRef) -> io::Result<Vec<u8>> {
+        let file = File::open(self.dir.join(file_name(r.segment)))?;
+        let mut buf = vec![0u8; r.len as usize];
+        file.read_exact_at(&mut buf, r.offset)?;
+        Ok(buf)
+    }
+
+    /// The segment being written now; older ones get no new blocks.
+    pub fn current(&self) -> u64 {
+        self.lock().writer.id
+    }
+
+    /// Deletes every segment older than `before` that no reference in `live` names.
+    pub fn remove_unreferenced(&self, before: u64, live: &HashSet<u64>) -> io::Result<usize> {
+        let mut removed = 0;
+        for id in Self::ids(&self.dir)? {
+            if id < before && !live.contains(&id) {
+                std::fs::remove_file(self.dir.join(file_name(id)))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+}
+
+/// The segment writer, held for one group commit.
+pub struct SegmentWriter<'a> {
+    dir: &'a Path,
+    writer: MutexGuard<'a, Writer>,
+}
+
+impl SegmentWriter<'_> {
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<BlockRef> {
+        let w = &mut *self.writer;
+        if w.len >= SEGMENT_BYTES {
+            let id = w.id + 1;
+            let file = create(self.dir, id)?;
+            let old = std::mem::replace(&mut w.file, file);
+            w.unsynced.push((w.id, old));
+            w.id = id;
+            w.len = 0;
+            w.new_file = true;
+        }
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "block too large"))?;
+        let r = BlockRef {
+            segment: w.id,
+            offset: w.len,
+            len,
+        };
+        if let Err(e) = w.file.write_all(bytes) {
+            // A short write leaves the file longer than we think: start afresh.
+            w.len = SEGMENT_BYTES;
+            return Err(e);
+        }
+        w.len += u64::from(len);
+        Ok(r)
+    }
+
+    /// Makes every appended byte durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        let w = &mut *self.writer;
+        for (_, file) in w.unsynced.drain(..) {
+            file.sync_data()?;
+        }
+        w.file.sync_data()?;
+        if w.new_file {
+            sync_dir(self.dir)?;
+            w.new_file = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_read_back_across_segments_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        let big = vec![7u8; (SEGMENT_BYTES / 2 + 1) as usize];
+        let refs: Vec<BlockRef> = {
+            let mut w = segments.lock();
+            let refs = (0..3).map(|_| w.append(&big).unwrap()).collect();
+            w.sync().unwrap();
+            refs
+        };
+        assert_eq!(refs[0].segment, refs[1].segment);
+        assert_ne!(refs[1].segment, refs[2].segment, "rotated past the limit");
+        for r in &refs {
+            assert_eq!(BlockRef::decode(&r.encode()), Some(*r));
+            assert_eq!(segments.read(r).unwrap(), big);
+        }
+        drop(segments);
+        let reopened = Segments::open(dir.path()).unwrap();
+        assert!(
+            reopened.current() > refs[2].segment,
+            "never appends to an old segment"
+        );
+        assert_eq!(reopened.read(&refs[0]).unwrap(), big);
+
+        let live: HashSet<u64> = [refs[2].segment].into();
+        let removed = reopened
+            .remove_unreferenced(reopened.current(), &live)
+            .unwrap();
+        assert_eq!(removed, 1);
+        assert!(reopened.read(&refs[0]).is_err());
+        assert_eq!(reopened.read(&refs[2]).unwrap(), big);
+    }
+}
