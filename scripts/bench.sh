@@ -87,7 +87,7 @@ held="$work/held-archive"
 start "$work/backlog" --late-window 0s --follow-up-after 1s --target "$held"
 "$bench" load --addr "$addr" --duration "$backlog_s" --hours-back 6 >"$results/backlog_load.json"
 stop
-spool_mb=$(du -sm "$work/backlog/spool" | cut -f1)
+spool_mb=$(du -sm "$work/backlog" | cut -f1)
 t0=$(date +%s.%N)
 "$larch" run --data "$work/backlog" --listen "$addr" --late-window 0s --follow-up-after 1s --target "$held" >"$work/backlog.log" 2>&1 &
 pid=$!

@@ -10,7 +10,7 @@
 //! max_clock_skew = "5m"            # timestamps further ahead are not believed
 //! gzip_level = 6
 //! key_prefix = ""                  # optional, stands before year=, ends in '/'
-//! cache_size = "32MiB"             # sled page cache
+//! cache_size = "8MiB"              # sled page cache (block references, part records)
 //! retry_max_delay = "5m"           # longest wait between upload attempts
 //! single_writer = false            # see below
 //!
@@ -247,7 +247,7 @@ impl Settings {
         if !valid_prefix(&key_prefix) {
             return Err(ConfigError::KeyPrefix(key_prefix));
         }
-        let cache_bytes = size_bytes(file.cache_size.as_deref().unwrap_or("32MiB"))?;
+        let cache_bytes = size_bytes(file.cache_size.as_deref().unwrap_or("8MiB"))?;
         let retry_max_ms = duration_ms(
             "retry_max_delay",
             file.retry_max_delay.as_deref().unwrap_or("5m"),

@@ -69,7 +69,7 @@ impl Rig {
             })
             .collect();
         let account = AccountId::parse(account).unwrap();
-        self.spool().append(&[(account, lines)]).unwrap();
+        self.spool().append(vec![(account, lines)]).unwrap();
         self.spool().make_durable().unwrap();
     }
 
@@ -328,7 +328,7 @@ fn a_backlog_drains_oldest_hour_first() {
             ..Line::default()
         };
         let account = AccountId::parse(account).unwrap();
-        rig.spool().append(&[(account, vec![line])]).unwrap();
+        rig.spool().append(vec![(account, vec![line])]).unwrap();
         rig.spool().make_durable().unwrap();
     };
     at(1, "zeta", "newer");

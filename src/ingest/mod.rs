@@ -121,6 +121,8 @@ async fn ingest_lines(
         Ok(lines) => lines,
         Err(r) => return rejection(r),
     };
+    // The parsed lines are all that is needed now; the body need not wait for the commit.
+    drop(raw);
     match ingest.committer.commit(account, lines).await {
         Ok(batch_id) => (
             StatusCode::OK,

@@ -16,7 +16,7 @@ use crate::line::Line;
 
 /// At most this many line bytes go into one group, so one fsync never waits
 /// behind an unbounded amount of work.
-const GROUP_BYTES: usize = 32 * 1024 * 1024;
+const GROUP_BYTES: usize = 8 * 1024 * 1024;
 /// Requests waiting for a group; more than this and senders wait their turn.
 const QUEUE: usize = 256;
 
@@ -106,7 +106,7 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
             .into_iter()
             .map(|r| ((r.account, r.lines), r.done))
             .unzip();
-        match commit_group(&spool, &requests) {
+        match commit_group(&spool, requests) {
             Ok(batch_ids) => {
                 for (done, id) in answers.into_iter().zip(batch_ids) {
                     let _ = done.send(Ok(id));
@@ -127,7 +127,7 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
 
 fn commit_group(
     spool: &Spool,
-    requests: &[(AccountId, Vec<Line>)],
+    requests: Vec<(AccountId, Vec<Line>)>,
 ) -> Result<Vec<String>, SpoolError> {
     let staged = spool.append(requests)?;
     if let Err(e) = spool.make_durable() {

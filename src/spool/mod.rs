@@ -94,6 +94,30 @@ struct OpenPart {
     record: PartRecord,
 }
 
+/// Consecutive lines of one request that go to the same part.
+struct Run {
+    part: PartId,
+    lines: Vec<(u64, StoredLine)>,
+    bytes: u64,
+}
+
+impl Run {
+    fn finish(
+        self,
+        touched: &mut HashMap<(AccountId, Hour), OpenPart>,
+        lines_by_part: &mut HashMap<PartId, Vec<(u64, StoredLine)>>,
+    ) {
+        if let Some(open) = touched.get_mut(&(self.part.account.clone(), self.part.hour)) {
+            open.record.lines += self.lines.len() as u64;
+            open.record.bytes += self.bytes;
+        }
+        lines_by_part
+            .entry(self.part)
+            .or_default()
+            .extend(self.lines);
+    }
+}
+
 struct Index {
     open: HashMap<(AccountId, Hour), OpenPart>,
     next_line: u64,
@@ -204,7 +228,7 @@ impl Spool {
 
     /// Stages every request of a group in one atomic batch: lines get their IDs
     /// and parts, counters move on. Nothing is durable until [`Self::make_durable`].
-    pub fn append(&self, requests: &[(AccountId, Vec<Line>)]) -> Result<Staged, SpoolError> {
+    pub fn append(&self, requests: Vec<(AccountId, Vec<Line>)>) -> Result<Staged, SpoolError> {
         let now = self.clock.now_ms();
         let mut index = self.lock();
         let mut next_line = index.next_line;
@@ -214,41 +238,59 @@ impl Spool {
 
         for (account, lines) in requests {
             let mut first_id = None;
+            // Lines of a request mostly share an hour: look the part up once per run of them.
+            let mut run: Option<Run> = None;
             for line in lines {
                 let hour = Hour::of(line.ts);
-                let slot = (account.clone(), hour);
-                if !touched.contains_key(&slot) {
-                    let part = match index.open.get(&slot) {
-                        Some(p) => OpenPart {
-                            seq: p.seq,
-                            record: p.record.clone(),
-                        },
-                        None => self.new_part(account, hour, now)?,
+                if run.as_ref().is_none_or(|r| r.part.hour != hour) {
+                    if let Some(done) = run.take() {
+                        done.finish(&mut touched, &mut lines_by_part);
+                    }
+                    let slot = (account.clone(), hour);
+                    let seq = match touched.get(&slot) {
+                        Some(p) => p.seq,
+                        None => {
+                            let part = match index.open.get(&slot) {
+                                Some(p) => OpenPart {
+                                    seq: p.seq,
+                                    record: p.record.clone(),
+                                },
+                                None => self.new_part(&account, hour, now)?,
+                            };
+                            let seq = part.seq;
+                            touched.insert(slot, part);
+                            seq
+                        }
                     };
-                    touched.insert(slot.clone(), part);
+                    run = Some(Run {
+                        part: PartId {
+                            account: account.clone(),
+                            hour,
+                            seq,
+                        },
+                        lines: Vec::new(),
+                        bytes: 0,
+                    });
                 }
-                let Some(part) = touched.get_mut(&slot) else {
+                let Some(current) = run.as_mut() else {
                     continue;
                 };
-                part.record.lines += 1;
-                part.record.bytes += line.line.len() as u64;
                 let seq = next_line;
                 next_line += 1;
                 let id = line_id(now, self.instance, seq);
                 first_id.get_or_insert_with(|| id.clone());
-                let part_id = PartId {
-                    account: account.clone(),
-                    hour,
-                    seq: part.seq,
-                };
-                lines_by_part.entry(part_id).or_default().push((
+                current.bytes += line.line.len() as u64;
+                current.lines.push((
                     seq,
                     StoredLine {
                         id,
                         received: now,
-                        line: line.clone(),
+                        line,
                     },
                 ));
+            }
+            if let Some(done) = run.take() {
+                done.finish(&mut touched, &mut lines_by_part);
             }
             batch_ids.push(first_id.unwrap_or_else(|| line_id(now, self.instance, next_line)));
         }
