@@ -20,6 +20,7 @@ pub mod fault;
 pub mod hour;
 pub mod ingest;
 pub mod line;
+pub mod memory;
 pub mod seal;
 pub mod spool;
 pub mod status;

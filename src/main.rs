@@ -69,6 +69,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    larch::memory::limit_allocator_arenas();
     let result = match Cli::parse().command {
         Command::Run(args) => {
             init_logging();
@@ -80,10 +81,25 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("larch: {e:#}");
+            eprintln!("larch: {}", explain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause only if the message does not already say it.
+fn explain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn init_logging() {

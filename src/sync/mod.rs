@@ -10,6 +10,7 @@
 //! - lines are deleted only after the target confirmed the object.
 
 mod backoff;
+mod compress;
 pub mod stage;
 
 use std::collections::HashMap;
