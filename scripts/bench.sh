@@ -10,6 +10,7 @@
 #   baseline  sequential write + fsync on that disk; single-core gzip of log NDJSON
 #   ingest    16 clients, 1000-line bodies, as fast as they go (nothing seals)
 #   steady    100k lines/s for past hours with sync running (--late-window 0s)
+#   parts     the same memory with 10 open parts and with 10,000 (10,000 accounts)
 #   backlog   a backlog ingested with sync held back, then timed to start and drain
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +18,9 @@ cd "$(dirname "$0")/.."
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 if $quick; then
-    dur=10s; steady_dur=10s; gz_mib=64; fs_mib=128; backlog_s=10s
+    dur=10s; steady_dur=10s; gz_mib=64; fs_mib=128; backlog_s=10s; parts_dur=20s
 else
-    dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_s=60s
+    dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_s=60s; parts_dur=30s
 fi
 
 cargo build --release --quiet --bins
@@ -80,6 +81,19 @@ c0=$(cpu)
 c1=$(cpu)
 echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/steady_proc.json"
 stop
+
+# Memory with many open parts: the same load spread over 10 accounts, then 10,000.
+for accounts in 10 10000; do
+    echo "open parts: $accounts accounts x 1 hour..." >&2
+    conf="$work/accounts-$accounts.toml"
+    { echo "[keys]"; for i in $(seq 0 $((accounts - 1))); do echo "k$i = \"a$i\""; done; } >"$conf"
+    start "$work/accounts-$accounts" --config "$conf"
+    "$bench" load --addr "$addr" --key k --accounts "$accounts" --lines-per-request 100 \
+        --duration "$parts_dur" >"$results/parts-$accounts.json"
+    open=$(status | python3 -c 'import json,sys; print(json.load(sys.stdin)["parts_open"])')
+    echo "{\"parts_open\": $open, \"peak_rss_mb\": $(peak_rss)}" >"$results/parts-$accounts-proc.json"
+    stop
+done
 
 echo "backlog: ingest $backlog_s with uploads held back, then restart and drain..." >&2
 # A target directory that does not exist yet holds uploads back (they pause).

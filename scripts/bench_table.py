@@ -70,6 +70,20 @@ row(
 )
 row("steady: CPU", steady_cores, "cores", "2 cores", f"{steady_cores / 2:.0%}")
 
+few, many = load("parts-10-proc"), load("parts-10000-proc")
+row(
+    f"open parts: peak RSS, {few['parts_open']} parts",
+    few["peak_rss_mb"],
+    "MB",
+)
+row(
+    f"open parts: peak RSS, {many['parts_open']:,} parts",
+    many["peak_rss_mb"],
+    "MB",
+    ratio=f"{many['peak_rss_mb'] / few['peak_rss_mb']:.2f}x",
+    goal="flat, <= 64 MB",
+    met=many["peak_rss_mb"] <= 64 and many["peak_rss_mb"] <= 1.2 * few["peak_rss_mb"],
+)
 row(
     "backlog: start-up with spool",
     backlog["startup_s"],

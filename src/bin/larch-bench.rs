@@ -32,6 +32,10 @@ enum Command {
         addr: String,
         #[arg(long, default_value = "larch-demo-key")]
         key: String,
+        /// Spread requests over this many accounts, using keys KEY0, KEY1, ...
+        /// (1: the key as given).
+        #[arg(long, default_value_t = 1)]
+        accounts: usize,
         #[arg(long, default_value_t = 16)]
         clients: usize,
         #[arg(long, default_value_t = 1000)]
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Load {
             addr,
             key,
+            accounts,
             clients,
             lines_per_request,
             line_bytes,
@@ -81,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         } => load(LoadPlan {
             addr,
             key,
+            accounts,
             clients,
             lines_per_request,
             line_bytes,
@@ -158,6 +164,7 @@ fn log_line(n: u64, len: usize) -> String {
 struct LoadPlan {
     addr: String,
     key: String,
+    accounts: usize,
     clients: usize,
     lines_per_request: usize,
     line_bytes: usize,
@@ -247,11 +254,20 @@ fn load(plan: LoadPlan) -> anyhow::Result<()> {
                     }
                 }
                 let body = &pool[sent_count % pool.len()];
+                let key = if plan.accounts > 1 {
+                    format!(
+                        "{}{}",
+                        plan.key,
+                        (sent_count * plan.clients + client) % plan.accounts
+                    )
+                } else {
+                    plan.key.clone()
+                };
                 sent_count += 1;
                 let sent = Instant::now();
                 let result = agent
                     .post(&url)
-                    .header("apikey", &plan.key)
+                    .header("apikey", &key)
                     .header("Content-Type", "application/json")
                     .send(&body[..]);
                 let took = sent.elapsed();
