@@ -117,7 +117,8 @@ pub async fn run(
             source,
         })?;
 
-    let (committer, commit_thread) = Committer::start(spool.clone());
+    let (committer, commit_thread) = Committer::start(spool.clone())
+        .map_err(|e| DaemonError::Task("commit", format!("cannot start its thread: {e}")))?;
     let (stop, stopped) = watch::channel(false);
     let sealed = Arc::new(Notify::new());
     let seal_task = tokio::spawn(crate::seal::run(

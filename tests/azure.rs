@@ -70,15 +70,12 @@ fn two_hosts_never_overwrite_each_other_and_a_crash_after_put_makes_no_copy() {
     let dir = tempfile::tempdir().unwrap();
     let a = start(dir.path(), "a", &azurite);
     let mut b = start(dir.path(), "b", &azurite);
-    b.env.push(("LARCH_FAULT".into(), "after-put".into()));
-    b.restart();
+    b.arm_fault("after-put");
     let mut sent = Vec::new();
     sent.extend(send(&a, "k", 2, "a", 10));
     sent.extend(send(&b, "k", 2, "b", 10));
-    let exit = b.wait_exit(Duration::from_secs(60));
-    assert!(!exit.success(), "b should have died at the fault point");
-    b.env.retain(|(k, _)| k != "LARCH_FAULT");
-    b.start_again();
+    b.died_at_fault();
+    b.start_without_fault();
     a.wait_drained(Duration::from_secs(60));
     b.wait_drained(Duration::from_secs(60));
 

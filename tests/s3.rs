@@ -157,15 +157,11 @@ fn a_crash_between_the_put_and_the_bookkeeping_makes_no_second_object() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     let mut d = start(dir.path(), "a", &moto.endpoint, &cfg);
-    d.env.push(("LARCH_FAULT".into(), "after-put".into()));
-    d.restart();
+    d.arm_fault("after-put");
     let sent = send(&d, "k", 2, "crash", 7);
-    let exit = d.wait_exit(Duration::from_secs(60));
-    assert!(!exit.success(), "larch should have died at the fault point");
+    d.died_at_fault();
     assert_eq!(archive_objects(&moto).len(), 1, "the put happened");
-
-    d.env.retain(|(k, _)| k != "LARCH_FAULT");
-    d.start_again();
+    d.start_without_fault();
     d.wait_drained(Duration::from_secs(60));
     let objects = archive_objects(&moto);
     assert_eq!(
@@ -308,8 +304,7 @@ fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     let mut d = start(dir.path(), "a", &moto.endpoint, &cfg);
-    d.env.push(("LARCH_FAULT".into(), "after-put".into()));
-    d.restart();
+    d.arm_fault("after-put");
     // Random text barely compresses: about 12 MiB of gzip, over the 8 MiB of one put.
     let mut sent = 0;
     for request in 0..4 {
@@ -327,11 +322,8 @@ fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
         let (status, body) = d.ingest_json("k", &json!({ "lines": lines }));
         assert_eq!(status, 200, "{body}");
     }
-    let exit = d.wait_exit(Duration::from_secs(120));
-    assert!(!exit.success(), "larch should have died at the fault point");
-
-    d.env.retain(|(k, _)| k != "LARCH_FAULT");
-    d.start_again();
+    d.died_at_fault();
+    d.start_without_fault();
     d.wait_drained(Duration::from_secs(120));
     let all = moto.inspect(BUCKET);
     let leftovers: Vec<_> = all

@@ -27,32 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Send lines to a running larch and measure throughput and latency.
-    Load {
-        #[arg(long, default_value = "127.0.0.1:7280")]
-        addr: String,
-        #[arg(long, default_value = "larch-demo-key")]
-        key: String,
-        /// Spread requests over this many accounts, using keys KEY0, KEY1, ...
-        /// (1: the key as given).
-        #[arg(long, default_value_t = 1)]
-        accounts: usize,
-        #[arg(long, default_value_t = 16)]
-        clients: usize,
-        #[arg(long, default_value_t = 1000)]
-        lines_per_request: usize,
-        /// Approximate length of each line's text.
-        #[arg(long, default_value_t = 300)]
-        line_bytes: usize,
-        #[arg(long, default_value = "20s")]
-        duration: humantime::Duration,
-        /// Lines per second for all clients together; 0 sends as fast as possible.
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Stamp lines this many hours back (spread over that many hours), so
-        /// they seal at once with `--late-window 0s`; 0 stamps them now.
-        #[arg(long, default_value_t = 0)]
-        hours_back: i64,
-    },
+    Load(LoadPlan),
     /// Sequential write + fsync throughput in a directory.
     Fsync {
         #[arg(long)]
@@ -73,27 +48,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Load {
-            addr,
-            key,
-            accounts,
-            clients,
-            lines_per_request,
-            line_bytes,
-            duration,
-            rate,
-            hours_back,
-        } => load(LoadPlan {
-            addr,
-            key,
-            accounts,
-            clients,
-            lines_per_request,
-            line_bytes,
-            duration: duration.into(),
-            rate,
-            hours_back,
-        }),
+        Command::Load(plan) => load(plan),
         Command::Fsync { dir, mib } => fsync(&dir, mib),
         Command::Gzip {
             mib,
@@ -161,15 +116,31 @@ fn log_line(n: u64, len: usize) -> String {
     line
 }
 
+#[derive(clap::Args)]
 struct LoadPlan {
+    #[arg(long, default_value = "127.0.0.1:7280")]
     addr: String,
+    #[arg(long, default_value = "larch-demo-key")]
     key: String,
+    /// Spread requests over this many accounts, using keys KEY0, KEY1, ...
+    /// (1: the key as given).
+    #[arg(long, default_value_t = 1)]
     accounts: usize,
+    #[arg(long, default_value_t = 16)]
     clients: usize,
+    #[arg(long, default_value_t = 1000)]
     lines_per_request: usize,
+    /// Approximate length of each line's text.
+    #[arg(long, default_value_t = 300)]
     line_bytes: usize,
-    duration: Duration,
+    #[arg(long, default_value = "20s")]
+    duration: humantime::Duration,
+    /// Lines per second for all clients together; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Stamp lines this many hours back (spread over that many hours), so
+    /// they seal at once with `--late-window 0s`; 0 stamps them now.
+    #[arg(long, default_value_t = 0)]
     hours_back: i64,
 }
 
@@ -292,7 +263,7 @@ fn load(plan: LoadPlan) -> anyhow::Result<()> {
     }
     ready.wait();
     let start = Instant::now();
-    std::thread::sleep(plan.duration);
+    std::thread::sleep(*plan.duration);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();

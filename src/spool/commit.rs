@@ -52,16 +52,12 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(spool: Arc<Spool>) -> (Self, JoinHandle<()>) {
+    pub fn start(spool: Arc<Spool>) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (queue, rx) = mpsc::channel(QUEUE);
-        let thread = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("larch-commit".into())
-            .spawn(move || run(spool, rx));
-        match thread {
-            Ok(handle) => (Self { queue }, handle),
-            // Without its commit thread larch cannot acknowledge anything.
-            Err(e) => panic!("cannot start the commit thread: {e}"),
-        }
+            .spawn(move || run(spool, rx))?;
+        Ok((Self { queue }, handle))
     }
 
     /// Makes `lines` durable for `account`. Returns the batch ID once they are.

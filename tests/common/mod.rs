@@ -155,6 +155,24 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Restarts larch with a fault point armed (`LARCH_FAULT`, see `src/fault.rs`).
+    pub fn arm_fault(&mut self, point: &str) {
+        self.env.push(("LARCH_FAULT".into(), point.into()));
+        self.restart();
+    }
+
+    /// Waits for larch to die at its armed fault point.
+    pub fn died_at_fault(&mut self) {
+        let exit = self.wait_exit(Duration::from_secs(120));
+        assert!(!exit.success(), "larch should have died at the fault point");
+    }
+
+    /// Starts larch again with no fault point armed.
+    pub fn start_without_fault(&mut self) {
+        self.env.retain(|(k, _)| k != "LARCH_FAULT");
+        self.start_again();
+    }
+
     /// Waits for the process to exit by itself (a crash at a fault point, say).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
