@@ -81,7 +81,7 @@ pub async fn run(
         }
     }
     let board = Arc::new(Board::default());
-    board.set_identity(format!("{:08x}", spool.instance()), target.describe());
+    board.set_identity(spool.instance_hex(), target.describe());
 
     let syncer = Syncer::new(
         spool.clone(),

@@ -13,6 +13,12 @@ use serde_json::{json, Value};
 
 const BUCKET: &str = "archive";
 
+fn moto_with_bucket() -> Moto {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    moto
+}
+
 fn config(dir: &Path, extra: &str) -> String {
     let path = dir.join("larch.toml");
     std::fs::write(
@@ -50,8 +56,7 @@ fn archive_objects(moto: &Moto) -> Vec<Value> {
 
 #[test]
 fn objects_are_named_encrypted_and_carry_their_owner() {
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
+    let moto = moto_with_bucket();
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path(), "a", &moto.endpoint, &config(dir.path(), ""));
     let mut sent = send(&d, "k", 3, "acme-3h", 5);
@@ -89,8 +94,7 @@ fn objects_are_named_encrypted_and_carry_their_owner() {
 
 #[test]
 fn kms_encryption_is_asked_for_when_configured() {
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
+    let moto = moto_with_bucket();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
@@ -106,8 +110,7 @@ fn kms_encryption_is_asked_for_when_configured() {
 
 #[test]
 fn two_hosts_archiving_one_account_never_overwrite_each_other() {
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
+    let moto = moto_with_bucket();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     let a = start(dir.path(), "a", &moto.endpoint, &cfg);
@@ -152,8 +155,7 @@ fn two_hosts_archiving_one_account_never_overwrite_each_other() {
 
 #[test]
 fn a_crash_between_the_put_and_the_bookkeeping_makes_no_second_object() {
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
+    let moto = moto_with_bucket();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     let mut d = start(dir.path(), "a", &moto.endpoint, &cfg);
@@ -185,8 +187,7 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 
 #[test]
 fn an_outage_of_any_kind_loses_nothing_and_uploads_resume_by_themselves() {
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
+    let moto = moto_with_bucket();
     let proxy = FaultProxy::start(&moto.endpoint, Mode::Refuse);
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path(), "a", &proxy.endpoint, &config(dir.path(), ""));
@@ -247,8 +248,7 @@ fn an_outage_of_any_kind_loses_nothing_and_uploads_resume_by_themselves() {
 
 #[test]
 fn check_target_reports_each_point_and_a_refused_encryption_header() {
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
+    let moto = moto_with_bucket();
     let run = |endpoint: &str, bucket: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_larch"))
             .args(["check-target", "--target", &format!("s3://{bucket}/edge")])
@@ -299,8 +299,7 @@ fn check_target_reports_each_point_and_a_refused_encryption_header() {
 #[test]
 fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
     use base64::Engine;
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
+    let moto = moto_with_bucket();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     let mut d = start(dir.path(), "a", &moto.endpoint, &cfg);
@@ -349,8 +348,7 @@ fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
 
 #[test]
 fn a_store_that_cannot_refuse_overwrites_is_used_only_in_single_writer_mode() {
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
+    let moto = moto_with_bucket();
     let dir = tempfile::tempdir().unwrap();
     let no_conditional = "[s3]\nconditional_put = \"disabled\"\n";
 

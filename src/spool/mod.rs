@@ -217,9 +217,10 @@ impl Spool {
         Ok(spool)
     }
 
-    /// A random ID for this spool, chosen when it was created.
-    pub fn instance(&self) -> u32 {
-        self.instance
+    /// This spool's random ID, chosen when it was created, as status and
+    /// object metadata show it.
+    pub fn instance_hex(&self) -> String {
+        format!("{:08x}", self.instance)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {

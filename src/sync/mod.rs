@@ -290,7 +290,7 @@ impl Syncer {
             )));
         }
         let owner = Ownership {
-            instance: format!("{:08x}", self.spool.instance()),
+            instance: self.spool.instance_hex(),
             part: id.to_string(),
             sha256: staged.sha256,
             lines: staged.lines,

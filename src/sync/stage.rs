@@ -99,7 +99,6 @@ pub fn stage(spool: &Spool, id: &PartId, level: u32, dir: &Path) -> Result<Stage
     };
     let mut lines = 0u64;
     let mut input_bytes = 0u64;
-    let mut pieces = 0usize;
     let mut piece = Vec::with_capacity(PIECE_BYTES + 128 * 1024);
     spool.for_each_block(id, |block| -> Result<(), StageError> {
         for line in block {
@@ -113,12 +112,11 @@ pub fn stage(spool: &Spool, id: &PartId, level: u32, dir: &Path) -> Result<Stage
             input_bytes += piece.len() as u64;
             let full = std::mem::replace(&mut piece, Vec::with_capacity(PIECE_BYTES + 128 * 1024));
             pending.push_back(pool.submit(full, level));
-            pieces += 1;
         }
         Ok(())
     })?;
     // A part always ends in one member, empty or not, so its file is valid gzip.
-    if !piece.is_empty() || pieces == 0 {
+    if !piece.is_empty() || input_bytes == 0 {
         input_bytes += piece.len() as u64;
         pending.push_back(pool.submit(piece, level));
     }

@@ -11,7 +11,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::errors::{classify, http_status, TargetError};
-use super::spec::{Location, TargetConfig, DEFAULT_S3_ENCRYPTION};
+use super::spec::{s3_encryption, Location, TargetConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
@@ -83,16 +83,7 @@ impl fmt::Display for Report {
 
 fn encryption_asked(location: &Location, config: &TargetConfig) -> Option<String> {
     match location {
-        Location::S3 { .. } => {
-            let asked = config
-                .s3
-                .get("server_side_encryption")
-                .or_else(|| config.s3.get("sse"))
-                .cloned()
-                .or_else(|| std::env::var("AWS_SERVER_SIDE_ENCRYPTION").ok())
-                .unwrap_or_else(|| DEFAULT_S3_ENCRYPTION.to_owned());
-            (asked != "none").then_some(asked)
-        }
+        Location::S3 { .. } => Some(s3_encryption(&config.s3)).filter(|e| e != "none"),
         _ => None,
     }
 }

@@ -46,7 +46,18 @@ pub enum Location {
 }
 
 /// Server-side encryption asked of S3 unless the config says otherwise.
-pub const DEFAULT_S3_ENCRYPTION: &str = "AES256";
+const DEFAULT_S3_ENCRYPTION: &str = "AES256";
+/// The server-side encryption an S3 target asks for: the config's
+/// `server_side_encryption` (or `sse`), else `AWS_SERVER_SIDE_ENCRYPTION`, else AES256.
+pub fn s3_encryption(options: &BTreeMap<String, String>) -> String {
+    options
+        .get("server_side_encryption")
+        .or_else(|| options.get("sse"))
+        .cloned()
+        .or_else(|| std::env::var("AWS_SERVER_SIDE_ENCRYPTION").ok())
+        .unwrap_or_else(|| DEFAULT_S3_ENCRYPTION.to_owned())
+}
+
 /// Our own retry loop retries forever; the client's only covers short blips.
 const CLIENT_RETRIES: usize = 3;
 
@@ -200,16 +211,14 @@ fn build_s3(
     builder = with_profile_keys(builder, options, super::aws_profile::from_env());
     let encryption_key = AmazonS3ConfigKey::from_str("aws_server_side_encryption")
         .map_err(|e| option_error(STORE, "server_side_encryption", e))?;
-    let mut encryption = builder
-        .get_config_value(&encryption_key)
-        .unwrap_or_else(|| DEFAULT_S3_ENCRYPTION.to_owned());
+    let encryption = s3_encryption(options);
     for (key, value) in options {
         match key.as_str() {
             "path_style" => {
                 let path_style = parse_bool(STORE, key, value)?;
                 builder = builder.with_virtual_hosted_style_request(!path_style);
             }
-            "server_side_encryption" | "sse" => encryption = value.clone(),
+            "server_side_encryption" | "sse" => {}
             _ => builder = builder.with_config(option_key(STORE, key)?, value),
         }
     }
