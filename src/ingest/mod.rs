@@ -37,7 +37,7 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         .route("/status", get(status))
         .route("/health", get(|| async { "ok\n" }))
         // The handler enforces the body limit itself, with FORMAT.md's 413 body.
-        .layer(DefaultBodyLimit::max(body::MAX_BODY + 1))
+        .layer(DefaultBodyLimit::disable())
         .with_state(ingest)
 }
 
@@ -49,7 +49,7 @@ async fn ingest_lines(
     State(ingest): State<Arc<Ingest>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let params: Vec<(String, String)> = query
         .as_deref()
@@ -78,15 +78,15 @@ async fn ingest_lines(
             vec!["unknown ingestion key".into()],
         );
     };
-    let raw = match body {
+    let raw = match read_body(body).await {
         Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Err(BodyError::TooLarge) => {
             return rejection(Rejection::TooLarge(format!(
                 "the request body is over the {} MB limit; send fewer lines per request",
                 body::MAX_BODY / (1024 * 1024)
             )))
         }
-        Err(e) => {
+        Err(BodyError::Read(e)) => {
             return not_ok(
                 StatusCode::BAD_REQUEST,
                 vec![format!("cannot read the request body: {e}")],
@@ -176,4 +176,34 @@ async fn status(
         Ok(Err(e)) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
         Err(e) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
     }
+}
+
+/// A body past the limit is still read (and thrown away) up to this much, so the
+/// client gets its 413 instead of a connection reset in the middle of sending.
+const DRAIN_MAX: usize = 4 * body::MAX_BODY;
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// The request body, up to the limit; past it, the rest is drained and dropped.
+async fn read_body(body: axum::body::Body) -> Result<Bytes, BodyError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Read)?;
+        total += chunk.len();
+        if total <= body::MAX_BODY {
+            kept.extend_from_slice(&chunk);
+        } else if total > DRAIN_MAX {
+            break;
+        }
+    }
+    if total > body::MAX_BODY {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(kept.freeze())
 }
