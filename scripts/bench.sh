@@ -7,11 +7,15 @@
 #
 # Phases, each on a fresh larch (release build) with its spool under $BENCH_DIR
 # (default: data/bench, the disk larch would use):
-#   baseline  sequential write + fsync on that disk; single-core gzip of log NDJSON
+#   baseline  sequential write + fsync on that disk; single-core gzip of the
+#             very NDJSON larch archived in the backlog phase
 #   ingest    16 clients, 1000-line bodies, as fast as they go (nothing seals)
 #   steady    100k lines/s for past hours with sync running (--late-window 0s)
 #   parts     the same memory with 10 open parts and with 10,000 (10,000 accounts)
-#   backlog   a backlog ingested with sync held back, then timed to start and drain
+#   backlog   a backlog ingested with sync held back (about 10 GB of spool in a
+#             full run), copied, then each copy timed to start and drain: one to
+#             a local directory, one to an S3-compatible server (s3s-fs, on this
+#             machine; installed into .test-servers/ on first use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +24,11 @@ quick=false
 if $quick; then
     dur=10s; steady_dur=10s; gz_mib=64; fs_mib=128; backlog_s=10s; parts_dur=20s
 else
-    dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_s=60s; parts_dur=30s
+    dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_s=90s; parts_dur=30s
 fi
+
+s3s_fs=.test-servers/cargo/bin/s3s-fs
+[ -x "$s3s_fs" ] || scripts/test-servers.sh s3s-fs
 
 cargo build --release --quiet --bins
 larch=target/release/larch
@@ -32,14 +39,16 @@ work=$(mktemp -d "$root/run.XXXXXX")
 results="$work/results"
 mkdir -p "$results"
 pid=
+server=
 cleanup() {
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-addr=127.0.0.1:$port
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+addr=127.0.0.1:$(free_port)
 
 # Starts larch on $1 (data dir) with extra flags; sets $pid and waits for /health.
 start() {
@@ -62,9 +71,8 @@ cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$pid/stat
 peak_rss() { awk '/VmHWM/ {print $2 / 1024}' "/proc/$pid/status"; }
 status() { curl -sf "http://$addr/status"; }
 
-echo "baselines ($fs_mib MiB write+fsync, $gz_mib MiB gzip)..." >&2
+echo "baseline: $fs_mib MiB write+fsync..." >&2
 "$bench" fsync --dir "$work" --mib "$fs_mib" >"$results/fsync.json"
-"$bench" gzip --mib "$gz_mib" >"$results/gzip.json"
 
 echo "ingest: 16 clients, as fast as possible, $dur..." >&2
 start "$work/ingest"
@@ -95,29 +103,51 @@ for accounts in 10 10000; do
     stop
 done
 
-echo "backlog: ingest $backlog_s with uploads held back, then restart and drain..." >&2
+echo "backlog: ingest $backlog_s with uploads held back..." >&2
 # A target directory that does not exist yet holds uploads back (they pause).
 held="$work/held-archive"
-start "$work/backlog" --late-window 0s --follow-up-after 1s --target "$held"
+sync_flags=(--late-window 0s --follow-up-after 1s)
+start "$work/backlog" "${sync_flags[@]}" --target "$held"
 "$bench" load --addr "$addr" --duration "$backlog_s" --hours-back 6 >"$results/backlog_load.json"
 stop
-spool_mb=$(du -sm "$work/backlog" | cut -f1)
-t0=$(date +%s.%N)
-"$larch" run --data "$work/backlog" --listen "$addr" --late-window 0s --follow-up-after 1s --target "$held" >"$work/backlog.log" 2>&1 &
-pid=$!
-until curl -sf "http://$addr/health" >/dev/null 2>&1; do sleep 0.005; done
-t1=$(date +%s.%N)
+cp -a "$work/backlog" "$work/backlog-s3"
+sync
+
+# Restarts larch on a backlog ($1) with more flags, timing start-up into
+# $results/$2-start.json and the drain into $results/$2.json.
+drain() {
+    local data=$1 name=$2; shift 2
+    local spool_mb t0 t1
+    spool_mb=$(du -sm "$data" | cut -f1)
+    t0=$(date +%s.%N)
+    start "$data" "${sync_flags[@]}" "$@"
+    t1=$(date +%s.%N)
+    echo "{\"startup_s\": $(awk "BEGIN{print $t1 - $t0}"), \"spool_mb\": $spool_mb}" >"$results/$name-start.json"
+    "$bench" drain --addr "$addr" --pid "$pid" >"$results/$name.json"
+    stop
+}
+
+echo "backlog: start and drain to a local directory..." >&2
 mkdir -p "$held"
-c0=$(cpu)
-d0=$(date +%s.%N)
-until status | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["lines_waiting"]==0 and s["parts_sealed"]==0 and s["parts_uploading"]==0 else 1)'; do
-    sleep 0.2
-done
-d1=$(date +%s.%N)
-c1=$(cpu)
-archive_mb=$(du -sm "$held" | cut -f1)
-input_mb=$(status | python3 -c 'import json,sys; print(json.load(sys.stdin)["input_bytes_uploaded"] / 1e6)')
-echo "{\"startup_s\": $(awk "BEGIN{print $t1 - $t0}"), \"spool_mb\": $spool_mb, \"archive_mb\": $archive_mb, \"input_mb\": $input_mb, \"drain_s\": $(awk "BEGIN{print $d1 - $d0}"), \"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/backlog.json"
-stop
+drain "$work/backlog" backlog --target "$held"
+
+echo "baseline: single-core gzip of $gz_mib MiB of what was archived..." >&2
+"$bench" gzip --archive "$held" --mib "$gz_mib" >"$results/gzip.json"
+rm -rf "$held"
+
+echo "backlog: start and drain to an S3-compatible server (s3s-fs)..." >&2
+s3_port=$(free_port)
+mkdir -p "$work/s3/bench"
+"$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key bench --secret-key bench-secret \
+    "$work/s3" >"$work/s3s-fs.log" 2>&1 &
+server=$!
+until curl -s "http://127.0.0.1:$s3_port/" >/dev/null 2>&1; do sleep 0.05; done
+s3_cpu0=$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$server/stat")
+AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
+    AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" \
+    drain "$work/backlog-s3" backlog-s3 --target s3://bench/
+s3_cpu1=$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$server/stat")
+echo "{\"cpu_s\": $(awk "BEGIN{print $s3_cpu1 - $s3_cpu0}")}" >"$results/s3-server.json"
+kill "$server"; wait "$server" 2>/dev/null || true; server=
 
 python3 scripts/bench_table.py "$results"

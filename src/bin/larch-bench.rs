@@ -3,7 +3,11 @@
 //! - `load`: concurrent clients POST Mezmo bodies to a running larch and report
 //!   lines/s, MB/s and request latency percentiles (as JSON on stdout);
 //! - `fsync`: sequential write + fsync throughput of a directory's disk;
-//! - `gzip`: single-core gzip throughput on log lines like the ones `load` sends.
+//! - `gzip`: single-core gzip throughput on log lines like the ones `load` sends,
+//!   or on the NDJSON inside archive objects larch wrote;
+//! - `drain`: waits for a running larch to upload everything and reports how
+//!   fast it went and what it cost (polling cheaply, so the waiting itself
+//!   takes no CPU from larch).
 //!
 //! Every figure is printed as JSON so the script can put them in one table.
 
@@ -43,6 +47,20 @@ enum Command {
         level: u32,
         #[arg(long, default_value_t = 300)]
         line_bytes: usize,
+        /// Compress the NDJSON in these archive objects (`*.json.gz` under the
+        /// directory) instead of generated lines: the very bytes larch compressed.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
+    /// Wait until a running larch has nothing left to upload; report drain speed.
+    Drain {
+        #[arg(long)]
+        addr: String,
+        /// larch's process ID, for its CPU time and peak memory.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value = "30m")]
+        timeout: humantime::Duration,
     },
 }
 
@@ -54,7 +72,9 @@ fn main() -> anyhow::Result<()> {
             mib,
             level,
             line_bytes,
-        } => gzip(mib, level, line_bytes),
+            archive,
+        } => gzip(mib, level, line_bytes, archive.as_deref()),
+        Command::Drain { addr, pid, timeout } => drain(&addr, pid, *timeout),
     }
 }
 
@@ -315,18 +335,16 @@ fn fsync(dir: &std::path::Path, mib: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gzip(mib: usize, level: u32, line_bytes: usize) -> anyhow::Result<()> {
-    // The NDJSON larch writes: archived lines with their fields.
-    let mut data = Vec::with_capacity(mib << 20);
-    let mut n = 0u64;
-    while data.len() < mib << 20 {
-        let line = json!({"_id": format!("{:026}", n), "_account": "bench", "_ts": 1_764_140_245_123i64 + n as i64,
-            "_line": log_line(n, line_bytes), "_host": "bench", "_app": "bench", "_ingester": "http",
-            "_received": 1_764_140_245_123i64 + n as i64});
-        data.extend_from_slice(line.to_string().as_bytes());
-        data.push(b'\n');
-        n += 1;
-    }
+fn gzip(
+    mib: usize,
+    level: u32,
+    line_bytes: usize,
+    archive: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let data = match archive {
+        Some(dir) => archived_ndjson(dir, mib << 20)?,
+        None => generated_ndjson(mib << 20, line_bytes),
+    };
     let start = Instant::now();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
     gz.write_all(&data)?;
@@ -334,7 +352,120 @@ fn gzip(mib: usize, level: u32, line_bytes: usize) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     println!(
         "{}",
-        json!({"mb_per_s": data.len() as f64 / secs / 1e6, "ratio": data.len() as f64 / out.len() as f64, "seconds": secs})
+        json!({"mb_per_s": data.len() as f64 / secs / 1e6, "ratio": data.len() as f64 / out.len() as f64, "seconds": secs, "mb": data.len() as f64 / 1e6})
     );
     Ok(())
+}
+
+/// Up to `limit` bytes of NDJSON from the archive objects under `dir`.
+fn archived_ndjson(dir: &std::path::Path, limit: usize) -> anyhow::Result<Vec<u8>> {
+    let mut objects = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.to_string_lossy().ends_with(".json.gz") {
+                objects.push(path);
+            }
+        }
+    }
+    objects.sort();
+    let mut data = Vec::with_capacity(limit);
+    for path in objects {
+        if data.len() >= limit {
+            break;
+        }
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(file), &mut data)
+            .with_context(|| format!("decompressing {}", path.display()))?;
+    }
+    if data.is_empty() {
+        bail!("no archive objects under {}", dir.display());
+    }
+    data.truncate(limit);
+    Ok(data)
+}
+
+/// NDJSON like larch writes: archived lines with their fields.
+fn generated_ndjson(limit: usize, line_bytes: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(limit);
+    let mut n = 0u64;
+    while data.len() < limit {
+        let line = json!({"_id": format!("{:026}", n), "_account": "bench", "_ts": 1_764_140_245_123i64 + n as i64,
+            "_line": log_line(n, line_bytes), "_host": "bench", "_app": "bench", "_ingester": "http",
+            "_received": 1_764_140_245_123i64 + n as i64});
+        data.extend_from_slice(line.to_string().as_bytes());
+        data.push(b'\n');
+        n += 1;
+    }
+    data
+}
+
+/// CPU seconds (user + system) of a process so far, from /proc.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("no process {pid}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf takes no pointers.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+    Ok((ticks(11) + ticks(12)) / per_s)
+}
+
+/// Peak resident memory of a process, in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn drain(addr: &str, pid: u32, timeout: Duration) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let url = format!("http://{addr}/status");
+    let status = || -> anyhow::Result<serde_json::Value> {
+        let text = agent.get(&url).call()?.body_mut().read_to_string()?;
+        Ok(serde_json::from_str(&text)?)
+    };
+    let start = Instant::now();
+    let cpu_start = cpu_seconds(pid)?;
+    let uploaded_start = status()?["input_bytes_uploaded"].as_f64().unwrap_or(0.0);
+    loop {
+        let s = status()?;
+        let waiting = ["lines_waiting", "parts_sealed", "parts_uploading"]
+            .iter()
+            .any(|k| s[k].as_u64() != Some(0));
+        if !waiting {
+            let secs = start.elapsed().as_secs_f64();
+            let input = s["input_bytes_uploaded"].as_f64().unwrap_or(0.0) - uploaded_start;
+            println!(
+                "{}",
+                json!({"drain_s": secs, "cpu_s": cpu_seconds(pid)? - cpu_start,
+                    "input_mb": input / 1e6, "peak_rss_mb": peak_rss_mb(pid)})
+            );
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("larch on {addr} still had uploads waiting after {timeout:?}: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
