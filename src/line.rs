@@ -38,6 +38,49 @@ pub struct StoredLine {
     pub line: Line,
 }
 
+/// A stored line read in place from a block's bytes, its text borrowed, not
+/// copied: staging a backlog reads every line once, and copying each string out
+/// cost as much as serializing it. The fields and their order mirror
+/// [`StoredLine`] and [`Line`] exactly, as the spool's encoding is positional.
+#[derive(Debug, Deserialize)]
+pub struct StoredLineRef<'a> {
+    #[serde(borrow)]
+    id: &'a str,
+    received: EpochMs,
+    #[serde(borrow)]
+    line: LineRef<'a>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LineRef<'a> {
+    ts: EpochMs,
+    #[serde(borrow)]
+    line: &'a str,
+    truncated: bool,
+    #[serde(borrow)]
+    host: Option<&'a str>,
+    #[serde(borrow)]
+    app: Option<&'a str>,
+    #[serde(borrow)]
+    file: Option<&'a str>,
+    #[serde(borrow)]
+    level: Option<&'a str>,
+    #[serde(borrow)]
+    env: Option<&'a str>,
+    #[serde(borrow)]
+    ip: Option<&'a str>,
+    #[serde(borrow)]
+    mac: Option<&'a str>,
+    #[serde(borrow)]
+    tags: Vec<&'a str>,
+    #[serde(borrow)]
+    label_json: Option<&'a str>,
+    #[serde(borrow)]
+    meta_json: Option<&'a str>,
+    #[serde(borrow)]
+    ingester: &'a str,
+}
+
 /// FORMAT.md §2, field for field and in that order.
 #[derive(Serialize)]
 pub struct ArchivedLine<'a> {
@@ -63,8 +106,8 @@ pub struct ArchivedLine<'a> {
     ip: Option<&'a str>,
     #[serde(rename = "_mac", skip_serializing_if = "Option::is_none")]
     mac: Option<&'a str>,
-    #[serde(rename = "_tag", skip_serializing_if = "<[String]>::is_empty")]
-    tags: &'a [String],
+    #[serde(rename = "_tag", skip_serializing_if = "<[&str]>::is_empty")]
+    tags: &'a [&'a str],
     #[serde(rename = "_label", skip_serializing_if = "Option::is_none")]
     label: Option<&'a RawValue>,
     #[serde(rename = "_meta", skip_serializing_if = "Option::is_none")]
@@ -83,30 +126,61 @@ fn is_false(b: &bool) -> bool {
 
 /// Stored JSON text that no longer parses (it was checked at ingest) is left out
 /// rather than written as invalid JSON.
-fn raw(json: &Option<String>) -> Option<&RawValue> {
-    json.as_deref()
-        .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
+fn raw(json: Option<&str>) -> Option<&RawValue> {
+    json.and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
 }
 
 impl StoredLine {
-    pub fn archived<'a>(&'a self, account: &'a str) -> ArchivedLine<'a> {
+    /// The line's fields, borrowed.
+    pub fn view(&self) -> StoredLineRef<'_> {
+        let l = &self.line;
+        StoredLineRef {
+            id: &self.id,
+            received: self.received,
+            line: LineRef {
+                ts: l.ts,
+                line: &l.line,
+                truncated: l.truncated,
+                host: l.host.as_deref(),
+                app: l.app.as_deref(),
+                file: l.file.as_deref(),
+                level: l.level.as_deref(),
+                env: l.env.as_deref(),
+                ip: l.ip.as_deref(),
+                mac: l.mac.as_deref(),
+                tags: l.tags.iter().map(String::as_str).collect(),
+                label_json: l.label_json.as_deref(),
+                meta_json: l.meta_json.as_deref(),
+                ingester: &l.ingester,
+            },
+        }
+    }
+
+    /// The line as one NDJSON record, newline included.
+    pub fn write_ndjson(&self, account: &str, out: &mut Vec<u8>) {
+        self.view().write_ndjson(account, out)
+    }
+}
+
+impl StoredLineRef<'_> {
+    pub fn archived<'b>(&'b self, account: &'b str) -> ArchivedLine<'b> {
         let l = &self.line;
         ArchivedLine {
-            id: &self.id,
+            id: self.id,
             account,
             ts: l.ts,
-            line: &l.line,
-            host: l.host.as_deref(),
-            app: l.app.as_deref(),
-            file: l.file.as_deref(),
-            level: l.level.as_deref(),
-            env: l.env.as_deref(),
-            ip: l.ip.as_deref(),
-            mac: l.mac.as_deref(),
+            line: l.line,
+            host: l.host,
+            app: l.app,
+            file: l.file,
+            level: l.level,
+            env: l.env,
+            ip: l.ip,
+            mac: l.mac,
             tags: &l.tags,
-            label: raw(&l.label_json),
-            meta: raw(&l.meta_json),
-            ingester: &l.ingester,
+            label: raw(l.label_json),
+            meta: raw(l.meta_json),
+            ingester: l.ingester,
             received: self.received,
             truncated: l.truncated,
         }
@@ -122,11 +196,11 @@ impl StoredLine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn full() -> StoredLine {
+    pub(crate) fn full() -> StoredLine {
         StoredLine {
             id: "01JDX6Q3ZK8V7S3M2N4P5R6T7W".into(),
             received: 1764140245201,

@@ -132,3 +132,52 @@ fn acked_lines_survive_restarts_and_a_clean_stop() {
         .collect();
     assert_eq!(texts, vec!["before kill", "before term"]);
 }
+
+#[test]
+fn an_archive_directory_on_another_filesystem_gets_whole_objects() {
+    use std::os::unix::fs::MetadataExt;
+    // Objects are hard-linked from the staging directory when they can be; on
+    // another filesystem they are copied, then linked into place.
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = tempfile::tempdir().unwrap();
+    let Ok(archive) = tempfile::tempdir_in(shm) else {
+        eprintln!("skipped: no /dev/shm to put the archive on");
+        return;
+    };
+    if std::fs::metadata(shm).unwrap().dev() == std::fs::metadata(dir.path()).unwrap().dev() {
+        eprintln!("skipped: /dev/shm is on the same filesystem as the spool");
+        return;
+    }
+    let target = archive.path().display().to_string();
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &[
+            "--late-window",
+            "0s",
+            "--key",
+            "k=acme",
+            "--target",
+            &target,
+        ],
+    );
+    let ts = hours_ago(2, 0);
+    let lines: Vec<_> = (0..500)
+        .map(|i| json!({"timestamp": ts + i, "line": format!("line {i}")}))
+        .collect();
+    let (s, body) = d.ingest_json("k", &json!({ "lines": lines }));
+    assert_eq!(s, 200, "{body}");
+    d.wait_drained(Duration::from_secs(30));
+    let objects = read_archive(archive.path());
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let texts: Vec<&str> = objects[0]
+        .1
+        .iter()
+        .map(|l| l["_line"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..500).map(|i| format!("line {i}")).collect();
+    assert_eq!(texts, expected);
+    // Nothing is left in the upload area.
+    let area = archive.path().join(".larch-upload");
+    let left = std::fs::read_dir(&area).map_or(0, |e| e.count());
+    assert_eq!(left, 0, "temporary copies left in {}", area.display());
+}

@@ -3,7 +3,7 @@
 //! so the encoding can be swapped without touching the rest of the spool.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 const VERSION: u8 = 1;
 const HEADER: usize = 5;
@@ -36,6 +36,11 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CorruptRecord> {
+    decode_borrowed(bytes)
+}
+
+/// Like [`decode`], for values that borrow their strings from `bytes`.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CorruptRecord> {
     if bytes.len() < HEADER {
         return Err(CorruptRecord::Short(bytes.len()));
     }
@@ -47,7 +52,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CorruptRecord> {
     if stored != computed {
         return Err(CorruptRecord::Checksum { stored, computed });
     }
-    let (value, used) = bincode::serde::decode_from_slice(&bytes[HEADER..], config())
+    let (value, used) = bincode::serde::borrow_decode_from_slice(&bytes[HEADER..], config())
         .map_err(|e| CorruptRecord::Decode(e.to_string()))?;
     if used != bytes.len() - HEADER {
         return Err(CorruptRecord::Decode(format!(

@@ -25,10 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::account::AccountId;
 use crate::clock::{EpochMs, SharedClock};
 use crate::hour::Hour;
-use crate::line::{Line, StoredLine};
+use crate::line::{Line, StoredLine, StoredLineRef};
 use crate::seal::SealRule;
 
 pub use commit::{CommitError, Committer};
+pub(crate) use durable::sync_dir;
 pub use keys::PartId;
 pub use part::{PartRecord, PartState, Upload};
 
@@ -68,6 +69,13 @@ impl SpoolError {
 #[derive(Debug, Serialize, Deserialize)]
 struct Block {
     lines: Vec<StoredLine>,
+}
+
+/// A [`Block`] read in place, its lines' text borrowed from the block's bytes.
+#[derive(Deserialize)]
+struct BlockView<'a> {
+    #[serde(borrow)]
+    lines: Vec<StoredLineRef<'a>>,
 }
 
 /// What one group commit staged, so it can be undone if it never became durable.
@@ -477,15 +485,16 @@ impl Spool {
     pub fn for_each_block<E: From<SpoolError>>(
         &self,
         id: &PartId,
-        mut each: impl FnMut(&[StoredLine]) -> Result<(), E>,
+        mut each: impl FnMut(&[StoredLineRef<'_>]) -> Result<(), E>,
     ) -> Result<(), E> {
+        let mut reader = self.segments.reader();
         for item in self.db.scan_prefix(keys::blocks_of(id)) {
             let (key, value) = item.map_err(SpoolError::from)?;
             let Some(at) = segments::BlockRef::decode(&value) else {
                 self.quarantine(&key, &value, &format!("block reference of {id} is damaged"))?;
                 continue;
             };
-            let bytes = match self.segments.read(&at) {
+            let bytes = match reader.read(&at) {
                 Ok(bytes) => bytes,
                 Err(e)
                     if matches!(
@@ -505,9 +514,9 @@ impl Spool {
                 }
                 Err(e) => return Err(SpoolError::from(e).into()),
             };
-            match codec::decode::<Block>(&bytes) {
+            match codec::decode_borrowed::<BlockView>(bytes) {
                 Ok(block) => each(&block.lines)?,
-                Err(e) => self.quarantine(&key, &bytes, &format!("block of {id}: {e}"))?,
+                Err(e) => self.quarantine(&key, bytes, &format!("block of {id}: {e}"))?,
             }
         }
         Ok(())
@@ -625,4 +634,35 @@ fn into_blocks(lines: Vec<(u64, StoredLine)>) -> Vec<(u64, Block)> {
         blocks.push((first_seq, Block { lines: current }));
     }
     blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_read_in_place_prints_the_same_lines_as_the_stored_ones() {
+        let mut sparse = crate::line::tests::full();
+        sparse.line = Line {
+            ts: 9,
+            line: "only the line \"quoted\"\n".into(),
+            ingester: "file".into(),
+            ..Line::default()
+        };
+        let block = Block {
+            lines: vec![crate::line::tests::full(), sparse],
+        };
+        let bytes = codec::encode(&block);
+        let view: BlockView = codec::decode_borrowed(&bytes).unwrap();
+        assert_eq!(view.lines.len(), 2);
+        for (stored, read) in block.lines.iter().zip(&view.lines) {
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            stored.write_ndjson("acme", &mut want);
+            read.write_ndjson("acme", &mut got);
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
+    }
 }

@@ -124,11 +124,18 @@ impl Segments {
     }
 
     /// Reads one block's bytes.
+    #[cfg(test)]
     pub fn read(&self, r: &BlockRef) -> io::Result<Vec<u8>> {
-        let file = File::open(self.dir.join(file_name(r.segment)))?;
-        let mut buf = vec![0u8; r.len as usize];
-        file.read_exact_at(&mut buf, r.offset)?;
-        Ok(buf)
+        Ok(self.reader().read(r)?.to_vec())
+    }
+
+    /// A reader for many blocks in a row.
+    pub fn reader(&self) -> BlockReader<'_> {
+        BlockReader {
+            dir: &self.dir,
+            open: None,
+            buf: Vec::new(),
+        }
     }
 
     /// The segment being written now; older ones get no new blocks.
@@ -149,6 +156,33 @@ impl Segments {
             sync_dir(&self.dir)?;
         }
         Ok(removed)
+    }
+}
+
+/// Reads blocks one after another. A part's blocks mostly sit side by side in
+/// a few segments, so the last segment stays open and one buffer is reused.
+pub struct BlockReader<'a> {
+    dir: &'a Path,
+    open: Option<(u64, File)>,
+    buf: Vec<u8>,
+}
+
+impl BlockReader<'_> {
+    pub fn read(&mut self, r: &BlockRef) -> io::Result<&[u8]> {
+        let file = match &mut self.open {
+            Some((id, file)) if *id == r.segment => file,
+            slot => {
+                &slot
+                    .insert((r.segment, File::open(self.dir.join(file_name(r.segment)))?))
+                    .1
+            }
+        };
+        let len = r.len as usize;
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        file.read_exact_at(&mut self.buf[..len], r.offset)?;
+        Ok(&self.buf[..len])
     }
 }
 

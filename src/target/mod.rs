@@ -11,6 +11,7 @@
 
 mod aws_profile;
 mod errors;
+mod local;
 pub mod probe;
 pub mod spec;
 
@@ -224,6 +225,12 @@ impl Target {
         let store = self.store().await?;
         let caps = self.capabilities(store.as_ref()).await?;
         let location = Path::parse(key).map_err(|e| TargetError::NeedsOperator(e.to_string()))?;
+        if let Location::LocalDir(root) = &self.location {
+            let (root, key, source) = (root.clone(), location.to_string(), source.to_owned());
+            return tokio::task::spawn_blocking(move || local::create(&root, &key, &source))
+                .await
+                .map_err(|e| TargetError::Transient(format!("local write task failed: {e}")))?;
+        }
         if !caps.conditional_create && exists(store.as_ref(), &location).await? {
             return Ok(Created::AlreadyExists);
         }
