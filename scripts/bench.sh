@@ -11,7 +11,7 @@
 #             very NDJSON larch archived in the backlog phase
 #   ingest    16 clients, 1000-line bodies, as fast as they go (nothing seals)
 #   steady    100k lines/s for past hours with sync running (--late-window 0s)
-#   parts     the same memory with 10 open parts and with 10,000 (10,000 accounts)
+#   parts     memory with 10, 1,000 and 10,000 open parts (accounts x 1 hour)
 #   backlog   a backlog ingested with sync held back (about 10 GB of spool in a
 #             full run), copied, then each copy timed to start and drain: one to
 #             a local directory, one to an S3-compatible server (s3s-fs, on this
@@ -90,11 +90,12 @@ c1=$(cpu)
 echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/steady_proc.json"
 stop
 
-# Memory with many open parts: the same load spread over 10 accounts, then 10,000.
-for accounts in 10 10000; do
+# Memory with many open parts: the same load spread over 10 accounts, 1,000
+# and 10,000, with the same 10,000 keys configured each time.
+conf="$work/accounts.toml"
+{ echo "[keys]"; for i in $(seq 0 9999); do echo "k$i = \"a$i\""; done; } >"$conf"
+for accounts in 10 1000 10000; do
     echo "open parts: $accounts accounts x 1 hour..." >&2
-    conf="$work/accounts-$accounts.toml"
-    { echo "[keys]"; for i in $(seq 0 $((accounts - 1))); do echo "k$i = \"a$i\""; done; } >"$conf"
     start "$work/accounts-$accounts" --config "$conf"
     "$bench" load --addr "$addr" --key k --accounts "$accounts" --lines-per-request 100 \
         --duration "$parts_dur" >"$results/parts-$accounts.json"

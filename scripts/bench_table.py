@@ -79,19 +79,21 @@ row(
 )
 row("steady: CPU", steady_cores, "cores", "2 cores", f"{steady_cores / 2:.0%}")
 
-few, many = load("parts-10-proc"), load("parts-10000-proc")
-row(
-    f"open parts: peak RSS, {few['parts_open']} parts",
-    few["peak_rss_mb"],
-    "MB",
+few, mid, many = (load(f"parts-{n}-proc") for n in (10, 1000, 10000))
+for p in (few, mid):
+    row(f"open parts: peak RSS, {p['parts_open']:,} parts", p["peak_rss_mb"], "MB")
+# Flat means no memory per part beyond its index entry: a buffer per open part
+# (say a 64 KiB block) would cost 640 MB at 10,000 parts.
+per_part_kib = (many["peak_rss_mb"] - few["peak_rss_mb"]) * 1024 / max(
+    many["parts_open"] - few["parts_open"], 1
 )
 row(
     f"open parts: peak RSS, {many['parts_open']:,} parts",
     many["peak_rss_mb"],
     "MB",
-    ratio=f"{many['peak_rss_mb'] / few['peak_rss_mb']:.2f}x",
-    goal="flat, <= 64 MB",
-    met=many["peak_rss_mb"] <= 64 and many["peak_rss_mb"] <= 1.2 * few["peak_rss_mb"],
+    ratio=f"{max(per_part_kib, 0):.2f} KiB/part",
+    goal="flat (< 1 KiB/part), <= 64 MB",
+    met=many["peak_rss_mb"] <= 64 and per_part_kib < 1,
 )
 row(
     "backlog: start-up with spool",
@@ -128,22 +130,34 @@ row(
     met=per_core >= 0.9 * gzip["mb_per_s"],
 )
 row("backlog: peak RSS while draining", backlog["peak_rss_mb"], "MB")
-s3_speed, s3_cores, _ = drain_rows(s3)
+s3_speed, s3_cores, s3_per_core = drain_rows(s3)
+server_cores = s3_server["cpu_s"] / s3["drain_s"]
 row(
     "backlog: drain to S3 (s3s-fs)",
     s3_speed,
     f"MB/s ({s3['input_mb']:,.0f} MB NDJSON)",
     f"{speed:,.1f} MB/s to a directory",
     f"{s3_speed / speed:.0%}",
-    ">= 90% of directory",
-    met=s3_speed >= 0.9 * speed,
 )
 row(
     "backlog: S3 drain CPU, larch + server",
     s3_cores,
-    f"+ {s3_server['cpu_s'] / s3['drain_s']:.2f} cores",
+    f"+ {server_cores:.2f} cores",
     "2 cores",
-    f"{(s3_cores + s3_server['cpu_s'] / s3['drain_s']) / 2:.0%}",
+    f"{(s3_cores + server_cores) / 2:.0%}",
+    "CPU-bound",
+    met=s3_cores + server_cores >= 1.8,
+)
+# The server shares the two cores here; what larch gets done per core of its
+# own CPU says whether uploading costs more than writing a file.
+row(
+    "backlog: S3 drain per core of larch CPU",
+    s3_per_core,
+    "MB/s",
+    f"{per_core:,.1f} MB/s to a directory",
+    f"{s3_per_core / per_core:.0%}",
+    ">= 90% of directory",
+    met=s3_per_core >= 0.9 * per_core,
 )
 row("backlog: S3 start-up with spool", s3_start["startup_s"], "s")
 row("backlog: peak RSS draining to S3", s3["peak_rss_mb"], "MB")

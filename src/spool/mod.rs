@@ -209,7 +209,7 @@ impl Spool {
         let quarantined = spool.db.scan_prefix([keys::QUARANTINE]).count() as u64;
         spool.quarantined.store(quarantined, Ordering::Relaxed);
         let mut open = HashMap::new();
-        for (id, record) in spool.part_records()? {
+        for (id, record) in spool.part_records(|_| true)? {
             if record.state == PartState::Open {
                 open.insert(
                     (id.account, id.hour),
@@ -425,10 +425,13 @@ impl Spool {
         Ok(sealed)
     }
 
-    /// Every part record, in key order. A record that does not decode is set
-    /// aside and replaced by a sealed record of the same part, so its lines
-    /// are still archived (its own key says which part it was).
-    fn part_records(&self) -> Result<Vec<(PartId, PartRecord)>, SpoolError> {
+    /// The part records `keep` accepts, in key order. A record that does not
+    /// decode is set aside and replaced by a sealed record of the same part, so
+    /// its lines are still archived (its own key says which part it was).
+    fn part_records(
+        &self,
+        keep: impl Fn(&PartRecord) -> bool,
+    ) -> Result<Vec<(PartId, PartRecord)>, SpoolError> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix([keys::PART]) {
             let (key, value) = item?;
@@ -437,7 +440,8 @@ impl Spool {
                 continue;
             };
             match codec::decode::<PartRecord>(&value) {
-                Ok(record) => out.push((id, record)),
+                Ok(record) if keep(&record) => out.push((id, record)),
+                Ok(_) => {}
                 Err(e) => {
                     self.quarantine(&key, &value, &format!("part record of {id}: {e}"))?;
                     let record = PartRecord {
@@ -447,7 +451,9 @@ impl Spool {
                         bytes: 0,
                     };
                     self.db.insert(&key, codec::encode(&record))?;
-                    out.push((id, record));
+                    if keep(&record) {
+                        out.push((id, record));
+                    }
                 }
             }
         }
@@ -456,11 +462,8 @@ impl Spool {
 
     /// Parts the sync loop has work for, oldest hour first.
     pub fn parts_to_sync(&self) -> Result<Vec<(PartId, PartRecord)>, SpoolError> {
-        let mut parts: Vec<_> = self
-            .part_records()?
-            .into_iter()
-            .filter(|(_, r)| r.state.needs_sync())
-            .collect();
+        // Open parts, however many, are not collected: only what has work.
+        let mut parts = self.part_records(|r| r.state.needs_sync())?;
         parts.sort_by(|(a, _), (b, _)| {
             (a.hour, &a.account, a.seq).cmp(&(b.hour, &b.account, b.seq))
         });
