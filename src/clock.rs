@@ -47,3 +47,34 @@ impl Clock for ManualClock {
         self.0.load(Ordering::SeqCst)
     }
 }
+
+/// The wall clock moved by a fixed amount: `LARCH_CLOCK_OFFSET=2h` (or `-30m`)
+/// runs larch as if it were that much later (earlier). For tests and drills
+/// that need an hour to end without waiting for it.
+#[derive(Debug)]
+pub struct OffsetClock {
+    offset_ms: i64,
+}
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> EpochMs {
+        SystemClock.now_ms().saturating_add(self.offset_ms)
+    }
+}
+
+pub const OFFSET_ENV: &str = "LARCH_CLOCK_OFFSET";
+
+/// The wall clock, moved by [`OFFSET_ENV`] when that is set.
+pub fn from_env() -> Result<SharedClock, String> {
+    let Ok(text) = std::env::var(OFFSET_ENV) else {
+        return Ok(Arc::new(SystemClock));
+    };
+    let (sign, magnitude) = match text.trim().strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.trim().trim_start_matches('+')),
+    };
+    let offset = humantime::parse_duration(magnitude)
+        .map_err(|e| format!("{OFFSET_ENV}={text:?} is not a duration like 2h or -30m: {e}"))?;
+    let offset_ms = sign * i64::try_from(offset.as_millis()).unwrap_or(i64::MAX);
+    Ok(Arc::new(OffsetClock { offset_ms }))
+}

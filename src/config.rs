@@ -19,6 +19,10 @@
 //!
 //! [s3]                             # options of an s3:// target (also [gcs], [azure])
 //! region = "eu-west-1"
+//!
+//! [[rules.exclude]]                # lines never archived; see `rules`
+//! app = "nginx"
+//! regex = "GET /health"
 //! ```
 //!
 //! `single_writer = true` lets larch use a store that cannot refuse to overwrite
@@ -28,12 +32,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::account::{AccountId, InvalidAccountId};
 use crate::ingest::auth::{KeyError, Keys};
+use crate::rules::{RuleError, Rules, RulesConfig};
 use crate::seal::SealRule;
 use crate::target::TargetConfig;
 
@@ -69,6 +75,8 @@ pub enum ConfigError {
     Account(#[from] InvalidAccountId),
     #[error("{0}")]
     Key(#[from] KeyError),
+    #[error("{0}")]
+    Rules(#[from] RuleError),
 }
 
 /// The TOML file, as written. Unknown keys are errors, so typos do not pass silently.
@@ -90,6 +98,7 @@ pub struct FileConfig {
     pub s3: Option<BTreeMap<String, toml::Value>>,
     pub gcs: Option<BTreeMap<String, toml::Value>>,
     pub azure: Option<BTreeMap<String, toml::Value>>,
+    pub rules: Option<RulesConfig>,
 }
 
 impl FileConfig {
@@ -133,6 +142,8 @@ pub struct Settings {
     pub keys: Keys,
     /// Whether the demo key is in use because none was configured.
     pub demo_key: bool,
+    /// Which lines are archived at all, shared by every source.
+    pub rules: Arc<Rules>,
 }
 
 fn duration_ms(what: &'static str, value: &str) -> Result<i64, ConfigError> {
@@ -284,6 +295,7 @@ impl Settings {
             retry_max_delay,
             keys: Keys::new(pairs)?,
             demo_key,
+            rules: Arc::new(Rules::new(file.rules.unwrap_or_default())?),
         })
     }
 }

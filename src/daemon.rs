@@ -136,6 +136,7 @@ pub async fn run(
         max_skew_ms: settings.max_skew_ms,
         spool: spool.clone(),
         board,
+        rules: settings.rules.clone(),
     }));
     tracing::info!(
         "larch listening on http://{addr}, spool in {}, archiving to {}",

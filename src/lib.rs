@@ -21,6 +21,8 @@ pub mod hour;
 pub mod ingest;
 pub mod line;
 pub mod memory;
+pub mod pipe;
+pub mod rules;
 pub mod seal;
 pub mod spool;
 pub mod status;

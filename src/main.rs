@@ -2,12 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use larch::clock::SystemClock;
 use larch::config::{FileConfig, Overrides, Settings, DEFAULT_LISTEN};
 use larch::status::Status;
 
@@ -32,6 +30,9 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Send lines from standard input to a running larch, e.g. `myapp | larch send
+    /// --account acme --key KEY`. Exits non-zero unless every line was acknowledged.
+    Send(SendArgs),
     /// Ask a running larch what it holds and what it is doing.
     Status {
         /// Address of the running larch.
@@ -68,6 +69,34 @@ struct RunArgs {
     keys: Vec<String>,
 }
 
+#[derive(clap::Args)]
+struct SendArgs {
+    /// The account the lines belong to; larch refuses them if the key is another account's.
+    #[arg(long)]
+    account: String,
+    /// The ingestion key.
+    #[arg(long, env = "LARCH_KEY", hide_env_values = true)]
+    key: String,
+    /// Address of the running larch.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    addr: String,
+    /// Application name stamped on every line.
+    #[arg(long)]
+    app: Option<String>,
+    /// Host name stamped on every line.
+    #[arg(long)]
+    host: Option<String>,
+    /// Log level stamped on every line.
+    #[arg(long)]
+    level: Option<String>,
+    /// Longest a line waits before its batch is sent.
+    #[arg(long, default_value = "1s")]
+    linger: humantime::Duration,
+    /// How long a batch is retried while larch cannot take it before giving up.
+    #[arg(long, default_value = "30s")]
+    retry_for: humantime::Duration,
+}
+
 fn main() -> ExitCode {
     larch::memory::limit_allocator_arenas();
     let result = match Cli::parse().command {
@@ -77,6 +106,10 @@ fn main() -> ExitCode {
         }
         Command::CheckTarget { config, target } => check_target(config, target),
         Command::Status { addr, json } => status(&addr, json),
+        Command::Send(args) => {
+            init_logging();
+            send(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -131,11 +164,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(larch::daemon::run(
-        settings,
-        Arc::new(SystemClock),
-        shutdown_signal(),
-    ));
+    let clock = larch::clock::from_env().map_err(anyhow::Error::msg)?;
+    let result = runtime.block_on(larch::daemon::run(settings, clock, shutdown_signal()));
     // Blocking work still running (a compression) is abandoned; its part resumes on the next start.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(result?)
@@ -161,6 +191,21 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+fn send(args: SendArgs) -> anyhow::Result<()> {
+    let options = larch::pipe::SendOptions {
+        addr: args.addr,
+        key: args.key,
+        account: args.account,
+        app: args.app,
+        host: args.host,
+        level: args.level,
+        linger: *args.linger,
+        retry_for: *args.retry_for,
+    };
+    larch::pipe::send(std::io::stdin(), &options)?;
+    Ok(())
 }
 
 fn check_target(config: Option<PathBuf>, target: Option<String>) -> anyhow::Result<()> {
@@ -235,6 +280,9 @@ fn status(addr: &str, json: bool) -> anyhow::Result<()> {
         status.upload_failures
     );
     println!("quarantined      {} records", s.records_quarantined);
+    for (rule, lines) in &status.lines_dropped_by_rule {
+        println!("dropped by rule  {lines} lines: {rule}");
+    }
     if let Some(p) = &status.sync_paused {
         println!("SYNC PAUSED      {p}");
     }

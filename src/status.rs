@@ -1,6 +1,7 @@
 //! What larch reports about itself: counts from the spool plus what the sync
 //! loop last saw. Served on `/status` and printed by `larch status`.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub struct Status {
     pub sync_paused: Option<String>,
     pub last_error: Option<String>,
     pub last_error_at: Option<EpochMs>,
+    /// Lines the rules kept out of the spool since start, by rule.
+    #[serde(default)]
+    pub lines_dropped_by_rule: BTreeMap<String, u64>,
 }
 
 /// The parts of [`Status`] that the running stages update.

@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::clock::SharedClock;
+use crate::rules::Rules;
 use crate::spool::{CommitError, Committer, Spool};
 use crate::status::Board;
 pub use auth::Keys;
@@ -29,6 +30,7 @@ pub struct Ingest {
     pub max_skew_ms: i64,
     pub spool: Arc<Spool>,
     pub board: Arc<Board>,
+    pub rules: Arc<Rules>,
 }
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
@@ -78,6 +80,19 @@ async fn ingest_lines(
             vec!["unknown ingestion key".into()],
         );
     };
+    // An optional check (`larch send --account`): lines never land in another
+    // account because a key was mixed up.
+    if let Some(expected) = param("account") {
+        if expected != account.as_str() {
+            return not_ok(
+                StatusCode::UNAUTHORIZED,
+                vec![format!(
+                    "this ingestion key belongs to account {:?}, not {expected:?}",
+                    account.as_str()
+                )],
+            );
+        }
+    }
     let raw = match read_body(body).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
@@ -117,10 +132,11 @@ async fn ingest_lines(
         received: ingest.clock.now_ms(),
         max_skew_ms: ingest.max_skew_ms,
     };
-    let lines = match body::decode_body(&raw, gzip).and_then(|json| body::parse(&json, &ctx)) {
+    let mut lines = match body::decode_body(&raw, gzip).and_then(|json| body::parse(&json, &ctx)) {
         Ok(lines) => lines,
         Err(r) => return rejection(r),
     };
+    ingest.rules.retain(&account, &mut lines);
     // The parsed lines are all that is needed now; the body need not wait for the commit.
     drop(raw);
     match ingest.committer.commit(account, lines).await {
@@ -172,7 +188,11 @@ async fn status(
     }
     let spool = ingest.spool.clone();
     match tokio::task::spawn_blocking(move || spool.summary()).await {
-        Ok(Ok(summary)) => Json(ingest.board.snapshot(summary)).into_response(),
+        Ok(Ok(summary)) => {
+            let mut status = ingest.board.snapshot(summary);
+            status.lines_dropped_by_rule = ingest.rules.dropped();
+            Json(status).into_response()
+        }
         Ok(Err(e)) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
         Err(e) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
     }

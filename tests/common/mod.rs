@@ -64,7 +64,12 @@ impl Daemon {
     }
 
     pub fn start_with_env(data: &Path, extra: &[&str], env: &[(String, String)]) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
+        Self::start_on(&format!("127.0.0.1:{}", free_port()), data, extra, env)
+    }
+
+    /// Starts larch listening on `addr`.
+    pub fn start_on(addr: &str, data: &Path, extra: &[&str], env: &[(String, String)]) -> Self {
+        let addr = addr.to_owned();
         let mut args: Vec<String> = vec![
             "run".into(),
             "--data".into(),
