@@ -17,7 +17,7 @@ use larch::hour::Hour;
 use larch::ingest::body::{parse, RequestContext};
 use larch::line::StoredLine;
 use larch::seal::SealRule;
-use larch::spool::{PartId, Spool};
+use larch::spool::{Along, PartId, Spool};
 use larch::sync::stage;
 
 const NOW: i64 = 1_773_151_200_000 + 600_000;
@@ -65,7 +65,7 @@ fn hot_paths(c: &mut Criterion) {
     let lines = parse(&raw, &ctx()).expect("valid body");
     g.bench_function("append 1000 lines durably", |b| {
         b.iter_batched(
-            || vec![(account.clone(), lines.clone())],
+            || vec![(account.clone(), lines.clone(), Along::default())],
             |requests| {
                 spool.append(requests).expect("append");
                 spool.make_durable().expect("durable");
@@ -92,7 +92,7 @@ fn hot_paths(c: &mut Criterion) {
     let spool = open_spool(dir.path());
     for _ in 0..20 {
         spool
-            .append(vec![(account.clone(), lines.clone())])
+            .append(vec![(account.clone(), lines.clone(), Along::default())])
             .expect("append");
     }
     spool.make_durable().expect("durable");

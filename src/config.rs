@@ -23,6 +23,10 @@
 //! [[rules.exclude]]                # lines never archived; see `rules`
 //! app = "nginx"
 //! regex = "GET /health"
+//!
+//! [[sources.files]]                # files to tail; see `tail`
+//! account = "acme"
+//! include = ["/var/log/app/*.log"]
 //! ```
 //!
 //! `single_writer = true` lets larch use a store that cannot refuse to overwrite
@@ -41,6 +45,7 @@ use crate::account::{AccountId, InvalidAccountId};
 use crate::ingest::auth::{KeyError, Keys};
 use crate::rules::{RuleError, Rules, RulesConfig};
 use crate::seal::SealRule;
+use crate::tail::{FileSource, SourceError, SourcesConfig};
 use crate::target::TargetConfig;
 
 /// The key `larch run` accepts when no key is configured, for trying it out.
@@ -77,6 +82,8 @@ pub enum ConfigError {
     Key(#[from] KeyError),
     #[error("{0}")]
     Rules(#[from] RuleError),
+    #[error("{0}")]
+    Source(#[from] SourceError),
 }
 
 /// The TOML file, as written. Unknown keys are errors, so typos do not pass silently.
@@ -99,6 +106,7 @@ pub struct FileConfig {
     pub gcs: Option<BTreeMap<String, toml::Value>>,
     pub azure: Option<BTreeMap<String, toml::Value>>,
     pub rules: Option<RulesConfig>,
+    pub sources: Option<SourcesConfig>,
 }
 
 impl FileConfig {
@@ -144,6 +152,8 @@ pub struct Settings {
     pub demo_key: bool,
     /// Which lines are archived at all, shared by every source.
     pub rules: Arc<Rules>,
+    /// `[[sources.files]]`: files to tail.
+    pub file_sources: Vec<FileSource>,
 }
 
 fn duration_ms(what: &'static str, value: &str) -> Result<i64, ConfigError> {
@@ -296,6 +306,7 @@ impl Settings {
             keys: Keys::new(pairs)?,
             demo_key,
             rules: Arc::new(Rules::new(file.rules.unwrap_or_default())?),
+            file_sources: FileSource::all(file.sources.unwrap_or_default())?,
         })
     }
 }

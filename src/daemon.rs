@@ -1,8 +1,9 @@
 //! `larch run`: wires the stages together and takes them down in order.
 //!
-//! Start-up opens the spool, then starts the commit thread, the seal watcher,
-//! the sync loop and the listener. Shutdown runs the other way: stop accepting
-//! and finish the requests in flight, let the committer drain, stop sealing and
+//! Start-up opens the spool, then starts the commit thread, the file sources,
+//! the seal watcher, the sync loop and the listener. Shutdown runs the other
+//! way: stop accepting and finish the requests in flight, let the file sources
+//! store what they read, let the committer drain, stop sealing and
 //! syncing (an upload in flight is abandoned; its recorded state resumes it on
 //! the next start), then flush the spool.
 
@@ -119,6 +120,17 @@ pub async fn run(
 
     let (committer, commit_thread) = Committer::start(spool.clone())
         .map_err(|e| DaemonError::Task("commit", format!("cannot start its thread: {e}")))?;
+    let tails = crate::tail::start(
+        settings.file_sources.clone(),
+        crate::tail::Shared {
+            committer: committer.clone(),
+            spool: spool.clone(),
+            rules: settings.rules.clone(),
+            clock: clock.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        },
+    )
+    .map_err(|e| DaemonError::Task("file source", format!("cannot start its thread: {e}")))?;
     let (stop, stopped) = watch::channel(false);
     let sealed = Arc::new(Notify::new());
     let seal_task = tokio::spawn(crate::seal::run(
@@ -171,6 +183,9 @@ pub async fn run(
     .await;
     tracing::info!("shutting down: no longer accepting lines");
 
+    // File sources store what they have read (partial last lines included),
+    // then drop their committer handles.
+    let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
     // The router (and with it the last committer handle) is gone: the commit
     // thread drains what it holds and ends.
     let _ = stop.send(true);

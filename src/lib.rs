@@ -27,4 +27,5 @@ pub mod seal;
 pub mod spool;
 pub mod status;
 pub mod sync;
+pub mod tail;
 pub mod target;

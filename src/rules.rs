@@ -207,19 +207,22 @@ impl Rules {
         if self.exclude.is_empty() && self.include.is_empty() {
             return;
         }
-        lines.retain(|line| {
-            if !self.include.is_empty() && !self.include.iter().any(|r| r.matches(account, line)) {
-                self.not_included.fetch_add(1, Ordering::Relaxed);
-                return false;
+        lines.retain(|line| self.keeps(account, line));
+    }
+
+    /// Whether a line of `account` is archived; a line that is not is counted.
+    pub fn keeps(&self, account: &AccountId, line: &Line) -> bool {
+        if !self.include.is_empty() && !self.include.iter().any(|r| r.matches(account, line)) {
+            self.not_included.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        match self.exclude.iter().find(|r| r.matches(account, line)) {
+            Some(rule) => {
+                rule.dropped.fetch_add(1, Ordering::Relaxed);
+                false
             }
-            match self.exclude.iter().find(|r| r.matches(account, line)) {
-                Some(rule) => {
-                    rule.dropped.fetch_add(1, Ordering::Relaxed);
-                    false
-                }
-                None => true,
-            }
-        });
+            None => true,
+        }
     }
 
     /// Lines dropped so far, by rule name; every configured rule is listed.

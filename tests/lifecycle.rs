@@ -12,7 +12,7 @@ use larch::clock::{ManualClock, SharedClock};
 use larch::hour::{object_key, Hour};
 use larch::line::Line;
 use larch::seal::SealRule;
-use larch::spool::{PartId, PartState, Spool};
+use larch::spool::{Along, PartId, PartState, Spool};
 use larch::status::Board;
 use larch::sync::{stage, Backoff, SyncSettings, Syncer};
 use larch::target::Target;
@@ -69,7 +69,9 @@ impl Rig {
             })
             .collect();
         let account = AccountId::parse(account).unwrap();
-        self.spool().append(vec![(account, lines)]).unwrap();
+        self.spool()
+            .append(vec![(account, lines, Along::default())])
+            .unwrap();
         self.spool().make_durable().unwrap();
     }
 
@@ -328,7 +330,9 @@ fn a_backlog_drains_oldest_hour_first() {
             ..Line::default()
         };
         let account = AccountId::parse(account).unwrap();
-        rig.spool().append(vec![(account, vec![line])]).unwrap();
+        rig.spool()
+            .append(vec![(account, vec![line], Along::default())])
+            .unwrap();
         rig.spool().make_durable().unwrap();
     };
     at(1, "zeta", "newer");

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Spool, SpoolError};
+use super::{PositionUpdate, Spool, SpoolError};
 use crate::account::AccountId;
 use crate::line::Line;
 
@@ -37,9 +37,20 @@ impl From<&SpoolError> for CommitError {
     }
 }
 
+/// What a source commits along with its lines, in the same atomic batch.
+#[derive(Debug, Default)]
+pub struct Along {
+    /// Line IDs the source chose, one per line, so that a line read again (a
+    /// file re-read after a crash) gets the same ID. Otherwise the spool assigns them.
+    pub ids: Option<Vec<String>>,
+    /// Read positions that become durable exactly when the lines do.
+    pub positions: Vec<PositionUpdate>,
+}
+
 struct Request {
     account: AccountId,
     lines: Vec<Line>,
+    along: Along,
     bytes: usize,
     done: oneshot::Sender<Result<String, CommitError>>,
 }
@@ -66,11 +77,22 @@ impl Committer {
         account: AccountId,
         lines: Vec<Line>,
     ) -> Result<String, CommitError> {
+        self.commit_along(account, lines, Along::default()).await
+    }
+
+    /// Like [`Self::commit`], with source state stored in the same batch.
+    pub async fn commit_along(
+        &self,
+        account: AccountId,
+        lines: Vec<Line>,
+        along: Along,
+    ) -> Result<String, CommitError> {
         let bytes = lines.iter().map(|l| l.line.len() + 64).sum();
         let (done, answer) = oneshot::channel();
         let request = Request {
             account,
             lines,
+            along,
             bytes,
             done,
         };
@@ -100,7 +122,7 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
         }
         let (requests, answers): (Vec<_>, Vec<_>) = group
             .into_iter()
-            .map(|r| ((r.account, r.lines), r.done))
+            .map(|r| ((r.account, r.lines, r.along), r.done))
             .unzip();
         match commit_group(&spool, requests) {
             Ok(batch_ids) => {
@@ -123,7 +145,7 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
 
 fn commit_group(
     spool: &Spool,
-    requests: Vec<(AccountId, Vec<Line>)>,
+    requests: Vec<(AccountId, Vec<Line>, Along)>,
 ) -> Result<Vec<String>, SpoolError> {
     let staged = spool.append(requests)?;
     if let Err(e) = spool.make_durable() {

@@ -5,6 +5,7 @@
 //! - `P account 0x00 hour part`       → the part's record (its state)
 //! - `M name`                         → spool metadata (version, counters)
 //! - `Q <original key>`               → a record set aside because it was corrupt
+//! - `S source 0x00 dev inode`        → how far a tailed file was read
 //!
 //! Integers are big-endian (hours with the sign bit flipped) so keys sort by
 //! account, then hour, then part, then block: a part's lines come back in the
@@ -17,6 +18,7 @@ pub const BLOCK: u8 = b'B';
 pub const PART: u8 = b'P';
 pub const META: u8 = b'M';
 pub const QUARANTINE: u8 = b'Q';
+pub const POSITION: u8 = b'S';
 
 /// One part: the lines of an (account, UTC hour) that share a part number.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,6 +73,14 @@ pub fn block(id: &PartId, first_line_seq: u64) -> Vec<u8> {
 pub fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];
     k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Prefix of every file position of a file source.
+pub fn positions_of(source: &str) -> Vec<u8> {
+    let mut k = vec![POSITION];
+    k.extend_from_slice(source.as_bytes());
+    k.push(0);
     k
 }
 

@@ -12,6 +12,7 @@ mod commit;
 mod durable;
 pub mod keys;
 pub mod part;
+mod positions;
 mod segments;
 
 use std::collections::HashMap;
@@ -28,10 +29,11 @@ use crate::hour::Hour;
 use crate::line::{Line, StoredLine, StoredLineRef};
 use crate::seal::SealRule;
 
-pub use commit::{CommitError, Committer};
+pub use commit::{Along, CommitError, Committer};
 pub(crate) use durable::sync_dir;
 pub use keys::PartId;
 pub use part::{PartRecord, PartState, Upload};
+pub use positions::{FileKey, FilePosition, PositionUpdate};
 
 /// Bumped when the on-disk layout changes incompatibly.
 const FORMAT_VERSION: u32 = 2;
@@ -82,6 +84,8 @@ struct BlockView<'a> {
 pub struct Staged {
     pub batch_ids: Vec<String>,
     block_keys: Vec<Vec<u8>>,
+    /// Positions the group moved, with their values before it.
+    replaced: Vec<(Vec<u8>, Option<sled::IVec>)>,
 }
 
 /// Counts for `larch status`.
@@ -237,15 +241,21 @@ impl Spool {
 
     /// Stages every request of a group in one atomic batch: lines get their IDs
     /// and parts, counters move on. Nothing is durable until [`Self::make_durable`].
-    pub fn append(&self, requests: Vec<(AccountId, Vec<Line>)>) -> Result<Staged, SpoolError> {
+    pub fn append(
+        &self,
+        requests: Vec<(AccountId, Vec<Line>, Along)>,
+    ) -> Result<Staged, SpoolError> {
         let now = self.clock.now_ms();
         let mut index = self.lock();
         let mut next_line = index.next_line;
         let mut touched: HashMap<(AccountId, Hour), OpenPart> = HashMap::new();
         let mut lines_by_part: HashMap<PartId, Vec<(u64, StoredLine)>> = HashMap::new();
         let mut batch_ids = Vec::with_capacity(requests.len());
+        let mut positions = Vec::new();
 
-        for (account, lines) in requests {
+        for (account, lines, along) in requests {
+            positions.extend(along.positions);
+            let mut given_ids = along.ids.map(Vec::into_iter);
             let mut first_id = None;
             // Lines of a request mostly share an hour: look the part up once per run of them.
             let mut run: Option<Run> = None;
@@ -286,7 +296,10 @@ impl Spool {
                 };
                 let seq = next_line;
                 next_line += 1;
-                let id = line_id(now, self.instance, seq);
+                let id = match given_ids.as_mut().and_then(Iterator::next) {
+                    Some(id) => id,
+                    None => line_id(now, self.instance, seq),
+                };
                 first_id.get_or_insert_with(|| id.clone());
                 current.bytes += line.line.len() as u64;
                 current.lines.push((
@@ -326,6 +339,15 @@ impl Spool {
             batch.insert(keys::part(&id), codec::encode(&part.record));
         }
         batch.insert(keys::meta("next_line"), &next_line.to_be_bytes());
+        let mut replaced = Vec::with_capacity(positions.len());
+        for update in &positions {
+            let key = update.key_bytes();
+            replaced.push((key.clone(), self.db.get(&key)?));
+            match update.value_bytes() {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
         self.db.apply_batch(batch)?;
         drop(writer);
 
@@ -334,6 +356,7 @@ impl Spool {
         Ok(Staged {
             batch_ids,
             block_keys,
+            replaced,
         })
     }
 
@@ -343,6 +366,13 @@ impl Spool {
         let mut batch = sled::Batch::default();
         for key in &staged.block_keys {
             batch.remove(key.as_slice());
+        }
+        // A position must never run ahead of the lines read up to it.
+        for (key, before) in &staged.replaced {
+            match before {
+                Some(value) => batch.insert(key.as_slice(), value.clone()),
+                None => batch.remove(key.as_slice()),
+            }
         }
         self.db.apply_batch(batch)?;
         Ok(())

@@ -1,0 +1,101 @@
+//! Read positions of tailed files, kept in the spool beside the lines read
+//! from them.
+//!
+//! A position is written in the same sled batch, and made durable by the same
+//! flush, as the lines read up to it, so after a crash reading resumes exactly
+//! where the durable lines end: nothing is skipped and nothing is read twice.
+
+use serde::{Deserialize, Serialize};
+
+use super::{codec, keys, Spool, SpoolError};
+
+/// Which file a position belongs to: its file-source name, device and inode.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    pub source: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileKey {
+    fn encode(&self) -> Vec<u8> {
+        let mut k = keys::positions_of(&self.source);
+        k.extend_from_slice(&self.dev.to_be_bytes());
+        k.extend_from_slice(&self.ino.to_be_bytes());
+        k
+    }
+}
+
+/// How far a file has been read, and how to know it is still the same file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePosition {
+    /// The path it was last seen under.
+    pub path: String,
+    /// SHA-256 of the file's first `fingerprint_len` bytes: an inode that is
+    /// reused for a new file does not match.
+    pub fingerprint: [u8; 32],
+    pub fingerprint_len: u32,
+    /// Every byte before this is in the spool (or was excluded by the rules).
+    pub offset: u64,
+    /// When larch first saw the file; the time part of its lines' IDs.
+    pub first_seen_ms: i64,
+    /// How often the file was truncated and read again from its start, so
+    /// lines at the same offset before and after get different IDs.
+    pub generation: u32,
+    /// The bytes up to `offset` end inside a line that was stored cut at the
+    /// line limit; the rest of it, up to its newline, is skipped.
+    pub in_long_line: bool,
+}
+
+/// A position to store (or, with `None`, forget) with a commit.
+#[derive(Clone, Debug)]
+pub struct PositionUpdate {
+    pub key: FileKey,
+    pub position: Option<FilePosition>,
+}
+
+impl PositionUpdate {
+    pub(super) fn key_bytes(&self) -> Vec<u8> {
+        self.key.encode()
+    }
+
+    pub(super) fn value_bytes(&self) -> Option<Vec<u8>> {
+        self.position.as_ref().map(codec::encode)
+    }
+}
+
+impl Spool {
+    /// Every stored position of the file source `source`. A position that
+    /// does not decode is set aside: that file is then read as a new one.
+    pub fn file_positions(&self, source: &str) -> Result<Vec<(FileKey, FilePosition)>, SpoolError> {
+        let prefix = keys::positions_of(source);
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let rest = &key[prefix.len()..];
+            let (Some(dev), Some(ino)) = (
+                rest.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+                rest.get(8..16)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes),
+            ) else {
+                self.quarantine(&key, &value, "file position key does not parse")?;
+                continue;
+            };
+            match codec::decode::<FilePosition>(&value) {
+                Ok(position) => out.push((
+                    FileKey {
+                        source: source.to_owned(),
+                        dev,
+                        ino,
+                    },
+                    position,
+                )),
+                Err(e) => self.quarantine(&key, &value, &format!("file position: {e}"))?,
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,510 @@
+//! File sources: files matching globs are tailed, and every line written to
+//! them is archived exactly once, across crashes, restarts and rotation.
+//!
+//! Each `[[sources.files]]` runs on its own thread. Filesystem events (through
+//! `notify`) wake it, and it looks again every [`RESCAN`] anyway, for events
+//! that were missed and filesystems that have none. A pass:
+//!
+//! 1. expands the include globs (minus the excludes) and follows every known
+//!    file by device and inode, so a file renamed away by log rotation is read
+//!    to its end from the descriptor still open on it, and a file truncated in
+//!    place (copytruncate) is read again from its start;
+//! 2. reads the whole lines added since the stored position;
+//! 3. commits them with the file's new position in one spool batch, so the
+//!    position is durable exactly when the lines are. After a crash reading
+//!    resumes where the durable lines end: nothing skipped, nothing read twice.
+//!
+//! A line's ID is derived from its file and offset, so it is the same however
+//! often the line is read. Idle files are closed (and reopened on change) to
+//! bound open descriptors.
+
+pub mod config;
+mod file;
+mod watch;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::clock::SharedClock;
+use crate::line::Line;
+use crate::rules::Rules;
+use crate::spool::{Along, Committer, FileKey, FilePosition, PositionUpdate, Spool};
+pub use config::{FileSource, FileSourceConfig, SourceError, SourcesConfig, StartAt};
+use file::{fingerprint, identity, Tailed, FINGERPRINT_BYTES};
+
+/// How often a source looks at its files when no event woke it.
+const RESCAN: Duration = Duration::from_secs(1);
+/// A file renamed away or deleted is kept open this long after its last
+/// growth, for a writer that has not reopened its log yet.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+/// A file that has not grown for this long is closed until it changes.
+const IDLE_CLOSE: Duration = Duration::from_secs(60);
+/// Files kept open at most, per source; the least recently active close first.
+const MAX_OPEN: usize = 256;
+/// Chunks read from one file in one pass, so one busy file cannot starve the others.
+const CHUNKS_PER_PASS: usize = 8;
+/// What a line stored without its newline carries in `_meta`.
+const PARTIAL_META: &str = r#"{"partial_line":true}"#;
+
+/// The running file sources.
+pub struct Tails {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    wakers: Vec<std::sync::mpsc::Sender<()>>,
+}
+
+/// What every source thread shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub committer: Committer,
+    pub spool: Arc<Spool>,
+    pub rules: Arc<Rules>,
+    pub clock: SharedClock,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Starts one thread per file source.
+pub fn start(sources: Vec<FileSource>, shared: Shared) -> std::io::Result<Tails> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tails = Tails {
+        threads: Vec::new(),
+        stop: stop.clone(),
+        wakers: Vec::new(),
+    };
+    for source in sources {
+        let (wake, woken) = std::sync::mpsc::channel();
+        let watcher = watch::Watcher::new(&source, wake.clone());
+        let run = SourceRun::new(source, shared.clone(), stop.clone());
+        let name = format!("larch-tail-{}", tails.threads.len());
+        tails.threads.push(
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run.run(watcher, woken))?,
+        );
+        tails.wakers.push(wake);
+    }
+    Ok(tails)
+}
+
+impl Tails {
+    /// Stops every source after a last pass that also stores partial lines.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for wake in &self.wakers {
+            let _ = wake.send(());
+        }
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!("a file source thread panicked while stopping");
+            }
+        }
+    }
+}
+
+struct SourceRun {
+    source: FileSource,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+    files: HashMap<(u64, u64), Tailed>,
+    /// Positions from the spool whose file has not been seen yet in this run.
+    stored: HashMap<(u64, u64), FilePosition>,
+    /// No position was stored for this source: it runs for the first time, and
+    /// the files already there start where `start` says.
+    first_run: bool,
+    first_pass: bool,
+    default_host: Option<String>,
+    instance: String,
+}
+
+impl SourceRun {
+    fn new(source: FileSource, shared: Shared, stop: Arc<AtomicBool>) -> Self {
+        let stored: HashMap<_, _> = match shared.spool.file_positions(&source.name) {
+            Ok(list) => list.into_iter().map(|(k, p)| ((k.dev, k.ino), p)).collect(),
+            Err(e) => {
+                tracing::error!(source = %source.name, "cannot read stored file positions: {e}; files are read as new");
+                HashMap::new()
+            }
+        };
+        let instance = shared.spool.instance_hex();
+        Self {
+            first_run: stored.is_empty(),
+            stored,
+            files: HashMap::new(),
+            first_pass: true,
+            default_host: host_name(),
+            instance,
+            source,
+            shared,
+            stop,
+        }
+    }
+
+    fn run(mut self, mut watcher: Option<watch::Watcher>, woken: Receiver<()>) {
+        loop {
+            let stopping = self.stop.load(Ordering::SeqCst);
+            if let Some(w) = watcher.as_mut() {
+                w.refresh();
+            }
+            let more = self.pass(stopping);
+            if stopping {
+                return;
+            }
+            let wait = if more { Duration::ZERO } else { RESCAN };
+            match woken.recv_timeout(wait) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            while woken.try_recv().is_ok() {}
+        }
+    }
+
+    /// One look at every file. Returns whether some file has more to read now.
+    fn pass(&mut self, stopping: bool) -> bool {
+        let now = Instant::now();
+        let mut seen = HashSet::new();
+        for path in self.matching_paths() {
+            let Some((dev, ino, _)) = identity(&path) else {
+                continue;
+            };
+            if !seen.insert((dev, ino)) {
+                continue;
+            }
+            self.track(path, dev, ino);
+        }
+        if self.first_pass {
+            self.forget_vanished();
+        }
+        self.first_pass = false;
+        let mut more = false;
+        let keys: Vec<(u64, u64)> = self.files.keys().copied().collect();
+        let mut forget = Vec::new();
+        for key in keys {
+            let Some(t) = self.files.get_mut(&key) else {
+                continue;
+            };
+            if !seen.contains(&key) && t.orphaned_since.is_none() {
+                tracing::info!(source = %self.source.name, path = %t.path.display(), "file renamed away or deleted; reading it to its end");
+                t.orphaned_since = Some(now);
+            }
+            match self.read_file(key, stopping) {
+                Ok(has_more) => more |= has_more,
+                Err(e) => {
+                    if let Some(t) = self.files.get_mut(&key) {
+                        tracing::warn!(source = %self.source.name, path = %t.path.display(), "cannot read file, will try again: {e}");
+                        t.file = None;
+                    }
+                }
+            }
+            let Some(t) = self.files.get_mut(&key) else {
+                continue;
+            };
+            if t.orphaned_since.is_some()
+                && (t.file.is_none() || t.last_growth.elapsed() >= ORPHAN_GRACE)
+            {
+                forget.push(key);
+            } else if t.file.is_some() && t.last_growth.elapsed() >= IDLE_CLOSE {
+                t.file = None;
+            }
+        }
+        for key in forget {
+            self.forget(key);
+        }
+        self.limit_open_files();
+        more
+    }
+
+    fn matching_paths(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for pattern in &self.source.include {
+            let Ok(paths) = glob::glob(pattern) else {
+                continue;
+            };
+            for path in paths.flatten() {
+                if !self.source.excluded(&path.to_string_lossy()) {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+
+    /// Takes note of the file at `path`: a known one (perhaps truncated), one
+    /// with a stored position, or a new one.
+    fn track(&mut self, path: PathBuf, dev: u64, ino: u64) {
+        let name = self.source.name.clone();
+        if let Some(t) = self.files.get_mut(&(dev, ino)) {
+            if t.path != path {
+                t.path = path;
+            }
+            t.orphaned_since = None;
+            return;
+        }
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(source = %name, path = %path.display(), "cannot open file, will try again: {e}");
+                return;
+            }
+        };
+        let Ok(size) = file.metadata().map(|m| m.len()) else {
+            return;
+        };
+        let now_ms = self.shared.clock.now_ms();
+        let resumed = self
+            .stored
+            .remove(&(dev, ino))
+            .filter(|p| Tailed::same_content(p, &file).unwrap_or(false));
+        let position = match resumed {
+            Some(mut p) => {
+                p.path = path.to_string_lossy().into_owned();
+                p
+            }
+            None => {
+                let start_at_end =
+                    self.first_run && self.first_pass && self.source.start == StartAt::End;
+                let fp_len = size.min(FINGERPRINT_BYTES);
+                let Ok(fp) = fingerprint(&file, fp_len) else {
+                    return;
+                };
+                tracing::info!(source = %name, path = %path.display(), "tailing new file from its {}", if start_at_end { "end" } else { "start" });
+                FilePosition {
+                    path: path.to_string_lossy().into_owned(),
+                    fingerprint: fp,
+                    fingerprint_len: fp_len as u32,
+                    offset: if start_at_end { size } else { 0 },
+                    first_seen_ms: now_ms,
+                    generation: 0,
+                    in_long_line: false,
+                }
+            }
+        };
+        let start_at_end = position.offset > 0 && position.offset == size;
+        self.files.insert(
+            (dev, ino),
+            Tailed {
+                path,
+                dev,
+                ino,
+                position,
+                file: Some(file),
+                last_growth: Instant::now(),
+                seen_size: size,
+                orphaned_since: None,
+            },
+        );
+        if start_at_end {
+            // Remember the starting point, so a restart does not decide again.
+            if let Some(t) = self.files.get(&(dev, ino)) {
+                let update = self.update(t, Some(t.position.clone()));
+                let _ = self.commit(Vec::new(), None, vec![update]);
+            }
+        }
+    }
+
+    /// Reads and commits what was added to one file. Returns whether more is waiting.
+    fn read_file(&mut self, key: (u64, u64), stopping: bool) -> std::io::Result<bool> {
+        let Some(mut t) = self.files.remove(&key) else {
+            return Ok(false);
+        };
+        let result = self.read_tailed(&mut t, stopping);
+        self.files.insert(key, t);
+        result
+    }
+
+    fn read_tailed(&self, t: &mut Tailed, stopping: bool) -> std::io::Result<bool> {
+        // A file that left its path can only be read through a descriptor still open on it.
+        if t.orphaned_since.is_some() && t.file.is_none() {
+            return Ok(false);
+        }
+        for _ in 0..CHUNKS_PER_PASS {
+            let size = t.size()?;
+            t.open()?;
+            let same = match &t.file {
+                Some(file) => Tailed::same_content(&t.position, file)?,
+                None => false,
+            };
+            if size < t.position.offset || !same {
+                tracing::info!(source = %self.source.name, path = %t.path.display(), "file was truncated or rewritten; reading it again from its start");
+                let fp_len = size.min(FINGERPRINT_BYTES);
+                t.position.fingerprint = fingerprint(t.open()?, fp_len)?;
+                t.position.fingerprint_len = fp_len as u32;
+                t.position.offset = 0;
+                t.position.generation += 1;
+                t.position.in_long_line = false;
+            }
+            if size != t.seen_size {
+                t.seen_size = size;
+                t.last_growth = Instant::now();
+            }
+            let flush_partial =
+                stopping || t.last_growth.elapsed() >= self.source.partial_line_after;
+            let Some(chunk) = t.read_chunk(flush_partial)? else {
+                return Ok(false);
+            };
+            let full = chunk.position.offset < size;
+            let (lines, ids) = self.lines_of(t, &chunk.lines);
+            let update = self.update(t, Some(chunk.position.clone()));
+            if let Err(e) = self.commit(lines, Some(ids), vec![update]) {
+                tracing::warn!(source = %self.source.name, "lines could not be stored, will read them again: {e}");
+                return Ok(false);
+            }
+            t.position = chunk.position;
+            if !full {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn lines_of(&self, t: &Tailed, read: &[file::ReadLine]) -> (Vec<Line>, Vec<String>) {
+        let now = self.shared.clock.now_ms();
+        let path = t.path.to_string_lossy().into_owned();
+        let mut lines = Vec::with_capacity(read.len());
+        let mut ids = Vec::with_capacity(read.len());
+        for r in read {
+            let line = Line {
+                ts: now,
+                line: r.text.clone(),
+                truncated: r.truncated,
+                host: self
+                    .source
+                    .host
+                    .clone()
+                    .or_else(|| self.default_host.clone()),
+                app: self.source.app.clone(),
+                file: Some(path.clone()),
+                level: self.source.level.clone(),
+                tags: self.source.tags.clone(),
+                meta_json: r.partial.then(|| PARTIAL_META.to_owned()),
+                ingester: "tail".into(),
+                ..Line::default()
+            };
+            if !self.shared.rules.keeps(&self.source.account, &line) {
+                continue;
+            }
+            ids.push(self.line_id(t, r.offset));
+            lines.push(line);
+        }
+        (lines, ids)
+    }
+
+    /// The same file, generation and offset always give the same ID.
+    fn line_id(&self, t: &Tailed, offset: u64) -> String {
+        let mut h = Sha256::new();
+        h.update(self.instance.as_bytes());
+        h.update(self.source.name.as_bytes());
+        h.update(t.dev.to_be_bytes());
+        h.update(t.ino.to_be_bytes());
+        h.update(t.position.fingerprint);
+        h.update(t.position.generation.to_be_bytes());
+        h.update(offset.to_be_bytes());
+        let digest = h.finalize();
+        let mut low = [0u8; 16];
+        low[6..].copy_from_slice(&digest[..10]);
+        let ms = (t.position.first_seen_ms.max(0) as u128) & ((1 << 48) - 1);
+        ulid::Ulid((ms << 80) | u128::from_be_bytes(low)).to_string()
+    }
+
+    fn update(&self, t: &Tailed, position: Option<FilePosition>) -> PositionUpdate {
+        PositionUpdate {
+            key: FileKey {
+                source: self.source.name.clone(),
+                dev: t.dev,
+                ino: t.ino,
+            },
+            position,
+        }
+    }
+
+    fn commit(
+        &self,
+        lines: Vec<Line>,
+        ids: Option<Vec<String>>,
+        positions: Vec<PositionUpdate>,
+    ) -> Result<String, crate::spool::CommitError> {
+        let along = Along { ids, positions };
+        let committer = self.shared.committer.clone();
+        let account = self.source.account.clone();
+        self.shared
+            .runtime
+            .block_on(committer.commit_along(account, lines, along))
+    }
+
+    /// Drops a file that was renamed away or deleted and has been read to its end.
+    fn forget(&mut self, key: (u64, u64)) {
+        let Some(t) = self.files.get(&key) else {
+            return;
+        };
+        let update = self.update(t, None);
+        match self.commit(Vec::new(), None, vec![update]) {
+            Ok(_) => {
+                tracing::info!(source = %self.source.name, path = %t.path.display(), "finished a rotated or deleted file");
+                self.files.remove(&key);
+            }
+            Err(e) => tracing::warn!("cannot forget a finished file yet: {e}"),
+        }
+    }
+
+    /// Positions of files that are nowhere to be found at start-up (rotated
+    /// away or deleted while larch was down) are dropped.
+    fn forget_vanished(&mut self) {
+        let updates: Vec<PositionUpdate> = self
+            .stored
+            .drain()
+            .map(|((dev, ino), _)| PositionUpdate {
+                key: FileKey {
+                    source: self.source.name.clone(),
+                    dev,
+                    ino,
+                },
+                position: None,
+            })
+            .collect();
+        if updates.is_empty() {
+            return;
+        }
+        let n = updates.len();
+        match self.commit(Vec::new(), None, updates) {
+            Ok(_) => tracing::info!(source = %self.source.name, "forgot {n} file(s) that are gone"),
+            Err(e) => tracing::warn!("cannot forget files that are gone: {e}"),
+        }
+    }
+
+    fn limit_open_files(&mut self) {
+        let mut open: Vec<_> = self
+            .files
+            .iter()
+            .filter(|(_, t)| t.file.is_some() && t.orphaned_since.is_none())
+            .map(|(k, t)| (t.last_growth, *k))
+            .collect();
+        if open.len() <= MAX_OPEN {
+            return;
+        }
+        open.sort();
+        for (_, key) in &open[..open.len() - MAX_OPEN] {
+            if let Some(t) = self.files.get_mut(key) {
+                t.file = None;
+            }
+        }
+    }
+}
+
+/// This machine's host name, stamped on tailed lines unless the source names one.
+fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    (!name.is_empty()).then_some(name)
+}

@@ -1,0 +1,311 @@
+//! File sources, through the real binary: every line written to a tailed file
+//! is archived exactly once, whatever happens to the file.
+//!
+//! Each test tails a directory, then stops larch and starts it again two hours
+//! ahead (`LARCH_CLOCK_OFFSET`), so the hour the lines were read in is over and
+//! everything is archived; then it compares the archive with what was written.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{read_archive, Daemon};
+use serde_json::Value;
+
+struct Rig {
+    dir: tempfile::TempDir,
+    logs: PathBuf,
+    config: PathBuf,
+    daemon: Option<Daemon>,
+}
+
+impl Rig {
+    /// Tails `<logs>/<glob>` with extra source settings.
+    fn start(glob: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let config = dir.path().join("larch.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[keys]\nk = \"acme\"\n[[sources.files]]\naccount = \"acme\"\napp = \"tailer\"\nhost = \"edge-3\"\n\
+                 include = [\"{}/{glob}\"]\npartial_line_after = \"1s\"\n{extra}\n",
+                logs.display()
+            ),
+        )
+        .unwrap();
+        let mut rig = Self {
+            dir,
+            logs,
+            config,
+            daemon: None,
+        };
+        rig.daemon = Some(rig.launch(&[]));
+        rig
+    }
+
+    fn launch(&self, env: &[(String, String)]) -> Daemon {
+        Daemon::start_with_env(
+            &self.dir.path().join("data"),
+            &[
+                "--late-window",
+                "0s",
+                "--config",
+                self.config.to_str().unwrap(),
+            ],
+            env,
+        )
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.logs.join(name)
+    }
+
+    /// Waits until the spool holds `n` lines.
+    fn wait_stored(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.daemon().status();
+            if s["lines_waiting"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "expected {n} lines stored: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops larch, starts it two hours ahead and returns every archived line.
+    fn finish(mut self) -> Vec<Value> {
+        let mut d = self.daemon.take().unwrap();
+        assert!(d.terminate().success());
+        drop(d);
+        let d = self.launch(&[("LARCH_CLOCK_OFFSET".into(), "2h".into())]);
+        d.wait_drained(Duration::from_secs(30));
+        let lines = read_archive(&d.data.join("archive"))
+            .into_iter()
+            .flat_map(|(_, lines)| lines)
+            .collect();
+        drop(d);
+        lines
+    }
+}
+
+fn append(path: &Path, lines: &[String]) {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn numbered(tag: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{tag} line {i}")).collect()
+}
+
+fn texts(lines: &[Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l["_line"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn appended_lines_are_archived_in_order_with_the_source_fields() {
+    let rig = Rig::start("*.log", "");
+    let path = rig.path("app.log");
+    let first = numbered("a", 0..300);
+    append(&path, &first);
+    rig.wait_stored(300);
+    let second = numbered("a", 300..500);
+    append(&path, &second);
+    rig.wait_stored(500);
+    let lines = rig.finish();
+    assert_eq!(texts(&lines), [first, second].concat());
+    let l = &lines[0];
+    assert_eq!(l["_account"], "acme");
+    assert_eq!(l["_app"], "tailer");
+    assert_eq!(l["_host"], "edge-3");
+    assert_eq!(l["_ingester"], "tail");
+    assert_eq!(l["_file"], path.to_str().unwrap());
+    let ids: std::collections::BTreeSet<&str> =
+        lines.iter().map(|l| l["_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), lines.len());
+}
+
+#[test]
+fn rename_and_create_rotation_finishes_the_old_file_then_reads_the_new_one() {
+    let rig = Rig::start("*.log", "");
+    let path = rig.path("app.log");
+    let before = numbered("old", 0..100);
+    append(&path, &before);
+    rig.wait_stored(100);
+    // The writer appends, logrotate renames, the writer appends to the renamed
+    // file (it has not reopened yet), then a new file takes the name.
+    let late = numbered("old", 100..150);
+    append(&path, &late[..25]);
+    std::fs::rename(&path, rig.path("app.log.1")).unwrap();
+    append(&rig.path("app.log.1"), &late[25..]);
+    let new = numbered("new", 0..30);
+    append(&path, &new);
+    rig.wait_stored(180);
+    let lines = rig.finish();
+    assert_eq!(sorted(texts(&lines)), sorted([before, late, new].concat()));
+}
+
+#[test]
+fn copytruncate_is_detected_and_the_new_content_read_from_its_start() {
+    let rig = Rig::start("*.log", "");
+    let path = rig.path("app.log");
+    let before = numbered("before", 0..100);
+    append(&path, &before);
+    rig.wait_stored(100);
+    std::fs::copy(&path, rig.path("app.log.1")).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let after = numbered("after", 0..20);
+    append(&path, &after);
+    rig.wait_stored(120);
+    let lines = rig.finish();
+    assert_eq!(texts(&lines), [before, after].concat());
+}
+
+#[test]
+fn a_deleted_file_is_read_to_its_end_and_a_recreated_one_from_its_start() {
+    let rig = Rig::start("*.log", "");
+    let path = rig.path("app.log");
+    let first = numbered("first", 0..50);
+    append(&path, &first);
+    rig.wait_stored(50);
+    let tail_end = numbered("first", 50..60);
+    {
+        // Written through a handle that stays open past the delete.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for l in &tail_end {
+            writeln!(f, "{l}").unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    rig.wait_stored(60);
+    let again = numbered("again", 0..40);
+    append(&path, &again);
+    rig.wait_stored(100);
+    let lines = rig.finish();
+    assert_eq!(
+        sorted(texts(&lines)),
+        sorted([first, tail_end, again].concat())
+    );
+}
+
+#[test]
+fn a_file_replaced_while_larch_was_down_is_read_whole() {
+    let mut rig = Rig::start("*.log", "");
+    let path = rig.path("app.log");
+    let old = numbered("old", 0..100);
+    append(&path, &old);
+    rig.wait_stored(100);
+    let mut d = rig.daemon.take().unwrap();
+    assert!(d.terminate().success());
+    // A new file under the same name, maybe on the same inode, longer than
+    // the old one's read position: none of it may be skipped.
+    std::fs::remove_file(&path).unwrap();
+    let new = numbered("replacement", 0..200);
+    append(&path, &new);
+    d.start_again();
+    rig.daemon = Some(d);
+    rig.wait_stored(300);
+    let lines = rig.finish();
+    assert_eq!(sorted(texts(&lines)), sorted([old, new].concat()));
+}
+
+#[test]
+fn a_file_in_a_directory_made_later_is_picked_up() {
+    let rig = Rig::start("later/*.log", "");
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::create_dir_all(rig.path("later")).unwrap();
+    let lines_written = numbered("later", 0..25);
+    append(&rig.path("later/x.log"), &lines_written);
+    rig.wait_stored(25);
+    let lines = rig.finish();
+    assert_eq!(texts(&lines), lines_written);
+}
+
+#[test]
+fn a_partial_last_line_waits_then_is_stored_marked_and_long_lines_are_cut() {
+    let rig = Rig::start("*.log", "");
+    let path = rig.path("app.log");
+    let long = "x".repeat(40 * 1024);
+    {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        write!(f, "whole\n{long}\nno newline yet").unwrap();
+    }
+    rig.wait_stored(2);
+    // After partial_line_after (1 s) of quiet, the partial line goes in too.
+    rig.wait_stored(3);
+    let lines = rig.finish();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["_line"], "whole");
+    assert_eq!(lines[1]["_line"].as_str().unwrap().len(), 16 * 1024);
+    assert_eq!(lines[1]["_truncated"], true);
+    assert_eq!(lines[2]["_line"], "no newline yet");
+    assert_eq!(lines[2]["_meta"]["partial_line"], true);
+    assert!(lines[0].get("_meta").is_none());
+}
+
+#[test]
+fn start_at_end_skips_what_was_there_before_the_first_run() {
+    // A fresh source over an existing file, told to start at the end.
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("app.log");
+    append(&path, &numbered("history", 0..10));
+    let config = dir.path().join("larch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[keys]\nk = \"acme\"\n[[sources.files]]\naccount = \"acme\"\nstart = \"end\"\n\
+             include = [\"{}/*.log\"]\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let mut rig = Rig {
+        dir,
+        logs,
+        config,
+        daemon: None,
+    };
+    rig.daemon = Some(rig.launch(&[]));
+    std::thread::sleep(Duration::from_millis(1500));
+    let fresh = numbered("fresh", 0..5);
+    append(&path, &fresh);
+    rig.wait_stored(5);
+    let lines = rig.finish();
+    assert_eq!(texts(&lines), fresh);
+}
