@@ -169,6 +169,7 @@ impl SourceRun {
     fn pass(&mut self, stopping: bool) -> bool {
         let now = Instant::now();
         let mut seen = HashSet::new();
+        let mut open = self.files.values().filter(|t| t.file.is_some()).count();
         for path in self.matching_paths() {
             let Some((dev, ino, _)) = identity(&path) else {
                 continue;
@@ -176,7 +177,7 @@ impl SourceRun {
             if !seen.insert((dev, ino)) {
                 continue;
             }
-            self.track(path, dev, ino);
+            self.track(path, dev, ino, &mut open);
         }
         if self.first_pass {
             self.forget_vanished();
@@ -193,6 +194,7 @@ impl SourceRun {
                 tracing::info!(source = %self.source.name, path = %t.path.display(), "file renamed away or deleted; reading it to its end");
                 t.orphaned_since = Some(now);
             }
+            let was_open = t.file.is_some();
             match self.read_file(key, stopping) {
                 Ok(has_more) => more |= has_more,
                 Err(e) => {
@@ -205,12 +207,18 @@ impl SourceRun {
             let Some(t) = self.files.get_mut(&key) else {
                 continue;
             };
+            if !was_open && t.file.is_some() {
+                open += 1;
+            }
             if t.orphaned_since.is_some()
                 && (t.file.is_none() || t.last_growth.elapsed() >= ORPHAN_GRACE)
             {
                 forget.push(key);
-            } else if t.file.is_some() && t.last_growth.elapsed() >= IDLE_CLOSE {
+            } else if t.file.is_some() && (t.last_growth.elapsed() >= IDLE_CLOSE || open > MAX_OPEN)
+            {
+                // Reading reopens a closed file; past the limit it closes again.
                 t.file = None;
+                open -= 1;
             }
         }
         for key in forget {
@@ -237,7 +245,7 @@ impl SourceRun {
 
     /// Takes note of the file at `path`: a known one (perhaps truncated), one
     /// with a stored position, or a new one.
-    fn track(&mut self, path: PathBuf, dev: u64, ino: u64) {
+    fn track(&mut self, path: PathBuf, dev: u64, ino: u64, open: &mut usize) {
         let name = self.source.name.clone();
         if let Some(t) = self.files.get_mut(&(dev, ino)) {
             if t.path != path {
@@ -286,6 +294,9 @@ impl SourceRun {
             }
         };
         let start_at_end = position.offset > 0 && position.offset == size;
+        if *open < MAX_OPEN {
+            *open += 1;
+        }
         self.files.insert(
             (dev, ino),
             Tailed {
@@ -293,7 +304,8 @@ impl SourceRun {
                 dev,
                 ino,
                 position,
-                file: Some(file),
+                // Past the limit a new file is read by reopening it, like an idle one.
+                file: (*open < MAX_OPEN).then_some(file),
                 last_growth: Instant::now(),
                 seen_size: size,
                 orphaned_since: None,
