@@ -135,7 +135,8 @@ echo "backlog: start and drain to a local directory..." >&2
 mkdir -p "$held"
 drain "$work/backlog" backlog --target "$held"
 
-echo "baseline: single-core gzip of $gz_mib MiB of what was archived..." >&2
+echo "baseline: single-core gzip of $gz_mib MiB of what was archived (best of 3)..." >&2
+sync
 "$bench" gzip --archive "$held" --mib "$gz_mib" >"$results/gzip.json"
 rm -rf "$held"
 

@@ -125,16 +125,12 @@ impl Rule {
         let file = c
             .file
             .map(|pattern| {
-                GlobBuilder::new(&pattern)
-                    .literal_separator(true)
-                    .build()
-                    .map(|g| g.compile_matcher())
-                    .map_err(|e| RuleError::Glob {
-                        kind,
-                        number,
-                        message: e.kind().to_string(),
-                        pattern,
-                    })
+                path_glob(&pattern).map_err(|e| RuleError::Glob {
+                    kind,
+                    number,
+                    message: e.kind().to_string(),
+                    pattern,
+                })
             })
             .transpose()?;
         Ok(Self {
@@ -167,6 +163,14 @@ impl Rule {
                 .is_none_or(|g| line.file.as_ref().is_some_and(|f| g.is_match(f)))
             && self.regex.as_ref().is_none_or(|r| r.is_match(&line.line))
     }
+}
+
+/// A glob over paths in which `*` stays within a directory and `**` crosses them.
+pub fn path_glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
 }
 
 /// What status calls lines that no include rule matched.

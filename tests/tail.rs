@@ -41,8 +41,13 @@ impl Rig {
             &config,
             format!(
                 "[keys]\nk = \"acme\"\n[[sources.files]]\naccount = \"acme\"\napp = \"tailer\"\nhost = \"edge-3\"\n\
-                 include = [{}]\npartial_line_after = \"1s\"\n{extra}\n",
-                include.join(", ")
+                 include = [{}]\n{}{extra}\n",
+                include.join(", "),
+                if extra.contains("partial_line_after") {
+                    ""
+                } else {
+                    "partial_line_after = \"1s\"\n"
+                }
             ),
         )
         .unwrap();
@@ -458,4 +463,24 @@ fn a_thousand_files_are_tailed_with_bounded_descriptors() {
     assert!(open < 400, "{open} descriptors open for 1000 files");
     let lines = rig.finish();
     assert_eq!(sorted(texts(&lines)), sorted(expected));
+}
+
+#[test]
+fn a_partial_last_line_is_stored_when_larch_stops() {
+    // The source waits an hour for a newline; the file gets one line and the
+    // start of another just before a clean stop.
+    let rig = Rig::start_globs(&["*.log"], "partial_line_after = \"1h\"");
+    let path = rig.path("app.log");
+    {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        write!(f, "done\nhalf a li").unwrap();
+    }
+    rig.wait_stored(1);
+    let lines = rig.finish();
+    assert_eq!(texts(&lines), vec!["done", "half a li"]);
+    assert_eq!(lines[1]["_meta"]["partial_line"], true);
 }

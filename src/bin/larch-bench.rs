@@ -345,11 +345,17 @@ fn gzip(
         Some(dir) => archived_ndjson(dir, mib << 20)?,
         None => generated_ndjson(mib << 20, line_bytes),
     };
-    let start = Instant::now();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-    gz.write_all(&data)?;
-    let out = gz.finish()?;
-    let secs = start.elapsed().as_secs_f64();
+    // The best of three runs: the machine is shared, and the baseline is the
+    // single-core speed it can reach, not what was left over at one moment.
+    let mut secs = f64::INFINITY;
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        gz.write_all(&data)?;
+        out = gz.finish()?;
+        secs = secs.min(start.elapsed().as_secs_f64());
+    }
     println!(
         "{}",
         json!({"mb_per_s": data.len() as f64 / secs / 1e6, "ratio": data.len() as f64 / out.len() as f64, "seconds": secs, "mb": data.len() as f64 / 1e6})

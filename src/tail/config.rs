@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 use serde::Deserialize;
 
 use crate::account::{AccountId, InvalidAccountId};
+use crate::rules::path_glob;
 
 /// The `[sources]` table as written.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -116,15 +117,11 @@ impl FileSource {
             }
         }
         let matcher = |pattern: &String| {
-            GlobBuilder::new(pattern)
-                .literal_separator(true)
-                .build()
-                .map(|g| g.compile_matcher())
-                .map_err(|e| SourceError::Glob {
-                    number,
-                    pattern: pattern.clone(),
-                    message: e.kind().to_string(),
-                })
+            path_glob(pattern).map_err(|e| SourceError::Glob {
+                number,
+                pattern: pattern.clone(),
+                message: e.kind().to_string(),
+            })
         };
         for pattern in &c.include {
             matcher(pattern)?;
