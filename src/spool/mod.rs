@@ -68,7 +68,8 @@ impl SpoolError {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Written as a whole; read back as a [`BlockView`].
+#[derive(Debug, Serialize)]
 struct Block {
     lines: Vec<StoredLine>,
 }

@@ -80,17 +80,39 @@ impl Tailed {
             .ok_or_else(|| io::Error::other("file not open"))
     }
 
-    pub fn size(&mut self) -> io::Result<u64> {
-        Ok(self.open()?.metadata()?.len())
+    /// The file's size now, and whether its first bytes are still the recorded ones.
+    pub fn size_and_sameness(&mut self) -> io::Result<(u64, bool)> {
+        self.open()?;
+        let Some(file) = &self.file else {
+            return Err(io::Error::other("file not open"));
+        };
+        Ok((
+            file.metadata()?.len(),
+            Self::same_content(&self.position, file)?,
+        ))
     }
 
-    /// Reads whole lines after the stored position, at most [`CHUNK`] bytes.
-    /// With `flush_partial`, a last line without a newline is taken too.
-    pub fn read_chunk(&mut self, flush_partial: bool) -> io::Result<Option<Chunk>> {
+    /// Starts over from the first byte of a file that was truncated (or
+    /// rewritten) in place, `size` bytes long now. Its lines get new IDs.
+    pub fn restart(&mut self, size: u64) -> io::Result<()> {
+        let fp_len = size.min(FINGERPRINT_BYTES);
+        let fp = fingerprint(self.open()?, fp_len)?;
+        let p = &mut self.position;
+        p.fingerprint = fp;
+        p.fingerprint_len = fp_len as u32;
+        p.offset = 0;
+        p.generation += 1;
+        p.in_long_line = false;
+        Ok(())
+    }
+
+    /// Reads whole lines after the stored position and before `size`, at most
+    /// [`CHUNK`] bytes. With `flush_partial`, a last line without a newline is
+    /// taken too.
+    pub fn read_chunk(&mut self, size: u64, flush_partial: bool) -> io::Result<Option<Chunk>> {
         let mut position = self.position.clone();
         let start = position.offset;
         let file = self.open()?;
-        let size = file.metadata()?.len();
         if size <= position.offset {
             return Ok(None);
         }
@@ -147,7 +169,7 @@ impl Tailed {
         Ok(Some(Chunk { lines, position }))
     }
 
-    /// Whether `file` at `path` is this file: same inode and same first bytes.
+    /// Whether `file` still starts with the bytes `position` recorded.
     pub fn same_content(position: &FilePosition, file: &File) -> io::Result<bool> {
         let len = u64::from(position.fingerprint_len);
         if file.metadata()?.len() < len {

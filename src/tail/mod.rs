@@ -46,7 +46,8 @@ const RESCAN: Duration = Duration::from_secs(1);
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 /// A file that has not grown for this long is closed until it changes.
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
-/// Files kept open at most, per source; the least recently active close first.
+/// Files kept open at most, per source; past it a file is closed again after
+/// each read, and reopened (by path, checked by inode) the next time.
 const MAX_OPEN: usize = 256;
 /// Chunks read from one file in one pass, so one busy file cannot starve the others.
 const CHUNKS_PER_PASS: usize = 8;
@@ -224,7 +225,6 @@ impl SourceRun {
         for key in forget {
             self.forget(key);
         }
-        self.limit_open_files();
         more
     }
 
@@ -246,14 +246,12 @@ impl SourceRun {
     /// Takes note of the file at `path`: a known one (perhaps truncated), one
     /// with a stored position, or a new one.
     fn track(&mut self, path: PathBuf, dev: u64, ino: u64, open: &mut usize) {
-        let name = self.source.name.clone();
         if let Some(t) = self.files.get_mut(&(dev, ino)) {
-            if t.path != path {
-                t.path = path;
-            }
+            t.path = path;
             t.orphaned_since = None;
             return;
         }
+        let name = &self.source.name;
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) => {
@@ -269,14 +267,16 @@ impl SourceRun {
             .stored
             .remove(&(dev, ino))
             .filter(|p| Tailed::same_content(p, &file).unwrap_or(false));
+        let start_at_end = resumed.is_none()
+            && self.first_run
+            && self.first_pass
+            && self.source.start == StartAt::End;
         let position = match resumed {
             Some(mut p) => {
                 p.path = path.to_string_lossy().into_owned();
                 p
             }
             None => {
-                let start_at_end =
-                    self.first_run && self.first_pass && self.source.start == StartAt::End;
                 let fp_len = size.min(FINGERPRINT_BYTES);
                 let Ok(fp) = fingerprint(&file, fp_len) else {
                     return;
@@ -293,8 +293,8 @@ impl SourceRun {
                 }
             }
         };
-        let start_at_end = position.offset > 0 && position.offset == size;
-        if *open < MAX_OPEN {
+        let keep_open = *open < MAX_OPEN;
+        if keep_open {
             *open += 1;
         }
         self.files.insert(
@@ -305,13 +305,13 @@ impl SourceRun {
                 ino,
                 position,
                 // Past the limit a new file is read by reopening it, like an idle one.
-                file: (*open < MAX_OPEN).then_some(file),
+                file: keep_open.then_some(file),
                 last_growth: Instant::now(),
                 seen_size: size,
                 orphaned_since: None,
             },
         );
-        if start_at_end {
+        if start_at_end && size > 0 {
             // Remember the starting point, so a restart does not decide again.
             if let Some(t) = self.files.get(&(dev, ino)) {
                 let update = self.update(t, Some(t.position.clone()));
@@ -335,29 +335,18 @@ impl SourceRun {
         if t.orphaned_since.is_some() && t.file.is_none() {
             return Ok(false);
         }
+        let (size, same) = t.size_and_sameness()?;
+        if size < t.position.offset || !same {
+            tracing::info!(source = %self.source.name, path = %t.path.display(), "file was truncated or rewritten; reading it again from its start");
+            t.restart(size)?;
+        }
+        if size != t.seen_size {
+            t.seen_size = size;
+            t.last_growth = Instant::now();
+        }
+        let flush_partial = stopping || t.last_growth.elapsed() >= self.source.partial_line_after;
         for _ in 0..CHUNKS_PER_PASS {
-            let size = t.size()?;
-            t.open()?;
-            let same = match &t.file {
-                Some(file) => Tailed::same_content(&t.position, file)?,
-                None => false,
-            };
-            if size < t.position.offset || !same {
-                tracing::info!(source = %self.source.name, path = %t.path.display(), "file was truncated or rewritten; reading it again from its start");
-                let fp_len = size.min(FINGERPRINT_BYTES);
-                t.position.fingerprint = fingerprint(t.open()?, fp_len)?;
-                t.position.fingerprint_len = fp_len as u32;
-                t.position.offset = 0;
-                t.position.generation += 1;
-                t.position.in_long_line = false;
-            }
-            if size != t.seen_size {
-                t.seen_size = size;
-                t.last_growth = Instant::now();
-            }
-            let flush_partial =
-                stopping || t.last_growth.elapsed() >= self.source.partial_line_after;
-            let Some(chunk) = t.read_chunk(flush_partial)? else {
+            let Some(chunk) = t.read_chunk(size, flush_partial)? else {
                 return Ok(false);
             };
             let full = chunk.position.offset < size;
@@ -378,6 +367,7 @@ impl SourceRun {
     fn lines_of(&self, t: &Tailed, read: &[file::ReadLine]) -> (Vec<Line>, Vec<String>) {
         let now = self.shared.clock.now_ms();
         let path = t.path.to_string_lossy().into_owned();
+        let host = self.source.host.as_ref().or(self.default_host.as_ref());
         let mut lines = Vec::with_capacity(read.len());
         let mut ids = Vec::with_capacity(read.len());
         for r in read {
@@ -385,11 +375,7 @@ impl SourceRun {
                 ts: now,
                 line: r.text.clone(),
                 truncated: r.truncated,
-                host: self
-                    .source
-                    .host
-                    .clone()
-                    .or_else(|| self.default_host.clone()),
+                host: host.cloned(),
                 app: self.source.app.clone(),
                 file: Some(path.clone()),
                 level: self.source.level.clone(),
@@ -424,13 +410,17 @@ impl SourceRun {
         ulid::Ulid((ms << 80) | u128::from_be_bytes(low)).to_string()
     }
 
+    fn key(&self, (dev, ino): (u64, u64)) -> FileKey {
+        FileKey {
+            source: self.source.name.clone(),
+            dev,
+            ino,
+        }
+    }
+
     fn update(&self, t: &Tailed, position: Option<FilePosition>) -> PositionUpdate {
         PositionUpdate {
-            key: FileKey {
-                source: self.source.name.clone(),
-                dev: t.dev,
-                ino: t.ino,
-            },
+            key: self.key((t.dev, t.ino)),
             position,
         }
     }
@@ -467,15 +457,11 @@ impl SourceRun {
     /// Positions of files that are nowhere to be found at start-up (rotated
     /// away or deleted while larch was down) are dropped.
     fn forget_vanished(&mut self) {
-        let updates: Vec<PositionUpdate> = self
-            .stored
-            .drain()
-            .map(|((dev, ino), _)| PositionUpdate {
-                key: FileKey {
-                    source: self.source.name.clone(),
-                    dev,
-                    ino,
-                },
+        let gone: Vec<(u64, u64)> = self.stored.drain().map(|(key, _)| key).collect();
+        let updates: Vec<PositionUpdate> = gone
+            .into_iter()
+            .map(|key| PositionUpdate {
+                key: self.key(key),
                 position: None,
             })
             .collect();
@@ -486,24 +472,6 @@ impl SourceRun {
         match self.commit(Vec::new(), None, updates) {
             Ok(_) => tracing::info!(source = %self.source.name, "forgot {n} file(s) that are gone"),
             Err(e) => tracing::warn!("cannot forget files that are gone: {e}"),
-        }
-    }
-
-    fn limit_open_files(&mut self) {
-        let mut open: Vec<_> = self
-            .files
-            .iter()
-            .filter(|(_, t)| t.file.is_some() && t.orphaned_since.is_none())
-            .map(|(k, t)| (t.last_growth, *k))
-            .collect();
-        if open.len() <= MAX_OPEN {
-            return;
-        }
-        open.sort();
-        for (_, key) in &open[..open.len() - MAX_OPEN] {
-            if let Some(t) = self.files.get_mut(key) {
-                t.file = None;
-            }
         }
     }
 }

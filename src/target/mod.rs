@@ -223,7 +223,6 @@ impl Target {
         owner: &Ownership,
     ) -> Result<Created, TargetError> {
         let store = self.store().await?;
-        let caps = self.capabilities(store.as_ref()).await?;
         let location = Path::parse(key).map_err(|e| TargetError::NeedsOperator(e.to_string()))?;
         if let Location::LocalDir(root) = &self.location {
             let (root, key, source) = (root.clone(), location.to_string(), source.to_owned());
@@ -231,14 +230,11 @@ impl Target {
                 .await
                 .map_err(|e| TargetError::Transient(format!("local write task failed: {e}")))?;
         }
+        let caps = self.capabilities(store.as_ref()).await?;
         if !caps.conditional_create && exists(store.as_ref(), &location).await? {
             return Ok(Created::AlreadyExists);
         }
-        let attributes = if self.is_cloud() {
-            owner.attributes()
-        } else {
-            Attributes::new()
-        };
+        let attributes = owner.attributes();
         let mode = if caps.conditional_create {
             PutMode::Create
         } else {
