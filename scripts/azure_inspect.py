@@ -2,6 +2,7 @@
 """Azurite helper for the tests. Usage:
   azure_inspect.py BLOB_ENDPOINT create CONTAINER
   azure_inspect.py BLOB_ENDPOINT list CONTAINER
+  azure_inspect.py BLOB_ENDPOINT copy CONTAINER FROM TO
 `list` prints every blob as JSON: key, size, metadata, sha256 and the gunzipped
 NDJSON lines. The account is Azurite's well-known development account."""
 import gzip
@@ -23,6 +24,10 @@ if command == "create":
     service.create_container(container)
     sys.exit(0)
 client = service.get_container_client(container)
+if command == "copy":
+    body = client.download_blob(sys.argv[4]).readall()
+    client.upload_blob(sys.argv[5], body)
+    sys.exit(0)
 objects = []
 for blob in client.list_blobs(include=["metadata"]):
     body = client.download_blob(blob.name).readall()

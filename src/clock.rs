@@ -78,3 +78,10 @@ pub fn from_env() -> Result<SharedClock, String> {
     let offset_ms = sign * i64::try_from(offset.as_millis()).unwrap_or(i64::MAX);
     Ok(Arc::new(OffsetClock { offset_ms }))
 }
+
+/// A moment as RFC 3339 in UTC, to the millisecond, for messages and reports.
+pub fn rfc3339(ms: EpochMs) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{ms} ms"))
+}

@@ -12,6 +12,7 @@
 //! key_prefix = ""                  # optional, stands before year=, ends in '/'
 //! cache_size = "8MiB"              # sled page cache (block references, part records)
 //! retry_max_delay = "5m"           # longest wait between upload attempts
+//! ledger_keep = "30d"              # how long `larch verify` can check an upload
 //! single_writer = false            # see below
 //!
 //! [keys]                           # ingestion key = account
@@ -100,6 +101,7 @@ pub struct FileConfig {
     pub key_prefix: Option<String>,
     pub cache_size: Option<String>,
     pub retry_max_delay: Option<String>,
+    pub ledger_keep: Option<String>,
     pub single_writer: Option<bool>,
     pub keys: Option<BTreeMap<String, String>>,
     pub s3: Option<BTreeMap<String, toml::Value>>,
@@ -147,6 +149,8 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// Cap of the upload backoff; also how often a paused upload is re-checked (at most 30 s).
     pub retry_max_delay: Duration,
+    /// How long the spool's ledger remembers an uploaded object.
+    pub ledger_keep: Duration,
     pub keys: Keys,
     /// Whether the demo key is in use because none was configured.
     pub demo_key: bool,
@@ -274,6 +278,10 @@ impl Settings {
             file.retry_max_delay.as_deref().unwrap_or("5m"),
         )?;
         let retry_max_delay = Duration::from_millis(retry_max_ms.max(1000) as u64);
+        let ledger_keep = Duration::from_millis(duration_ms(
+            "ledger_keep",
+            file.ledger_keep.as_deref().unwrap_or("30d"),
+        )? as u64);
 
         let mut pairs = Vec::new();
         if flags.keys.is_empty() {
@@ -303,6 +311,7 @@ impl Settings {
             key_prefix,
             cache_bytes,
             retry_max_delay,
+            ledger_keep,
             keys: Keys::new(pairs)?,
             demo_key,
             rules: Arc::new(Rules::new(file.rules.unwrap_or_default())?),

@@ -95,6 +95,7 @@ pub async fn run(
                 cap: settings.retry_max_delay,
                 ..Backoff::default()
             },
+            ledger_keep: settings.ledger_keep,
         },
         clock.clone(),
         board.clone(),
@@ -115,6 +116,12 @@ pub async fn run(
         .local_addr()
         .map_err(|source| DaemonError::Listen {
             addr: settings.listen,
+            source,
+        })?;
+
+    let admin_file =
+        crate::admin::AdminFile::create(&data, addr).map_err(|source| DaemonError::Dir {
+            path: data.join(crate::admin::ADMIN_FILE),
             source,
         })?;
 
@@ -139,6 +146,13 @@ pub async fn run(
         sealed.clone(),
         stopped.clone(),
     ));
+    let admin = crate::admin::router(Arc::new(crate::admin::Admin {
+        token: admin_file.token,
+        spool: spool.clone(),
+        board: board.clone(),
+        rules: settings.rules.clone(),
+        sealed: sealed.clone(),
+    }));
     let sync_task = tokio::spawn(Arc::new(syncer).run(sealed, stopped));
 
     let app = ingest::router(Arc::new(Ingest {
@@ -149,7 +163,8 @@ pub async fn run(
         spool: spool.clone(),
         board,
         rules: settings.rules.clone(),
-    }));
+    }))
+    .merge(admin);
     tracing::info!(
         "larch listening on http://{addr}, spool in {}, archiving to {}",
         data.display(),
@@ -193,6 +208,7 @@ pub async fn run(
     let _ = seal_task.await;
     let _ = sync_task.await;
     let flushed = tokio::task::spawn_blocking(move || spool.make_durable()).await;
+    crate::admin::AdminFile::remove(&data);
     if let Err(e) = served {
         return Err(DaemonError::Listen { addr, source: e });
     }

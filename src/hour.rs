@@ -54,6 +54,51 @@ pub fn object_key(prefix: &str, account: &AccountId, hour: Hour, n: u32) -> Stri
     format!("{prefix}year={y:04}/month={m:02}/day={d:02}/{account}.{y:04}-{m:02}-{d:02}.{h:02}00{part}.json.gz")
 }
 
+/// What an archive object's name says: whose lines, which hour, which part.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectName {
+    pub hour: Hour,
+    pub n: u32,
+    pub account: AccountId,
+}
+
+impl ObjectName {
+    /// Reads the last segment of a key, `<account>.<YYYY>-<MM>-<DD>.<HH>00[.<N>].json.gz`;
+    /// `None` for anything else (other files, temporary uploads).
+    pub fn parse(key: &str) -> Option<Self> {
+        let name = key.rsplit('/').next()?.strip_suffix(".json.gz")?;
+        let mut fields = name.split('.');
+        let account = AccountId::parse(fields.next()?).ok()?;
+        let date = chrono::NaiveDate::parse_from_str(fields.next()?, "%Y-%m-%d").ok()?;
+        let hh: u32 = fields.next()?.strip_suffix("00")?.parse().ok()?;
+        let n = match fields.next() {
+            None => 0,
+            Some(n) if !n.starts_with('0') => n.parse().ok()?,
+            Some(_) => return None,
+        };
+        if fields.next().is_some() || hh > 23 {
+            return None;
+        }
+        let start = date.and_hms_opt(hh, 0, 0)?.and_utc().timestamp_millis();
+        Some(Self {
+            hour: Hour::of(start),
+            n,
+            account,
+        })
+    }
+}
+
+/// The key prefix of a UTC day's objects: `<prefix>year=YYYY/month=MM/day=DD/`.
+pub fn day_prefix(prefix: &str, hour: Hour) -> String {
+    let t = hour.datetime();
+    format!(
+        "{prefix}year={:04}/month={:02}/day={:02}/",
+        t.year(),
+        t.month(),
+        t.day()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +111,37 @@ mod tests {
 
     fn key_at(ts: &str, n: u32) -> String {
         object_key("", &AccountId::parse("acme").unwrap(), Hour::of(ms(ts)), n)
+    }
+
+    #[test]
+    fn object_names_parse_back() {
+        let acme = AccountId::parse("acme").unwrap();
+        for (ts, n) in [("2026-11-26T07:59:59Z", 0), ("2027-01-01T00:00:00Z", 12)] {
+            let hour = Hour::of(ms(ts));
+            let key = object_key("edge/", &acme, hour, n);
+            assert_eq!(
+                ObjectName::parse(&key),
+                Some(ObjectName {
+                    hour,
+                    n,
+                    account: acme.clone()
+                }),
+                "{key}"
+            );
+            assert!(key.starts_with(&day_prefix("edge/", hour)));
+        }
+        for bad in [
+            "year=2026/month=11/day=26/acme.2026-11-26.0700.json",
+            "acme.2026-11-26.2400.json.gz",
+            "acme.2026-11-26.0730.json.gz",
+            "acme.2026-11-26.0700.01.json.gz",
+            "acme.2026-11-26.0700.1.2.json.gz",
+            "ac me.2026-11-26.0700.json.gz",
+            "acme.2026-13-26.0700.json.gz",
+            ".larch-upload/acme.2026-11-26.0700.json.gz.00ff",
+        ] {
+            assert_eq!(ObjectName::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -3,25 +3,33 @@
 //! A line's path through the crate follows the product:
 //!
 //! ```text
-//! ingest (HTTP) → spool (sled, group commit) → seal (hour closes) → sync (gzip) → target
+//! ingest (HTTP, files, pipe) → rules → spool (sled, group commit) → seal (hour closes)
+//!     → sync (gzip) → target → ledger                      restore ← target
 //! ```
 //!
 //! - [`ingest`] accepts Mezmo-compatible requests and answers only once lines are durable;
-//! - [`spool`] keeps lines on local disk, keyed by account, UTC hour and part;
+//!   [`tail`] and [`pipe`] are the other ways in, [`rules`] what is kept;
+//! - [`spool`] keeps lines on local disk, keyed by account, UTC hour and part, and
+//!   remembers what it uploaded (the ledger);
 //! - [`seal`] closes a part once its hour (plus the late window) is over;
 //! - [`sync`] turns sealed parts into gzip NDJSON objects and uploads them exactly once;
-//! - [`target`] is where objects go (a local directory by default).
+//! - [`target`] is where objects go (a local directory by default);
+//! - [`restore`] reads archives back, [`verify`] checks them against the ledger, and
+//!   [`drain`] empties a spool into the target, with a running daemon through [`admin`].
 
 pub mod account;
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod drain;
 pub mod fault;
 pub mod hour;
 pub mod ingest;
 pub mod line;
 pub mod memory;
 pub mod pipe;
+pub mod restore;
 pub mod rules;
 pub mod seal;
 pub mod spool;
@@ -29,3 +37,4 @@ pub mod status;
 pub mod sync;
 pub mod tail;
 pub mod target;
+pub mod verify;

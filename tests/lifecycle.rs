@@ -92,6 +92,7 @@ impl Rig {
                 gzip_level: 6,
                 key_prefix: String::new(),
                 backoff: Backoff::default(),
+                ledger_keep: std::time::Duration::from_secs(30 * 86_400),
             },
             clock,
             board.clone(),
@@ -428,4 +429,43 @@ fn a_large_part_compresses_on_all_cores_to_one_gzip_file_in_order() {
         })
         .collect();
     assert_eq!(archived, texts, "every line, in the order it was stored");
+}
+
+#[tokio::test]
+async fn the_ledger_remembers_each_upload_until_pruned_and_a_freed_part_number_takes_a_free_key() {
+    use sha2::Digest;
+    let rig = Rig::new();
+    rig.ingest("acme", &["one", "two"]);
+    rig.seal();
+    rig.sync().await;
+    let ledger = rig.spool().ledger().unwrap();
+    assert_eq!(ledger.len(), 1);
+    let entry = &ledger[0];
+    let object = std::fs::read(rig.archive().join(&entry.key)).unwrap();
+    assert_eq!(entry.key, key("acme", 0));
+    assert_eq!(entry.part, "acme/2026-03-10T14:00Z/part 0");
+    assert_eq!((entry.lines, entry.size), (2, object.len() as u64));
+    assert_eq!(
+        entry.sha256,
+        larch::target::hex(&sha2::Sha256::digest(&object))
+    );
+
+    // Kept until its time is up, then forgotten.
+    assert_eq!(rig.spool().prune_ledger(entry.uploaded_at).unwrap(), 0);
+    assert_eq!(rig.spool().prune_ledger(entry.uploaded_at + 1).unwrap(), 1);
+    assert!(rig.spool().ledger().unwrap().is_empty());
+
+    // A late line for that hour starts at part 0 again; its object must not
+    // replace the one already archived, so it takes the next free key.
+    rig.ingest("acme", &["late"]);
+    rig.seal();
+    rig.sync().await;
+    assert_eq!(
+        rig.archived(),
+        vec![
+            (key("acme", 1), vec!["late".to_owned()]),
+            (key("acme", 0), vec!["one".to_owned(), "two".to_owned()]),
+        ]
+    );
+    assert_eq!(rig.spool().ledger().unwrap()[0].key, key("acme", 1));
 }

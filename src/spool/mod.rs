@@ -11,6 +11,7 @@ mod codec;
 mod commit;
 mod durable;
 pub mod keys;
+mod ledger;
 pub mod part;
 mod positions;
 mod segments;
@@ -32,6 +33,7 @@ use crate::seal::SealRule;
 pub use commit::{Along, CommitError, Committer};
 pub(crate) use durable::sync_dir;
 pub use keys::PartId;
+pub use ledger::LedgerEntry;
 pub use part::{PartRecord, PartState, Upload};
 pub use positions::{FileKey, FilePosition, PositionUpdate};
 
@@ -95,6 +97,9 @@ pub struct SpoolSummary {
     pub parts_open: u64,
     pub parts_sealed: u64,
     pub parts_uploading: u64,
+    /// Uploaded, lines not yet deleted from the spool (a moment's state).
+    #[serde(default)]
+    pub parts_uploaded: u64,
     pub lines_waiting: u64,
     pub bytes_waiting: u64,
     /// Oldest hour with lines not yet archived, e.g. `2026-11-26T07:00Z`.
@@ -416,14 +421,22 @@ impl Spool {
     /// Seals every open part whose time is up, durably. Returns the parts sealed.
     pub fn seal_due(&self) -> Result<Vec<PartId>, SpoolError> {
         let now = self.clock.now_ms();
+        self.seal_where(|hour, p| self.seal_rule.due_at(hour, p.seq, p.record.first_line_ms) <= now)
+    }
+
+    /// Seals every open part now, whatever its time (`larch drain`). Lines that
+    /// arrive later for the same hours go to follow-up parts.
+    pub fn seal_all(&self) -> Result<Vec<PartId>, SpoolError> {
+        self.seal_where(|_, _| true)
+    }
+
+    fn seal_where(&self, due: impl Fn(Hour, &OpenPart) -> bool) -> Result<Vec<PartId>, SpoolError> {
         let sealed = {
             let mut index = self.lock();
             let due: Vec<(AccountId, Hour)> = index
                 .open
                 .iter()
-                .filter(|((_, hour), p)| {
-                    self.seal_rule.due_at(*hour, p.seq, p.record.first_line_ms) <= now
-                })
+                .filter(|((_, hour), p)| due(*hour, p))
                 .map(|(slot, _)| slot.clone())
                 .collect();
             if due.is_empty() {
@@ -613,7 +626,8 @@ impl Spool {
                 PartState::Open => s.parts_open += 1,
                 PartState::Sealed => s.parts_sealed += 1,
                 PartState::Uploading(_) => s.parts_uploading += 1,
-                _ => {}
+                PartState::Uploaded(_) => s.parts_uploaded += 1,
+                PartState::Deleted(_) => {}
             }
             if record.state.is_waiting() {
                 s.lines_waiting += record.lines;

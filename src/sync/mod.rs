@@ -37,6 +37,8 @@ const CONCURRENCY: usize = 2;
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Spool segment files are looked at for removal at most this often.
 const COLLECT_EVERY: Duration = Duration::from_secs(5);
+/// Ledger entries past their keeping time are looked for this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// A part waiting for an operator is retried this often (or at the backoff cap, if lower).
 const OPERATOR_RETRY: Duration = Duration::from_secs(30);
 
@@ -68,6 +70,8 @@ pub struct SyncSettings {
     pub gzip_level: u32,
     pub key_prefix: String,
     pub backoff: Backoff,
+    /// How long the ledger remembers an uploaded object (`ledger_keep`).
+    pub ledger_keep: Duration,
 }
 
 pub struct Syncer {
@@ -81,6 +85,7 @@ pub struct Syncer {
     /// Set when parts left the spool: their segment files may be free now.
     segments_to_collect: AtomicBool,
     last_collected: Mutex<Option<Instant>>,
+    last_pruned: Mutex<Option<Instant>>,
 }
 
 impl Syncer {
@@ -106,6 +111,7 @@ impl Syncer {
             // A previous run may have deleted parts without freeing their segments.
             segments_to_collect: AtomicBool::new(true),
             last_collected: Mutex::new(None),
+            last_pruned: Mutex::new(None),
         })
     }
 
@@ -154,6 +160,29 @@ impl Syncer {
             })
             .await;
         self.collect_segments().await;
+        self.prune_ledger().await;
+    }
+
+    /// Forgets ledger entries older than `ledger_keep`, at most every `PRUNE_EVERY`.
+    async fn prune_ledger(&self) {
+        {
+            let mut last = self.last_pruned.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let keep_ms = self.settings.ledger_keep.as_millis().min(i64::MAX as u128) as i64;
+        let before = self.clock.now_ms().saturating_sub(keep_ms);
+        let spool = self.spool.clone();
+        match tokio::task::spawn_blocking(move || spool.prune_ledger(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!("ledger: forgot {n} uploaded part(s) older than ledger_keep")
+            }
+            Ok(Err(e)) => tracing::warn!("could not prune the ledger, will try again: {e}"),
+            Err(e) => tracing::warn!("ledger pruning task failed: {e}"),
+        }
     }
 
     /// Frees segment files whose parts have all left the spool, at most every

@@ -13,6 +13,7 @@ mod aws_profile;
 mod errors;
 mod local;
 pub mod probe;
+pub mod read;
 pub mod spec;
 
 use std::path::Path as FsPath;

@@ -38,9 +38,14 @@ impl Azurite {
     }
 
     fn helper(&self, command: &str, container: &str) -> Vec<u8> {
+        self.helper_with(command, container, &[])
+    }
+
+    fn helper_with(&self, command: &str, container: &str, more: &[&str]) -> Vec<u8> {
         let out = Command::new(installed("venv/bin/python"))
             .arg(repo_file("scripts/azure_inspect.py"))
             .args([&self.endpoint, command, container])
+            .args(more)
             .output()
             .expect("run azure_inspect.py");
         assert!(
@@ -58,6 +63,11 @@ impl Azurite {
     /// Every blob of `container`: key, size, `metadata`, `sha256`, gunzipped `lines`.
     pub fn inspect(&self, container: &str) -> Vec<Value> {
         serde_json::from_slice(&self.helper("list", container)).expect("azure_inspect.py output")
+    }
+
+    /// Copies a blob, as another writer planting the same lines again would.
+    pub fn copy(&self, container: &str, from: &str, to: &str) {
+        self.helper_with("copy", container, &[from, to]);
     }
 
     /// The environment a larch needs to use this emulator.

@@ -46,6 +46,36 @@ impl Moto {
         assert_eq!(r.status(), 200, "create bucket {bucket}");
     }
 
+    fn helper(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(installed("venv/bin/python"))
+            .arg(repo_file("scripts/s3_inspect.py"))
+            .arg(&self.endpoint)
+            .args(args)
+            .output()
+            .expect("run s3_inspect.py");
+        assert!(
+            out.status.success(),
+            "s3_inspect.py {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Copies an object (without larch's metadata), as another writer
+    /// planting the same lines again would.
+    pub fn copy(&self, bucket: &str, from: &str, to: &str) {
+        self.helper(&[bucket, "copy", from, to]);
+    }
+
+    /// Copies an object with larch's metadata, claiming it was written by `instance`.
+    pub fn copy_as(&self, bucket: &str, from: &str, to: &str, instance: &str) {
+        self.helper(&[bucket, "copy", from, to, instance]);
+    }
+
+    pub fn delete(&self, bucket: &str, key: &str) {
+        self.helper(&[bucket, "delete", key]);
+    }
+
     /// The environment a larch needs to use this server (through `endpoint`,
     /// which may be a proxy in front of it).
     pub fn env(endpoint: &str) -> Vec<(String, String)> {
@@ -63,17 +93,7 @@ impl Moto {
     /// Every object of `bucket` as the server reports it: key, size, `sse`,
     /// `metadata`, `sha256` of the bytes and the gunzipped `lines`.
     pub fn inspect(&self, bucket: &str) -> Vec<Value> {
-        let out = Command::new(installed("venv/bin/python"))
-            .arg(repo_file("scripts/s3_inspect.py"))
-            .args([&self.endpoint, bucket])
-            .output()
-            .expect("run s3_inspect.py");
-        assert!(
-            out.status.success(),
-            "s3_inspect.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("s3_inspect.py output")
+        serde_json::from_slice(&self.helper(&[bucket])).expect("s3_inspect.py output")
     }
 }
 

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use larch::config::{FileConfig, Overrides, Settings, DEFAULT_LISTEN};
 use larch::status::Status;
 
+mod readback;
+
 #[derive(Parser)]
 #[command(name = "larch", version, about = "A log archiver for edge hosts")]
 struct Cli {
@@ -33,6 +35,15 @@ enum Command {
     /// Send lines from standard input to a running larch, e.g. `myapp | larch send
     /// --account acme --key KEY`. Exits non-zero unless every line was acknowledged.
     Send(SendArgs),
+    /// Read archived lines back from a target, filtered, deduplicated by line ID,
+    /// as NDJSON in time order per hour. Exits 3 if an object had to be skipped.
+    Restore(readback::RestoreArgs),
+    /// Check the target against the spool's ledger of uploads: every object there,
+    /// same size and checksum, readable, right line count. Exits non-zero on any mismatch.
+    Verify(readback::VerifyArgs),
+    /// Seal every open part now and upload everything; exits 0 once the spool is
+    /// empty. Works with larch running (through its admin API) or stopped.
+    Drain(readback::DrainArgs),
     /// Ask a running larch what it holds and what it is doing.
     Status {
         /// Address of the running larch.
@@ -106,6 +117,16 @@ fn main() -> ExitCode {
         }
         Command::CheckTarget { config, target } => check_target(config, target),
         Command::Status { addr, json } => status(&addr, json),
+        Command::Restore(args) => match readback::restore(args) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+        Command::Verify(args) => readback::verify(args),
+        Command::Drain(args) => {
+            init_logging();
+            readback::drain(args)
+        }
         Command::Send(args) => {
             init_logging();
             send(args)
@@ -261,8 +282,8 @@ fn status(addr: &str, json: bool) -> anyhow::Result<()> {
     println!("instance         {}", status.instance);
     println!("target           {}", status.target);
     println!(
-        "parts            {} open, {} sealed, {} uploading",
-        s.parts_open, s.parts_sealed, s.parts_uploading
+        "parts            {} open, {} sealed, {} uploading, {} uploaded",
+        s.parts_open, s.parts_sealed, s.parts_uploading, s.parts_uploaded
     );
     println!(
         "waiting          {} lines, {} bytes",
