@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn every_given_filter_must_match() {
         let line = Record::parse(
-            r#"{"_id":"a","_ts":1000,"_host":"h1","_app":"nginx","level":"ERROR","_line":"GET /x 500"}"#,
+            r#"{"_id":"a","_ts":1764140245123,"_host":"h1","_app":"nginx","level":"ERROR","_line":"GET /x 500"}"#,
         )
         .unwrap();
         let f = |edit: &dyn Fn(&mut Filter)| {
@@ -138,9 +138,9 @@ mod tests {
         assert!(f(&|x| x.hosts = vec!["h2".into(), "h1".into()]));
         assert!(!f(&|x| x.apps = vec!["api".into()]));
         assert!(f(&|x| x.grep = Some(Regex::new(" 5\\d\\d$").unwrap())));
-        assert!(!f(&|x| x.since = Some(1001)));
-        assert!(f(&|x| x.since = Some(1000)));
-        assert!(!f(&|x| x.until = Some(1000)));
+        assert!(!f(&|x| x.since = Some(1_764_140_245_124)));
+        assert!(f(&|x| x.since = Some(1_764_140_245_123)));
+        assert!(!f(&|x| x.until = Some(1_764_140_245_123)));
         assert!(!f(&|x| {
             x.hosts = vec!["h1".into()];
             x.apps = vec!["api".into()];

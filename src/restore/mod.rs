@@ -197,8 +197,9 @@ pub async fn restore(
             }
         }
         bar.set_message(format!(
-            "{} read, {} lines out",
+            "{} read, {} lines read, {} printed",
             HumanBytes(report.bytes),
+            report.lines_read,
             report.lines_written
         ));
     }

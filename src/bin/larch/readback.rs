@@ -197,7 +197,7 @@ fn spool_must_exist(settings: &Settings) -> anyhow::Result<()> {
 /// Said when the spool will not open: a larch may hold it without answering.
 fn no_daemon_answered(settings: &Settings) -> String {
     format!(
-        "no running larch answered for {} (its admin.json is missing or stale), so larch opened the spool itself",
+        "no running larch answered for {} (its admin.json is missing or stale), and the spool could not be opened directly; if a larch runs on it, restart that larch so it writes a fresh admin.json",
         settings.data_dir.display()
     )
 }
