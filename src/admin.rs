@@ -102,6 +102,10 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/admin/drain", post(drain))
         .route("/admin/ledger", get(ledger))
         .route("/admin/ping", get(ping))
+        .route_layer(axum::middleware::from_fn_with_state(
+            admin.clone(),
+            authorize,
+        ))
         .with_state(admin)
 }
 
@@ -111,6 +115,19 @@ fn refuse(status: StatusCode, why: &str) -> Response {
         Json(serde_json::json!({"status": "not ok", "errors": [why]})),
     )
         .into_response()
+}
+
+/// Lets through only loopback requests that carry the token.
+async fn authorize(
+    State(admin): State<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match refusal(&admin, peer, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
 }
 
 /// Why a request may not use the admin API, if it may not.
@@ -143,69 +160,54 @@ fn refusal(admin: &Admin, peer: SocketAddr, headers: &HeaderMap) -> Option<Respo
     }
 }
 
-async fn ping(
-    State(admin): State<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    match refusal(&admin, peer, &headers) {
-        None => Json(serde_json::json!({"instance": admin.spool.instance_hex()})).into_response(),
-        Some(refused) => refused,
+async fn ping(State(admin): State<Arc<Admin>>) -> Response {
+    Json(serde_json::json!({"instance": admin.spool.instance_hex()})).into_response()
+}
+
+/// Runs spool work off the async runtime; a failure is answered with `failed`.
+async fn on_spool<T: Send + 'static>(
+    admin: &Admin,
+    failed: StatusCode,
+    work: impl FnOnce(&Spool) -> Result<T, crate::spool::SpoolError> + Send + 'static,
+) -> Result<T, Box<Response>> {
+    let spool = admin.spool.clone();
+    match tokio::task::spawn_blocking(move || work(&spool)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(Box::new(refuse(failed, &e.to_string()))),
+        Err(e) => Err(Box::new(refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &e.to_string(),
+        ))),
     }
 }
 
-async fn status_now(admin: &Admin) -> Response {
-    let spool = admin.spool.clone();
-    match tokio::task::spawn_blocking(move || spool.summary()).await {
-        Ok(Ok(summary)) => {
+async fn drain(State(admin): State<Arc<Admin>>) -> Response {
+    let sealed_then_counted = on_spool(&admin, StatusCode::SERVICE_UNAVAILABLE, |spool| {
+        for part in spool.seal_all()? {
+            tracing::info!(part = %part, "sealed for a drain");
+        }
+        spool.summary()
+    })
+    .await;
+    match sealed_then_counted {
+        Ok(summary) => {
+            admin.sealed.notify_one();
             let mut status = admin.board.snapshot(summary);
             status.lines_dropped_by_rule = admin.rules.dropped();
             Json(status).into_response()
         }
-        Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(refused) => *refused,
     }
 }
 
-async fn drain(
-    State(admin): State<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = refusal(&admin, peer, &headers) {
-        return refused;
-    }
-    let spool = admin.spool.clone();
-    match tokio::task::spawn_blocking(move || spool.seal_all()).await {
-        Ok(Ok(sealed)) => {
-            for part in &sealed {
-                tracing::info!(part = %part, "sealed for a drain");
-            }
-            admin.sealed.notify_one();
-        }
-        Ok(Err(e)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-    status_now(&admin).await
-}
-
-async fn ledger(
-    State(admin): State<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(refused) = refusal(&admin, peer, &headers) {
-        return refused;
-    }
-    let spool = admin.spool.clone();
-    match tokio::task::spawn_blocking(move || spool.ledger()).await {
-        Ok(Ok(entries)) => Json(LedgerReply {
+async fn ledger(State(admin): State<Arc<Admin>>) -> Response {
+    match on_spool(&admin, StatusCode::INTERNAL_SERVER_ERROR, Spool::ledger).await {
+        Ok(entries) => Json(LedgerReply {
             instance: admin.spool.instance_hex(),
             entries,
         })
         .into_response(),
-        Ok(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(refused) => *refused,
     }
 }
 

@@ -57,53 +57,12 @@ pub async fn run(
         path: data.clone(),
         source,
     })?;
-    let spool = {
-        let (data, clock, seal, cache) = (
-            data.clone(),
-            clock.clone(),
-            settings.seal,
-            settings.cache_bytes,
-        );
-        tokio::task::spawn_blocking(move || Spool::open(&data, clock, seal, cache))
-            .await
-            .map_err(|e| DaemonError::Task("spool open", e.to_string()))??
-    };
-    let spool = Arc::new(spool);
-
-    let target = Arc::new(Target::new(settings.target.clone())?);
-    // The default archive lives under the data directory; create it. A target the
-    // user named must exist already: creating it could write to the wrong disk.
-    if let Some(dir) = target.local_dir() {
-        if dir.starts_with(&data) {
-            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-    }
-    let board = Arc::new(Board::default());
-    board.set_identity(spool.instance_hex(), target.describe());
-
-    let syncer = Syncer::new(
-        spool.clone(),
-        target.clone(),
-        SyncSettings {
-            staging_dir: data.join("staging"),
-            gzip_level: settings.gzip_level,
-            key_prefix: settings.key_prefix.clone(),
-            backoff: Backoff {
-                cap: settings.retry_max_delay,
-                ..Backoff::default()
-            },
-            ledger_keep: settings.ledger_keep,
-        },
-        clock.clone(),
-        board.clone(),
-    )
-    .map_err(|source| DaemonError::Dir {
-        path: data.join("staging"),
-        source,
-    })?;
+    let Archiving {
+        spool,
+        target,
+        board,
+        syncer,
+    } = Archiving::open(&settings, clock.clone()).await?;
 
     let listener =
         TcpListener::bind(settings.listen)
@@ -224,6 +183,75 @@ pub async fn run(
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The stages that take lines from the spool to the target: what `larch run`
+/// starts, and what `larch drain` runs by itself on a stopped daemon's spool.
+pub struct Archiving {
+    pub spool: Arc<Spool>,
+    pub target: Arc<Target>,
+    pub board: Arc<Board>,
+    pub syncer: Syncer,
+}
+
+impl Archiving {
+    /// Opens the spool under the settings' data directory and readies the sync loop.
+    pub async fn open(settings: &Settings, clock: SharedClock) -> Result<Self, DaemonError> {
+        let data = settings.data_dir.clone();
+        let spool = {
+            let (data, clock, seal, cache) = (
+                data.clone(),
+                clock.clone(),
+                settings.seal,
+                settings.cache_bytes,
+            );
+            tokio::task::spawn_blocking(move || Spool::open(&data, clock, seal, cache))
+                .await
+                .map_err(|e| DaemonError::Task("spool open", e.to_string()))??
+        };
+        let spool = Arc::new(spool);
+
+        let target = Arc::new(Target::new(settings.target.clone())?);
+        // The default archive lives under the data directory; create it. A target the
+        // user named must exist already: creating it could write to the wrong disk.
+        if let Some(dir) = target.local_dir() {
+            if dir.starts_with(&data) {
+                std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+        }
+        let board = Arc::new(Board::default());
+        board.set_identity(spool.instance_hex(), target.describe());
+
+        let syncer = Syncer::new(
+            spool.clone(),
+            target.clone(),
+            SyncSettings {
+                staging_dir: data.join("staging"),
+                gzip_level: settings.gzip_level,
+                key_prefix: settings.key_prefix.clone(),
+                backoff: Backoff {
+                    cap: settings.retry_max_delay,
+                    ..Backoff::default()
+                },
+                ledger_keep: settings.ledger_keep,
+            },
+            clock.clone(),
+            board.clone(),
+        )
+        .map_err(|source| DaemonError::Dir {
+            path: data.join("staging"),
+            source,
+        })?;
+        Ok(Self {
+            spool,
+            target,
+            board,
+            syncer,
+        })
+    }
 }
 
 /// Probes a cloud target once at start-up and logs the verdict. A store that

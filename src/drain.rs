@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use crate::admin::{AdminClient, AdminError};
 use crate::clock::SharedClock;
 use crate::config::Settings;
+use crate::daemon::{Archiving, DaemonError};
 use crate::spool::{Spool, SpoolError, SpoolSummary};
-use crate::status::{Board, Status};
-use crate::sync::{Backoff, SyncSettings, Syncer};
-use crate::target::{Target, TargetSpecError};
+use crate::status::Status;
 
 /// How often a running daemon is asked again.
 const POLL: Duration = Duration::from_millis(500);
@@ -30,14 +29,9 @@ pub enum DrainError {
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error(transparent)]
-    Spool(#[from] SpoolError),
+    Open(#[from] DaemonError),
     #[error(transparent)]
-    Target(#[from] TargetSpecError),
-    #[error("cannot prepare {path}: {source}")]
-    Dir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    Spool(#[from] SpoolError),
     #[error("a drain task failed: {0}")]
     Task(String),
 }
@@ -88,64 +82,23 @@ pub async fn stopped_daemon(
     mut progress: impl FnMut(&Status),
 ) -> Result<Drained, DrainError> {
     let deadline = timeout.map(|t| Instant::now() + t);
-    let data = settings.data_dir.clone();
-    let spool = {
-        let (data, clock, seal, cache) = (
-            data.clone(),
-            clock.clone(),
-            settings.seal,
-            settings.cache_bytes,
-        );
-        tokio::task::spawn_blocking(move || Spool::open(&data, clock, seal, cache))
-            .await
-            .map_err(|e| DrainError::Task(e.to_string()))??
-    };
-    let spool = Arc::new(spool);
-    let target = Arc::new(Target::new(settings.target.clone())?);
-    let board = Arc::new(Board::default());
-    board.set_identity(spool.instance_hex(), target.describe());
-    let staging_dir = data.join("staging");
-    let syncer = Arc::new(
-        Syncer::new(
-            spool.clone(),
-            target,
-            SyncSettings {
-                staging_dir: staging_dir.clone(),
-                gzip_level: settings.gzip_level,
-                key_prefix: settings.key_prefix.clone(),
-                backoff: Backoff {
-                    cap: settings.retry_max_delay,
-                    ..Backoff::default()
-                },
-                ledger_keep: settings.ledger_keep,
-            },
-            clock,
-            board.clone(),
-        )
-        .map_err(|source| DrainError::Dir {
-            path: staging_dir,
-            source,
-        })?,
-    );
-    let blocking = |f: Box<dyn FnOnce() -> Result<SpoolSummary, SpoolError> + Send>| async {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| DrainError::Task(e.to_string()))?
-            .map_err(DrainError::from)
-    };
-    let for_seal = spool.clone();
-    blocking(Box::new(move || {
-        for part in for_seal.seal_all()? {
+    let Archiving {
+        spool,
+        board,
+        syncer,
+        ..
+    } = Archiving::open(settings, clock).await?;
+    let syncer = Arc::new(syncer);
+    on_spool(&spool, |spool| {
+        for part in spool.seal_all()? {
             tracing::info!(part = %part, "sealed for a drain");
         }
-        for_seal.summary()
-    }))
+        Ok(())
+    })
     .await?;
     loop {
         syncer.clone().pass().await;
-        let for_summary = spool.clone();
-        let summary = blocking(Box::new(move || for_summary.summary())).await?;
-        let status = board.snapshot(summary);
+        let status = board.snapshot(on_spool(&spool, Spool::summary).await?);
         progress(&status);
         if is_empty(&status.spool) {
             break;
@@ -156,12 +109,22 @@ pub async fn stopped_daemon(
         tokio::time::sleep(PASS_EVERY).await;
     }
     // The sync loop frees segment files only now and then; a drained spool frees them now.
-    let for_collect = spool.clone();
-    blocking(Box::new(move || {
-        for_collect.collect_segments()?;
-        for_collect.make_durable()?;
-        for_collect.summary()
-    }))
+    on_spool(&spool, |spool| {
+        spool.collect_segments()?;
+        spool.make_durable()
+    })
     .await?;
     Ok(Drained::Empty)
+}
+
+/// Runs spool work off the async runtime.
+async fn on_spool<T: Send + 'static>(
+    spool: &Arc<Spool>,
+    work: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, DrainError> {
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || work(&spool))
+        .await
+        .map_err(|e| DrainError::Task(e.to_string()))?
+        .map_err(DrainError::from)
 }

@@ -112,7 +112,22 @@ fn send_round_trip_lines(d: &Daemon) -> BTreeMap<&'static str, BTreeSet<String>>
     sent
 }
 
-const KEYS: [&str; 4] = ["--key", "ka=acme", "--key", "kb=beta"];
+/// A larch archiving to `target` with hours sealing at once and follow-up parts after 1 s.
+fn round_trip_daemon(data: &Path, target: &str, env: &[(String, String)]) -> Daemon {
+    let args = [
+        "--target",
+        target,
+        "--late-window",
+        "0s",
+        "--follow-up-after",
+        "1s",
+        "--key",
+        "ka=acme",
+        "--key",
+        "kb=beta",
+    ];
+    Daemon::start_with_env(data, &args, env)
+}
 
 /// Checks a restore of each account against the store's own copy of its objects.
 fn check_round_trip(
@@ -161,16 +176,7 @@ fn a_directory_archive_restores_exactly_what_was_sent() {
     let archive = dir.path().join("archive");
     std::fs::create_dir_all(&archive).unwrap();
     let target = archive.to_str().unwrap();
-    let mut args = vec![
-        "--target",
-        target,
-        "--late-window",
-        "0s",
-        "--follow-up-after",
-        "1s",
-    ];
-    args.extend(KEYS);
-    let d = Daemon::start(&dir.path().join("data"), &args);
+    let d = round_trip_daemon(&dir.path().join("data"), target, &[]);
     let sent = send_round_trip_lines(&d);
     let follow_up = format!("{}.1.json.gz", name_of("", "acme", 2));
     assert!(
@@ -186,82 +192,58 @@ fn a_directory_archive_restores_exactly_what_was_sent() {
     check_round_trip(target, &[], &read_archive(&archive), &sent);
 }
 
-#[test]
-fn an_s3_archive_restores_exactly_what_was_sent() {
-    let moto = Moto::start();
-    moto.create_bucket("archive");
+/// Archives through a larch on `target`; `copy(from, to)` plants a copy of an
+/// object, `inspect()` lists the objects as the store's own client sees them.
+fn cloud_round_trip(
+    target: &str,
+    env: &[(String, String)],
+    copy: impl Fn(&str, &str),
+    inspect: impl Fn() -> Vec<Value>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let env = Moto::env(&moto.endpoint);
-    let mut args = vec![
-        "--target",
-        "s3://archive/edge",
-        "--late-window",
-        "0s",
-        "--follow-up-after",
-        "1s",
-    ];
-    args.extend(KEYS);
-    let d = Daemon::start_with_env(&dir.path().join("data"), &args, &env);
+    let d = round_trip_daemon(&dir.path().join("data"), target, env);
     let sent = send_round_trip_lines(&d);
     let follow_up = format!("{}.1.json.gz", name_of("edge/", "acme", 2));
-    moto.copy(
-        "archive",
+    copy(
         &follow_up,
         &format!("{}.9.json.gz", name_of("edge/", "acme", 2)),
     );
-    let objects: Vec<(String, Vec<Value>)> = archive_only(moto.inspect("archive"))
+    let objects: Vec<(String, Vec<Value>)> = archive_only(inspect())
         .into_iter()
         .map(|o| {
-            (
-                o["key"].as_str().unwrap().to_owned(),
-                serde_json::from_value(o["lines"].clone()).unwrap(),
-            )
+            let lines = serde_json::from_value(o["lines"].clone()).unwrap();
+            (o["key"].as_str().unwrap().to_owned(), lines)
         })
         .collect();
     assert!(
         objects.iter().any(|(k, _)| *k == follow_up),
         "no follow-up part {follow_up}"
     );
-    check_round_trip("s3://archive/edge", &env, &objects, &sent);
+    check_round_trip(target, env, &objects, &sent);
+}
+
+#[test]
+fn an_s3_archive_restores_exactly_what_was_sent() {
+    let moto = Moto::start();
+    moto.create_bucket("archive");
+    cloud_round_trip(
+        "s3://archive/edge",
+        &Moto::env(&moto.endpoint),
+        |from, to| moto.copy("archive", from, to),
+        || moto.inspect("archive"),
+    );
 }
 
 #[test]
 fn an_azure_archive_restores_exactly_what_was_sent() {
     let azurite = Azurite::start();
     azurite.create_container("archive");
-    let dir = tempfile::tempdir().unwrap();
-    let env = azurite.env();
-    let mut args = vec![
-        "--target",
+    cloud_round_trip(
         "az://archive/edge",
-        "--late-window",
-        "0s",
-        "--follow-up-after",
-        "1s",
-    ];
-    args.extend(KEYS);
-    let d = Daemon::start_with_env(&dir.path().join("data"), &args, &env);
-    let sent = send_round_trip_lines(&d);
-    let follow_up = format!("{}.1.json.gz", name_of("edge/", "acme", 2));
-    azurite.copy(
-        "archive",
-        &follow_up,
-        &format!("{}.9.json.gz", name_of("edge/", "acme", 2)),
+        &azurite.env(),
+        |from, to| azurite.copy("archive", from, to),
+        || azurite.inspect("archive"),
     );
-    let objects: Vec<(String, Vec<Value>)> = archive_only(azurite.inspect("archive"))
-        .into_iter()
-        .map(|o| {
-            (
-                o["key"].as_str().unwrap().to_owned(),
-                serde_json::from_value(o["lines"].clone()).unwrap(),
-            )
-        })
-        .collect();
-    assert!(
-        objects.iter().any(|(k, _)| *k == follow_up),
-        "no follow-up part {follow_up}"
-    );
-    check_round_trip("az://archive/edge", &env, &objects, &sent);
 }
 
 // ---- filters, on an archive written by the test ----
@@ -496,6 +478,20 @@ fn a_mezmo_wrapped_archive_restores_as_flat_lines() {
             json!({"_id": "L3", "_account": "acme", "_ts": ts + 3, "_line": "third", "_host": "m2"}),
         ]
     );
+    let out = dir.path().join("restored.ndjson");
+    let (run, printed) = restore(
+        root.to_str().unwrap(),
+        "acme",
+        &["-o", out.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!((run.code, printed.len()), (0, 0), "{}", run.stderr);
+    let written: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(written, lines, "--output writes what standard output shows");
     let (run, lines) = restore(
         root.to_str().unwrap(),
         "acme",
@@ -536,16 +532,7 @@ fn verify_passes_on_a_clean_archive_and_names_each_damaged_object() {
     std::fs::create_dir_all(&archive).unwrap();
     let target = archive.to_str().unwrap();
     let data = dir.path().join("data");
-    let mut args = vec![
-        "--target",
-        target,
-        "--late-window",
-        "0s",
-        "--follow-up-after",
-        "1s",
-    ];
-    args.extend(KEYS);
-    let mut d = Daemon::start(&data, &args);
+    let mut d = round_trip_daemon(&data, target, &[]);
     send_round_trip_lines(&d);
     let objects = read_archive(&archive);
     assert_eq!(objects.len(), 7);
@@ -626,16 +613,7 @@ fn verify_checks_an_s3_archive_and_finds_this_instance_objects_by_their_metadata
     let dir = tempfile::tempdir().unwrap();
     let env = Moto::env(&moto.endpoint);
     let data = dir.path().join("data");
-    let mut args = vec![
-        "--target",
-        "s3://archive/edge",
-        "--late-window",
-        "0s",
-        "--follow-up-after",
-        "1s",
-    ];
-    args.extend(KEYS);
-    let d = Daemon::start_with_env(&data, &args, &env);
+    let d = round_trip_daemon(&data, "s3://archive/edge", &env);
     send_round_trip_lines(&d);
     let run = verify(&data, "s3://archive/edge", &env);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -722,6 +700,19 @@ fn send_now(d: &Daemon, tag: &str, n: usize) -> Vec<String> {
     texts
 }
 
+fn assert_spool_empty(d: &Daemon) {
+    let s = d.status();
+    for k in [
+        "parts_open",
+        "parts_sealed",
+        "parts_uploading",
+        "parts_uploaded",
+        "lines_waiting",
+    ] {
+        assert_eq!(s[k], 0, "{k} after a drain: {s}");
+    }
+}
+
 fn assert_exactly(archive: &Path, sent: &[String]) {
     let archived = archived_texts(archive);
     let want: BTreeMap<String, usize> = sent.iter().map(|t| (t.clone(), 1)).collect();
@@ -738,6 +729,28 @@ fn drain_empties_a_running_daemon_now_and_late_lines_go_to_a_follow_up() {
     // The default late window: without a drain nothing would be archived for hours.
     let d = Daemon::start(&data, &["--target", target, "--key", "ka=acme"]);
     let mut sent = send_now(&d, "before", 40);
+    // The admin API wants the token from the data directory, readable by its owner only.
+    let admin = data.join("admin.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token: Value = serde_json::from_slice(&std::fs::read(&admin).unwrap()).unwrap();
+    assert_eq!(token["addr"], d.addr.as_str());
+    for auth in [None, Some("Bearer not-the-token")] {
+        let mut request = common::agent().post(format!("http://{}/admin/drain", d.addr));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let r = request.send_empty().unwrap();
+        assert_eq!(r.status(), 401, "admin request with {auth:?}");
+    }
+    assert_eq!(
+        d.status()["parts_open"],
+        1,
+        "a refused drain sealed nothing"
+    );
     let run = drain(&data, target, &["--timeout", "60s"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
@@ -746,16 +759,7 @@ fn drain_empties_a_running_daemon_now_and_late_lines_go_to_a_follow_up() {
         run.stdout
     );
     assert_exactly(&archive, &sent);
-    let s = d.status();
-    for k in [
-        "parts_open",
-        "parts_sealed",
-        "parts_uploading",
-        "parts_uploaded",
-        "lines_waiting",
-    ] {
-        assert_eq!(s[k], 0, "{k} after a drain: {s}");
-    }
+    assert_spool_empty(&d);
     // The daemon goes on; lines of the same hour now make a follow-up part.
     sent.extend(send_now(&d, "after", 5));
     assert_eq!(drain(&data, target, &[]).code, 0);
@@ -800,16 +804,7 @@ fn drain_empties_a_stopped_daemon_and_gives_up_cleanly_when_it_cannot() {
     assert_exactly(&archive, &sent);
     // Nothing is left for the daemon when it starts again, and the ledger knows the object.
     d.start_again();
-    let s = d.status();
-    for k in [
-        "parts_open",
-        "parts_sealed",
-        "parts_uploading",
-        "parts_uploaded",
-        "lines_waiting",
-    ] {
-        assert_eq!(s[k], 0, "{k} after a drain: {s}");
-    }
+    assert_spool_empty(&d);
     let run = verify(&data, target, &[]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
