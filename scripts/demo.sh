@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's quick start, end to end, in a throwaway directory: starts larch
 # with --late-window 0s, sends a line stamped an hour ago, waits for its archive
-# object and prints it. Exits non-zero if the object does not appear in 60 s.
+# object and prints it, then reads it back with `larch restore` and checks it
+# with `larch verify`. Exits non-zero if the object does not appear in 60 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -26,6 +27,10 @@ for _ in $(seq 600); do
         echo "${object#"$dir/"}"
         zcat "$object"
         ./target/release/larch status --addr "127.0.0.1:$port"
+        echo "--- larch restore --account demo --since 2h"
+        ./target/release/larch restore --data "$dir" --account demo --since 2h
+        echo "--- larch verify"
+        ./target/release/larch verify --data "$dir"
         exit 0
     fi
     sleep 0.1

@@ -5,24 +5,27 @@
 //! days it covers are listed (`year=/month=/day=` prefixes), so a narrow range
 //! never lists a whole bucket. Several objects download and gunzip at once, but
 //! results are taken in (hour, part) order, and an hour is printed only when
-//! all its parts are in: its lines are deduplicated (a line ID is printed once,
-//! from the earliest part that has it) and sorted by `_ts`. Memory holds the
-//! matching lines of one hour, never a whole object. An object that does not
-//! read to the end (not gzip, cut short, a line that is not JSON) is skipped
-//! whole and named in the report; the rest is still restored.
+//! all its parts are in: sorted by `_ts`, each line ID once, from the earliest
+//! part that has it (see `sort`). Memory is bounded: readers run a few batches
+//! ahead, and an hour's lines past a budget spill to temporary files. An object
+//! that does not read to its end (not gzip, cut short, a line that is not JSON)
+//! is skipped whole and named in the report; the rest is still restored.
 
 mod filter;
 mod record;
+mod sort;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
 
 pub use filter::{parse_time, Filter, FilterError};
 pub use record::Record;
+use sort::{HourSorter, Kept, Printed};
 
 use crate::account::AccountId;
 use crate::clock::EpochMs;
@@ -35,6 +38,12 @@ const DAY_MS: i64 = 24 * 3_600_000;
 const MAX_DAY_LISTINGS: i64 = 3_660;
 /// Day listings in flight at once.
 const LIST_CONCURRENCY: usize = 8;
+/// Lines of an hour held in memory before they spill to a temporary file.
+const HOUR_MEMORY: usize = 64 << 20;
+/// Kept lines go from an object's reader to the sorter in batches of about this size ...
+const BATCH_BYTES: usize = 1 << 20;
+/// ... and a reader runs at most this many batches ahead.
+const BATCHES_AHEAD: usize = 2;
 
 /// What to restore.
 pub struct Restore {
@@ -148,54 +157,68 @@ pub async fn restore(
     selected: Vec<(ObjectName, Listed)>,
     out: &mut dyn Write,
 ) -> Result<Report, RestoreError> {
-    let bar = if restore.progress {
-        let bar = ProgressBar::new(selected.len() as u64);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} objects  {msg}",
-        ) {
-            bar.set_style(style);
-        }
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(restore.progress, selected.len() as u64);
     let filter = Arc::new(restore.filter.clone());
     let mut report = Report::default();
-    let mut reads = futures::stream::iter(selected)
-        .map(|(name, listed)| {
-            let (target, filter) = (target.clone(), filter.clone());
-            async move {
-                let result = read_object(&target, &listed.key, filter).await;
-                (name, listed, result)
-            }
-        })
-        .buffered(restore.concurrency.max(1));
-    let mut hour: Option<(Hour, Vec<Record>)> = None;
-    while let Some((name, listed, result)) = reads.next().await {
-        bar.inc(1);
-        let read = match result {
-            Ok(read) => read,
-            Err(why) => {
-                bar.suspend(|| eprintln!("larch: skipped {}: {why}", listed.key));
-                report.skipped.push(Skipped {
-                    key: listed.key,
-                    why,
-                });
-                continue;
-            }
+    let mut queue = selected.into_iter().enumerate();
+    let mut reading: VecDeque<Reading> = VecDeque::new();
+    let mut hour: Option<(Hour, HourSorter, HashSet<u32>)> = None;
+    loop {
+        // Later objects download and gunzip while this one is sorted.
+        while reading.len() < restore.concurrency.max(1) {
+            let Some((index, (name, listed))) = queue.next() else {
+                break;
+            };
+            reading.push_back(Reading::start(&target, index as u32, name, listed, &filter));
+        }
+        let Some(mut object) = reading.pop_front() else {
+            break;
         };
-        report.objects += 1;
-        report.bytes += read.bytes;
-        report.lines_read += read.lines;
-        match &mut hour {
-            Some((h, records)) if *h == name.hour => records.extend(read.kept),
-            _ => {
-                if let Some((h, records)) = hour.take() {
-                    write_hour(h, records, out, &mut report)?;
+        if hour.as_ref().is_none_or(|(h, _, _)| *h != object.name.hour) {
+            if let Some((_, sorter, failed)) = hour.take() {
+                report.add(tokio::task::block_in_place(|| {
+                    bar.suspend(|| sorter.print(&failed, out))
+                })?);
+            }
+            hour = Some((
+                object.name.hour,
+                HourSorter::new(HOUR_MEMORY),
+                HashSet::new(),
+            ));
+        }
+        let Some((_, sorter, failed)) = hour.as_mut() else {
+            continue;
+        };
+        loop {
+            match object.news.recv().await {
+                Some(News::Lines(lines)) => {
+                    // Sorting and spilling block; the runtime's other workers go on downloading.
+                    tokio::task::block_in_place(|| {
+                        lines.into_iter().try_for_each(|line| sorter.push(line))
+                    })?;
                 }
-                hour = Some((name.hour, read.kept));
+                Some(News::Done { bytes, lines }) => {
+                    report.objects += 1;
+                    report.bytes += bytes;
+                    report.lines_read += lines;
+                    break;
+                }
+                failure => {
+                    let why = match failure {
+                        Some(News::Failed(why)) => why,
+                        _ => "its reader stopped".to_owned(),
+                    };
+                    bar.suspend(|| eprintln!("larch: skipped {}: {why}", object.key));
+                    failed.insert(object.index);
+                    report.skipped.push(Skipped {
+                        key: object.key.clone(),
+                        why,
+                    });
+                    break;
+                }
             }
         }
+        bar.inc(1);
         bar.set_message(format!(
             "{} read, {} lines read, {} printed",
             HumanBytes(report.bytes),
@@ -203,58 +226,99 @@ pub async fn restore(
             report.lines_written
         ));
     }
-    if let Some((h, records)) = hour.take() {
-        write_hour(h, records, out, &mut report)?;
+    if let Some((_, sorter, failed)) = hour.take() {
+        report.add(bar.suspend(|| sorter.print(&failed, out))?);
     }
     out.flush()?;
     bar.finish_and_clear();
     Ok(report)
 }
 
-/// Prints one hour's lines: each ID once, in time order (ties in archive order).
-fn write_hour(
-    hour: Hour,
-    records: Vec<Record>,
-    out: &mut dyn Write,
-    report: &mut Report,
-) -> io::Result<()> {
-    let mut seen = HashSet::with_capacity(records.len());
-    let mut unique: Vec<Record> = Vec::with_capacity(records.len());
-    for r in records {
-        match &r.id {
-            Some(id) if !seen.insert(id.clone()) => report.duplicates += 1,
-            _ => unique.push(r),
+fn progress_bar(show: bool, objects: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(objects);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} objects  {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+impl Report {
+    fn add(&mut self, printed: Printed) {
+        self.lines_written += printed.lines;
+        self.duplicates += printed.duplicates;
+    }
+}
+
+/// What the reader of one object reports, in order.
+enum News {
+    /// Lines the filter kept, a batch at a time.
+    Lines(Vec<Kept>),
+    /// The object read to its end: its compressed size and its line count.
+    Done {
+        bytes: u64,
+        lines: u64,
+    },
+    Failed(String),
+}
+
+/// An object being downloaded and gunzipped by a task of its own.
+struct Reading {
+    index: u32,
+    name: ObjectName,
+    key: String,
+    news: mpsc::Receiver<News>,
+}
+
+impl Reading {
+    fn start(
+        target: &Arc<Target>,
+        index: u32,
+        name: ObjectName,
+        listed: Listed,
+        filter: &Arc<Filter>,
+    ) -> Self {
+        let (tx, news) = mpsc::channel(BATCHES_AHEAD);
+        let (target, filter, key) = (target.clone(), filter.clone(), listed.key.clone());
+        let hour = name.hour;
+        tokio::spawn(async move {
+            let reader = match target.open(&key).await {
+                Ok(reader) => reader,
+                Err(e) => {
+                    let _ = tx
+                        .send(News::Failed(format!("cannot download it: {e}")))
+                        .await;
+                    return;
+                }
+            };
+            let object = ObjectInHour { index, hour };
+            let decoded = tokio::task::spawn_blocking(move || {
+                let news = match decode(reader, &filter, object, &tx) {
+                    Ok(Some(done)) => done,
+                    Ok(None) => return,
+                    Err(why) => News::Failed(why),
+                };
+                let _ = tx.blocking_send(news);
+            });
+            let _ = decoded.await;
+        });
+        Self {
+            index,
+            name,
+            key: listed.key,
+            news,
         }
     }
-    unique.sort_by_key(|r| r.ts.unwrap_or(hour.start_ms()));
-    for r in &unique {
-        out.write_all(r.text.as_bytes())?;
-        out.write_all(b"\n")?;
-    }
-    report.lines_written += unique.len() as u64;
-    Ok(())
 }
 
-/// What one object gave.
-struct ObjectRead {
-    /// Compressed bytes read.
-    bytes: u64,
-    lines: u64,
-    kept: Vec<Record>,
-}
-
-async fn read_object(
-    target: &Target,
-    key: &str,
-    filter: Arc<Filter>,
-) -> Result<ObjectRead, String> {
-    let reader = target
-        .open(key)
-        .await
-        .map_err(|e| format!("cannot download it: {e}"))?;
-    tokio::task::spawn_blocking(move || decode(reader, &filter))
-        .await
-        .map_err(|e| format!("its reader failed: {e}"))?
+#[derive(Clone, Copy)]
+struct ObjectInHour {
+    index: u32,
+    hour: Hour,
 }
 
 /// Counts what passes through a reader.
@@ -271,13 +335,20 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// Gunzips an object and keeps the lines `filter` wants. Any flaw fails the whole object.
-fn decode(reader: impl Read, filter: &Filter) -> Result<ObjectRead, String> {
+/// Gunzips an object and sends on the lines `filter` keeps, in batches. Any
+/// flaw fails the whole object. `Ok(None)` when nobody listens any more.
+fn decode(
+    reader: impl Read,
+    filter: &Filter,
+    object: ObjectInHour,
+    tx: &mpsc::Sender<News>,
+) -> Result<Option<News>, String> {
     let mut gz = BufReader::new(flate2::read::MultiGzDecoder::new(Counted {
         inner: reader,
         bytes: 0,
     }));
-    let (mut lines, mut kept, mut buf) = (0u64, Vec::new(), Vec::new());
+    let (mut lines, mut buf) = (0u64, Vec::new());
+    let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
     loop {
         buf.clear();
         let n = gz
@@ -294,15 +365,35 @@ fn decode(reader: impl Read, filter: &Filter) -> Result<ObjectRead, String> {
         }
         let record =
             Record::parse(text).map_err(|e| format!("line {lines} is not a JSON object: {e}"))?;
-        if filter.keeps(&record) {
-            kept.push(record);
+        if !filter.keeps(&record) {
+            continue;
+        }
+        batch_bytes += record.text.len();
+        batch.push(Kept {
+            ts: record.ts.unwrap_or(object.hour.start_ms()),
+            id: record.id.unwrap_or_default().into_boxed_str(),
+            object: object.index,
+            position: lines,
+            text: record.text.into_boxed_str(),
+        });
+        if batch_bytes >= BATCH_BYTES {
+            batch_bytes = 0;
+            if tx
+                .blocking_send(News::Lines(std::mem::take(&mut batch)))
+                .is_err()
+            {
+                return Ok(None);
+            }
         }
     }
     let bytes = gz.into_inner().into_inner().bytes;
     if bytes == 0 {
         return Err("the object is empty, not gzip".into());
     }
-    Ok(ObjectRead { bytes, lines, kept })
+    if !batch.is_empty() && tx.blocking_send(News::Lines(batch)).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(News::Done { bytes, lines }))
 }
 
 #[cfg(test)]
@@ -315,22 +406,34 @@ mod tests {
         e.finish().unwrap()
     }
 
+    /// Decodes `bytes` as an object: the lines kept, or why it failed.
+    fn decoded(bytes: &[u8]) -> Result<Vec<Kept>, String> {
+        let (tx, mut rx) = mpsc::channel(1 << 20);
+        let object = ObjectInHour {
+            index: 0,
+            hour: Hour(0),
+        };
+        match decode(bytes, &Filter::default(), object, &tx)? {
+            Some(News::Done { .. }) => {}
+            _ => panic!("decode ended without Done"),
+        }
+        let mut kept = Vec::new();
+        while let Ok(News::Lines(lines)) = rx.try_recv() {
+            kept.extend(lines);
+        }
+        Ok(kept)
+    }
+
     #[test]
     fn a_cut_object_fails_whole() {
-        let text = "{\"_id\":\"a\",\"_ts\":1}\n".repeat(2000);
+        let text = "{\"_id\":\"a\",\"_ts\":1}\n".repeat(20_000);
         let whole = gz(&text);
-        assert_eq!(
-            decode(&whole[..], &Filter::default()).unwrap().kept.len(),
-            2000
-        );
-        let cut = &whole[..whole.len() / 2];
-        let err = decode(cut, &Filter::default()).err().unwrap();
+        assert_eq!(decoded(&whole).unwrap().len(), 20_000);
+        let err = decoded(&whole[..whole.len() / 2]).unwrap_err();
         assert!(err.contains("not a whole gzip stream"), "{err}");
-        assert!(decode(&b""[..], &Filter::default()).is_err());
-        assert!(decode(&b"plain text\n"[..], &Filter::default()).is_err());
-        let err = decode(&gz("{\"_id\":\"a\"}\nnot json\n")[..], &Filter::default())
-            .err()
-            .unwrap();
+        assert!(decoded(b"").is_err());
+        assert!(decoded(b"plain text\n").is_err());
+        let err = decoded(&gz("{\"_id\":\"a\"}\nnot json\n")).unwrap_err();
         assert!(err.contains("line 2"), "{err}");
     }
 
@@ -362,33 +465,5 @@ mod tests {
             ["year=2026/month=12/day=31/", "year=2027/month=01/day=01/"]
         );
         assert_eq!(day_prefixes(&Filter::default(), "edge/", 0), ["edge/"]);
-    }
-
-    #[test]
-    fn an_hour_prints_each_id_once_in_time_order() {
-        let r = |id: &str, ts: i64| {
-            Record::parse(&format!("{{\"_id\":\"{id}\",\"_ts\":{ts}}}")).unwrap()
-        };
-        let mut out = Vec::new();
-        let mut report = Report::default();
-        write_hour(
-            Hour(0),
-            vec![r("b", 5), r("a", 9), r("c", 1), r("b", 5)],
-            &mut out,
-            &mut report,
-        )
-        .unwrap();
-        let ids: Vec<String> = String::from_utf8(out)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
-        assert_eq!(ids, ["c", "b", "a"]);
-        assert_eq!(report.duplicates, 1);
     }
 }

@@ -241,7 +241,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     );
     let number = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for row in &rows {
-        println!(
+        let line = format!(
             "{:<9}  {:<width$}  {:>9}  {:>12}  {}",
             row.verdict.label(),
             row.key,
@@ -249,6 +249,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             number(row.size),
             row.verdict.note()
         );
+        println!("{}", line.trim_end());
     }
     let bad = rows.iter().filter(|r| r.verdict != Verdict::Ok).count();
     let ok = rows.len() - bad;
