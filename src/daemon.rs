@@ -1,7 +1,8 @@
 //! `larch run`: wires the stages together and takes them down in order.
 //!
 //! Start-up opens the spool, then starts the commit thread, the file sources,
-//! the seal watcher, the sync loop and the listener. Shutdown runs the other
+//! the seal watcher, the sync loop and the listener (which also serves the
+//! admin API; its token goes to `<data>/admin.json`). Shutdown runs the other
 //! way: stop accepting and finish the requests in flight, let the file sources
 //! store what they read, let the committer drain, stop sealing and
 //! syncing (an upload in flight is abandoned; its recorded state resumes it on

@@ -410,6 +410,16 @@ fn each_filter_alone_and_combined_gives_exactly_the_expected_lines() {
         "{}",
         run.stderr
     );
+    let missing = root.join("no-such-archive");
+    let (run, _) = restore(missing.to_str().unwrap(), "acme", &[], &[]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("archive directory") && run.stderr.contains("does not exist"),
+        "{}",
+        run.stderr
+    );
+    let (run, _) = restore(target, "../acme", &[], &[]);
+    assert!(run.stderr.contains("invalid account ID"), "{}", run.stderr);
     let (run, _) = restore(target, "acme", &["--since", "soon"], &[]);
     assert!(
         run.stderr.contains("--since \"soon\" is not a time"),

@@ -76,7 +76,7 @@ pub struct Report {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("cannot list {prefix:?} in {target}: {source}")]
+    #[error("cannot list {} in {target}: {source}", if prefix.is_empty() { "the objects" } else { prefix })]
     List {
         target: String,
         prefix: String,

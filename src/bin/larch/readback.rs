@@ -84,6 +84,20 @@ pub struct RestoreArgs {
     concurrency: usize,
 }
 
+/// The target to read, refused at once if it is a directory that does not exist.
+fn target_to_read(settings: &Settings) -> anyhow::Result<Arc<Target>> {
+    let target = Target::new(settings.target.clone())?;
+    if let Some(dir) = target.local_dir() {
+        if !dir.is_dir() {
+            bail!(
+                "the archive directory {} does not exist; point --target (or --data, or --config) at the archive to read",
+                dir.display()
+            );
+        }
+    }
+    Ok(Arc::new(target))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,7 +138,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency,
         progress,
     };
-    let target = Arc::new(Target::new(settings.target)?);
+    let target = target_to_read(&settings)?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -222,7 +236,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         let first_hour = since.div_euclid(3_600_000);
         ledger.entries.retain(|e| e.hour >= first_hour);
     }
-    let target = Arc::new(Target::new(settings.target)?);
+    let target = target_to_read(&settings)?;
     println!(
         "checking {} objects of instance {} in {}",
         ledger.entries.len(),
