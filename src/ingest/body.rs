@@ -114,7 +114,11 @@ pub fn parse(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> 
     for tag in &ctx.tags {
         check_len(&mut errors, "tag", Some(tag), MAX_TAG);
     }
-    let drift = ctx.client_now.map_or(0, |client| ctx.received - client);
+    // A client clock outside the years larch can name is not believed at all.
+    let drift = ctx
+        .client_now
+        .filter(|client| (0..MAX_TS).contains(client))
+        .map_or(0, |client| ctx.received.saturating_sub(client));
     let mut lines = Vec::with_capacity(raw_lines.len());
     for (i, raw) in raw_lines.into_iter().enumerate() {
         if errors.len() >= MAX_ERRORS {
@@ -220,6 +224,9 @@ fn meta_text(meta: Value) -> String {
     meta.to_string()
 }
 
+/// Timestamps run from 1970 to the end of 9999, so every hour has a printable name.
+const MAX_TS: EpochMs = 253_402_300_800_000;
+
 /// Epoch milliseconds from a client's number, which may be seconds: 1e11 ms
 /// is 1973 and 1e11 s is the year 5138, so anything below it is seconds.
 pub fn epoch_ms_by_magnitude(t: f64) -> EpochMs {
@@ -245,9 +252,7 @@ fn resolve_timestamp(
         return Err("\"timestamp\" must be epoch milliseconds (a number)".into());
     };
     let ms = epoch_ms_by_magnitude(t).saturating_add(drift);
-    // Years 1970 to 9999 only, so every hour has a printable name.
-    if !(0..253_402_300_800_000).contains(&ms) || ms > ctx.received.saturating_add(ctx.max_skew_ms)
-    {
+    if !(0..MAX_TS).contains(&ms) || ms > ctx.received.saturating_add(ctx.max_skew_ms) {
         return Ok(ctx.received);
     }
     Ok(ms)
@@ -408,5 +413,145 @@ mod tests {
             decode_body(&vec![0; MAX_BODY + 1], false),
             Err(Rejection::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn an_absurd_client_clock_is_ignored() {
+        for client_now in [i64::MIN, -1, MAX_TS, i64::MAX] {
+            let c = RequestContext {
+                client_now: Some(client_now),
+                ..ctx()
+            };
+            let lines =
+                parse(br#"{"lines":[{"line":"x","timestamp":1764140000000}]}"#, &c).unwrap();
+            assert_eq!(lines[0].ts, 1_764_140_000_000, "now={client_now}");
+        }
+    }
+}
+
+/// Fuzzing the ingest parser (`fuzz_` tests also run in a debug build, with
+/// overflow checks; `PROPTEST_CASES` sets how many inputs each tries).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const NOW: EpochMs = 1_764_140_245_123;
+
+    /// What every accepted line must satisfy, whatever came in.
+    fn check(lines: &[Line], ctx: &RequestContext) {
+        for l in lines {
+            assert!(l.line.len() <= MAX_LINE, "line of {} bytes", l.line.len());
+            assert!((0..MAX_TS).contains(&l.ts), "ts {}", l.ts);
+            assert!(
+                l.ts <= ctx
+                    .received
+                    .saturating_add(ctx.max_skew_ms)
+                    .max(ctx.received),
+                "ts {} ahead of the allowed skew",
+                l.ts
+            );
+            assert!(l.meta_json.as_ref().is_none_or(|m| m.len() <= MAX_META));
+            assert!(l.app.as_ref().is_none_or(|a| a.chars().count() <= MAX_APP));
+        }
+    }
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            prop_oneof![
+                Just(1e300),
+                Just(-1e300),
+                Just(1.5e11),
+                Just(9.99e14),
+                Just(2.6e14)
+            ]
+            .prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::from),
+            "[0-9]{1,20}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A line object whose known fields hold anything at all.
+    fn any_line() -> impl Strategy<Value = Value> {
+        const FIELDS: [&str; 9] = [
+            "line",
+            "timestamp",
+            "app",
+            "level",
+            "file",
+            "env",
+            "hostname",
+            "meta",
+            "label",
+        ];
+        prop::collection::vec((prop::sample::select(&FIELDS[..]), any_json()), 0..8).prop_map(
+            |pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+        )
+    }
+
+    fn any_ctx() -> impl Strategy<Value = RequestContext> {
+        (
+            prop::option::of(prop_oneof![
+                any::<i64>(),
+                Just(i64::MIN),
+                Just(i64::MAX),
+                0..MAX_TS
+            ]),
+            prop::option::of(".{0,300}"),
+            prop::collection::vec(".{0,90}", 0..3),
+            0..MAX_TS,
+            prop_oneof![Just(0i64), Just(300_000), any::<i64>()],
+        )
+            .prop_map(|(client_now, hostname, tags, received, max_skew_ms)| {
+                RequestContext {
+                    hostname,
+                    client_now,
+                    tags,
+                    received,
+                    max_skew_ms,
+                    ..RequestContext::default()
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_ingest_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), gzip: bool) {
+            let ctx = RequestContext { received: NOW, max_skew_ms: 300_000, ..RequestContext::default() };
+            if let Ok(json) = decode_body(&bytes, gzip) {
+                if let Ok(lines) = parse(&json, &ctx) {
+                    check(&lines, &ctx);
+                }
+            }
+        }
+
+        #[test]
+        fn fuzz_ingest_bodies_give_valid_lines_or_a_named_error(
+            lines in prop::collection::vec(any_line(), 0..6),
+            ls: bool,
+            ctx in any_ctx(),
+        ) {
+            let body = if ls { json!({"e": "ls", "ls": lines}) } else { json!({"lines": lines}) };
+            match parse(body.to_string().as_bytes(), &ctx) {
+                Ok(lines) => check(&lines, &ctx),
+                Err(Rejection::Malformed(errors)) => {
+                    prop_assert!(!errors.is_empty() && errors.len() <= MAX_ERRORS);
+                    prop_assert!(errors.iter().all(|e| !e.is_empty()));
+                }
+                Err(Rejection::TooLarge(_)) => {}
+            }
+        }
     }
 }

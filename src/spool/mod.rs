@@ -78,7 +78,7 @@ struct Block {
 
 /// A [`Block`] read in place, its lines' text borrowed from the block's bytes.
 #[derive(Deserialize)]
-struct BlockView<'a> {
+pub(crate) struct BlockView<'a> {
     #[serde(borrow)]
     lines: Vec<StoredLineRef<'a>>,
 }

@@ -179,6 +179,14 @@ impl BlockReader<'_> {
         };
         let len = r.len as usize;
         if self.buf.len() < len {
+            // A damaged reference must not make the buffer grow past the data.
+            let end = r.offset.saturating_add(u64::from(r.len));
+            if end > file.metadata()?.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the block ends at byte {end}, past the end of its segment"),
+                ));
+            }
             self.buf.resize(len, 0);
         }
         file.read_exact_at(&mut self.buf[..len], r.offset)?;
@@ -271,5 +279,41 @@ mod tests {
         assert_eq!(removed, 1);
         assert!(reopened.read(&refs[0]).is_err());
         assert_eq!(reopened.read(&refs[2]).unwrap(), big);
+    }
+
+    #[test]
+    fn a_damaged_reference_past_the_segment_is_an_error_without_a_huge_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        let good = {
+            let mut w = segments.lock();
+            let r = w.append(b"a block").unwrap();
+            w.sync().unwrap();
+            r
+        };
+        let mut reader = segments.reader();
+        for bad in [
+            BlockRef {
+                len: u32::MAX,
+                ..good
+            },
+            BlockRef {
+                offset: u64::MAX - 3,
+                ..good
+            },
+            BlockRef {
+                offset: 1 << 40,
+                ..good
+            },
+        ] {
+            let err = reader.read(&bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{bad:?}");
+            assert!(
+                reader.buf.len() < 1 << 20,
+                "buffer grew to {}",
+                reader.buf.len()
+            );
+        }
+        assert_eq!(reader.read(&good).unwrap(), b"a block");
     }
 }
