@@ -88,6 +88,7 @@ pub struct Admin {
     pub rules: Arc<Rules>,
     /// Wakes the sync loop.
     pub sealed: Arc<Notify>,
+    pub room: Arc<crate::spool::Room>,
 }
 
 /// The ledger as the daemon hands it out.
@@ -194,6 +195,7 @@ async fn drain(State(admin): State<Arc<Admin>>) -> Response {
             admin.sealed.notify_one();
             let mut status = admin.board.snapshot(summary);
             status.lines_dropped_by_rule = admin.rules.dropped();
+            status.room = admin.room.status();
             Json(status).into_response()
         }
         Err(refused) => *refused,

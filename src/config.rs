@@ -13,6 +13,8 @@
 //! cache_size = "8MiB"              # sled page cache (block references, part records)
 //! retry_max_delay = "5m"           # longest wait between upload attempts
 //! ledger_keep = "30d"              # how long `larch verify` can check an upload
+//! spool_max_size = "10GiB"         # optional: refuse lines (507) past this spool size
+//! min_free_space = "256MiB"        # refuse lines before the disk has less free
 //! single_writer = false            # see below
 //!
 //! [keys]                           # ingestion key = account
@@ -46,6 +48,7 @@ use crate::account::{AccountId, InvalidAccountId};
 use crate::ingest::auth::{KeyError, Keys};
 use crate::rules::{RuleError, Rules, RulesConfig};
 use crate::seal::SealRule;
+use crate::spool::RoomLimits;
 use crate::tail::{FileSource, SourceError, SourcesConfig};
 use crate::target::TargetConfig;
 
@@ -65,8 +68,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{what}: {value:?} is not a duration; write it like 6h, 90m, 30s or 0s")]
     Duration { what: &'static str, value: String },
-    #[error("cache_size: {0:?} is not a size; write it like 32MiB or 1GiB")]
-    Size(String),
+    #[error("{what}: {value:?} is not a size; write it like 32MiB or 1GiB")]
+    Size { what: &'static str, value: String },
     #[error("listen: {0:?} is not an address; write it like 127.0.0.1:7280")]
     Listen(String),
     #[error("gzip_level must be 0 to 9, not {0}")]
@@ -102,6 +105,8 @@ pub struct FileConfig {
     pub cache_size: Option<String>,
     pub retry_max_delay: Option<String>,
     pub ledger_keep: Option<String>,
+    pub spool_max_size: Option<String>,
+    pub min_free_space: Option<String>,
     pub single_writer: Option<bool>,
     pub keys: Option<BTreeMap<String, String>>,
     pub s3: Option<BTreeMap<String, toml::Value>>,
@@ -151,6 +156,8 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// How long the spool's ledger remembers an uploaded object.
     pub ledger_keep: Duration,
+    /// When the spool refuses new lines.
+    pub room: RoomLimits,
     pub keys: Keys,
     /// Whether the demo key is in use because none was configured.
     pub demo_key: bool,
@@ -169,22 +176,23 @@ fn duration_ms(what: &'static str, value: &str) -> Result<i64, ConfigError> {
         })
 }
 
-fn size_bytes(value: &str) -> Result<u64, ConfigError> {
+fn size_bytes(what: &'static str, value: &str) -> Result<u64, ConfigError> {
+    let err = || ConfigError::Size {
+        what,
+        value: value.to_owned(),
+    };
     let v = value.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (digits, unit) = v.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| ConfigError::Size(value.into()))?;
+    let n: u64 = digits.parse().map_err(|_| err())?;
     let mult = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1 << 10,
         "MiB" | "M" | "MB" => 1 << 20,
         "GiB" | "G" | "GB" => 1 << 30,
-        _ => return Err(ConfigError::Size(value.into())),
+        _ => return Err(err()),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| ConfigError::Size(value.into()))
+    n.checked_mul(mult).ok_or_else(err)
 }
 
 fn valid_prefix(p: &str) -> bool {
@@ -272,12 +280,23 @@ impl Settings {
         if !valid_prefix(&key_prefix) {
             return Err(ConfigError::KeyPrefix(key_prefix));
         }
-        let cache_bytes = size_bytes(file.cache_size.as_deref().unwrap_or("8MiB"))?;
+        let cache_bytes = size_bytes("cache_size", file.cache_size.as_deref().unwrap_or("8MiB"))?;
         let retry_max_ms = duration_ms(
             "retry_max_delay",
             file.retry_max_delay.as_deref().unwrap_or("5m"),
         )?;
         let retry_max_delay = Duration::from_millis(retry_max_ms.max(1000) as u64);
+        let room = RoomLimits {
+            max_bytes: file
+                .spool_max_size
+                .as_deref()
+                .map(|v| size_bytes("spool_max_size", v))
+                .transpose()?,
+            min_free_bytes: match file.min_free_space.as_deref() {
+                Some(v) => size_bytes("min_free_space", v)?,
+                None => RoomLimits::default().min_free_bytes,
+            },
+        };
         let ledger_keep = Duration::from_millis(duration_ms(
             "ledger_keep",
             file.ledger_keep.as_deref().unwrap_or("30d"),
@@ -312,6 +331,7 @@ impl Settings {
             cache_bytes,
             retry_max_delay,
             ledger_keep,
+            room,
             keys: Keys::new(pairs)?,
             demo_key,
             rules: Arc::new(Rules::new(file.rules.unwrap_or_default())?),
@@ -393,6 +413,6 @@ mod tests {
         assert!(
             Settings::resolve(file("key_prefix = \"edge/eu-1/\""), Overrides::default()).is_ok()
         );
-        assert_eq!(size_bytes("32MiB").unwrap(), 32 << 20);
+        assert_eq!(size_bytes("x", "32MiB").unwrap(), 32 << 20);
     }
 }

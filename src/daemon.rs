@@ -18,7 +18,7 @@ use tokio::sync::{watch, Notify};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::ingest::{self, Ingest};
-use crate::spool::{Committer, Spool, SpoolError};
+use crate::spool::{Committer, Room, Spool, SpoolError};
 use crate::status::Board;
 use crate::sync::{Backoff, SyncSettings, Syncer};
 use crate::target::{Target, TargetSpecError};
@@ -85,7 +85,9 @@ pub async fn run(
             source,
         })?;
 
-    let (committer, commit_thread) = Committer::start(spool.clone())
+    let room = Arc::new(Room::new(&data, settings.room));
+    measure_room(&room, &spool).await;
+    let (committer, commit_thread) = Committer::start(spool.clone(), room.clone())
         .map_err(|e| DaemonError::Task("commit", format!("cannot start its thread: {e}")))?;
     let tails = crate::tail::start(
         settings.file_sources.clone(),
@@ -112,7 +114,14 @@ pub async fn run(
         board: board.clone(),
         rules: settings.rules.clone(),
         sealed: sealed.clone(),
+        room: room.clone(),
     }));
+    let room_task = tokio::spawn(watch_room(
+        room.clone(),
+        spool.clone(),
+        sealed.clone(),
+        stopped.clone(),
+    ));
     let sync_task = tokio::spawn(Arc::new(syncer).run(sealed, stopped));
 
     let app = ingest::router(Arc::new(Ingest {
@@ -166,6 +175,7 @@ pub async fn run(
     let _ = stop.send(true);
     let joined = tokio::task::spawn_blocking(move || commit_thread.join()).await;
     let _ = seal_task.await;
+    let _ = room_task.await;
     let _ = sync_task.await;
     let flushed = tokio::task::spawn_blocking(move || spool.make_durable()).await;
     crate::admin::AdminFile::remove(&data);
@@ -252,6 +262,69 @@ impl Archiving {
             board,
             syncer,
         })
+    }
+}
+
+/// How often the spool's size and the free disk are measured.
+const ROOM_EVERY: Duration = Duration::from_secs(1);
+
+async fn measure_room(room: &Arc<Room>, spool: &Arc<Spool>) {
+    let (room, spool) = (room.clone(), spool.clone());
+    let measured = tokio::task::spawn_blocking(move || {
+        room.measure(|| spool.waiting_by_account().unwrap_or_default())
+    })
+    .await;
+    match measured {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot measure the spool's size and free disk: {e}"),
+        Err(e) => tracing::warn!("spool measuring task failed: {e}"),
+    }
+}
+
+/// Measures the room every second and says when refusing starts and ends.
+/// While it refuses, open parts are sealed at once: their lines can only make
+/// room by being archived, and waiting for their hour to end could take hours.
+async fn watch_room(
+    room: Arc<Room>,
+    spool: Arc<Spool>,
+    sealed: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut refusing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ROOM_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        measure_room(&room, &spool).await;
+        let why = room.refusing();
+        if why.is_some() {
+            let spool = spool.clone();
+            match tokio::task::spawn_blocking(move || spool.seal_all()).await {
+                Ok(Ok(parts)) if !parts.is_empty() => {
+                    tracing::warn!("sealed {} open part(s) early to make room; later lines of their hours go to follow-up parts", parts.len());
+                    sealed.notify_one();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!("cannot seal parts to make room, will try again: {e}")
+                }
+                Err(e) => tracing::error!("sealing task failed: {e}"),
+            }
+        }
+        match (why, refusing) {
+            (Some(why), false) => {
+                tracing::error!(
+                    "refusing new lines: {why}. Held lines are still archived; file sources pause."
+                );
+                refusing = true;
+            }
+            (None, true) => {
+                tracing::info!("the spool has room again; taking lines");
+                refusing = false;
+            }
+            _ => {}
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::EpochMs;
-use crate::spool::SpoolSummary;
+use crate::spool::{RoomStatus, SpoolSummary};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -28,6 +28,9 @@ pub struct Status {
     /// Lines the rules kept out of the spool since start, by rule.
     #[serde(default)]
     pub lines_dropped_by_rule: BTreeMap<String, u64>,
+    /// The spool's size and free disk against their limits.
+    #[serde(default)]
+    pub room: RoomStatus,
 }
 
 /// The parts of [`Status`] that the running stages update.

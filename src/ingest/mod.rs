@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::clock::SharedClock;
 use crate::rules::Rules;
-use crate::spool::{CommitError, Committer, Spool};
+use crate::spool::{CommitError, Committer, NoRoom, Spool};
 use crate::status::Board;
 pub use auth::Keys;
 use body::{Rejection, RequestContext};
@@ -149,6 +149,14 @@ async fn ingest_lines(
             StatusCode::SERVICE_UNAVAILABLE,
             vec![format!("{e}; retry shortly")],
         ),
+        Err(CommitError::NoRoom(NoRoom::Full(why))) => retry_later(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("{why}; nothing of this request was stored, retry later"),
+        ),
+        Err(CommitError::NoRoom(NoRoom::OverShare(why))) => retry_later(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{why}; nothing of this request was stored, retry later"),
+        ),
         Err(
             e @ CommitError::Store {
                 disk_full: true, ..
@@ -166,6 +174,16 @@ async fn ingest_lines(
             )],
         ),
     }
+}
+
+/// A refusal the client should retry after a while.
+fn retry_later(status: StatusCode, why: String) -> Response {
+    let mut response = not_ok(status, vec![why]);
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    response
 }
 
 fn rejection(r: Rejection) -> Response {
@@ -191,6 +209,7 @@ async fn status(
         Ok(Ok(summary)) => {
             let mut status = ingest.board.snapshot(summary);
             status.lines_dropped_by_rule = ingest.rules.dropped();
+            status.room = ingest.committer.room().status();
             Json(status).into_response()
         }
         Ok(Err(e)) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{PositionUpdate, Spool, SpoolError};
+use super::{NoRoom, PositionUpdate, Room, Spool, SpoolError};
 use crate::account::AccountId;
 use crate::line::Line;
 
@@ -26,6 +26,8 @@ pub enum CommitError {
     ShuttingDown,
     #[error("the spool could not store the lines: {message}")]
     Store { message: String, disk_full: bool },
+    #[error("{0}")]
+    NoRoom(#[from] NoRoom),
 }
 
 impl From<&SpoolError> for CommitError {
@@ -60,15 +62,21 @@ struct Request {
 #[derive(Clone)]
 pub struct Committer {
     queue: mpsc::Sender<Request>,
+    room: Arc<Room>,
 }
 
 impl Committer {
-    pub fn start(spool: Arc<Spool>) -> std::io::Result<(Self, JoinHandle<()>)> {
+    pub fn start(spool: Arc<Spool>, room: Arc<Room>) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (queue, rx) = mpsc::channel(QUEUE);
         let handle = std::thread::Builder::new()
             .name("larch-commit".into())
             .spawn(move || run(spool, rx))?;
-        Ok((Self { queue }, handle))
+        Ok((Self { queue, room }, handle))
+    }
+
+    /// Whether the spool has room; file sources look before they read.
+    pub fn room(&self) -> &Room {
+        &self.room
     }
 
     /// Makes `lines` durable for `account`. Returns the batch ID once they are.
@@ -87,7 +95,11 @@ impl Committer {
         lines: Vec<Line>,
         along: Along,
     ) -> Result<String, CommitError> {
-        let bytes = lines.iter().map(|l| l.line.len() + 64).sum();
+        let bytes: usize = lines.iter().map(|l| l.line.len() + 64).sum();
+        // Refused before anything is stored; a position alone always goes through.
+        if !lines.is_empty() {
+            self.room.admit(&account, bytes as u64)?;
+        }
         let (done, answer) = oneshot::channel();
         let request = Request {
             account,

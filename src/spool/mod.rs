@@ -14,6 +14,7 @@ pub mod keys;
 mod ledger;
 pub mod part;
 mod positions;
+pub mod room;
 mod segments;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub use keys::PartId;
 pub use ledger::LedgerEntry;
 pub use part::{PartRecord, PartState, Upload};
 pub use positions::{FileKey, FilePosition, PositionUpdate};
+pub use room::{NoRoom, Room, RoomLimits, RoomStatus};
 
 /// Bumped when the on-disk layout changes incompatibly.
 const FORMAT_VERSION: u32 = 2;
@@ -572,14 +574,25 @@ impl Spool {
     /// Deletes segment files that no block refers to any more. Cheap enough to
     /// run after uploads: it reads only the small block references.
     pub fn collect_segments(&self) -> Result<usize, SpoolError> {
-        // Taken first: every reference into an older segment is in sled by now.
-        let before = self.segments.current();
+        // Taken first: every reference into an older segment (or into the
+        // current one up to here) is in sled by now.
+        let start = self.segments.lock().position();
         let mut live = std::collections::HashSet::new();
         for value in self.db.scan_prefix([keys::BLOCK]).values() {
             if let Some(at) = segments::BlockRef::decode(&value?) {
                 live.insert(at.segment);
             }
         }
+        let before = {
+            let mut writer = self.segments.lock();
+            // Nothing was appended since the scan and nothing refers to the
+            // current segment: start a new one so this one can go too.
+            if writer.position() == start && start.1 > 0 && !live.contains(&start.0) {
+                writer.rotate()?;
+                writer.sync()?;
+            }
+            writer.position().0
+        };
         Ok(self.segments.remove_unreferenced(before, &live)?)
     }
 
@@ -607,6 +620,23 @@ impl Spool {
         self.db.apply_batch(batch)?;
         self.quarantined.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Bytes of lines waiting for the archive, per account (for fair shares of room).
+    pub fn waiting_by_account(&self) -> Result<HashMap<AccountId, u64>, SpoolError> {
+        let mut out = HashMap::new();
+        for item in self.db.scan_prefix([keys::PART]) {
+            let (key, value) = item?;
+            let (Some(id), Ok(record)) =
+                (keys::parse_part(&key), codec::decode::<PartRecord>(&value))
+            else {
+                continue;
+            };
+            if record.state.is_waiting() {
+                *out.entry(id.account).or_insert(0) += record.bytes;
+            }
+        }
+        Ok(out)
     }
 
     pub fn summary(&self) -> Result<SpoolSummary, SpoolError> {

@@ -139,6 +139,7 @@ impl Segments {
     }
 
     /// The segment being written now; older ones get no new blocks.
+    #[cfg(test)]
     pub fn current(&self) -> u64 {
         self.lock().writer.id
     }
@@ -201,17 +202,30 @@ pub struct SegmentWriter<'a> {
 }
 
 impl SegmentWriter<'_> {
-    pub fn append(&mut self, bytes: &[u8]) -> io::Result<BlockRef> {
+    /// The segment being written and how far: it changes with every append.
+    pub fn position(&self) -> (u64, u64) {
+        (self.writer.id, self.writer.len)
+    }
+
+    /// Starts a new segment now, so the current one can be removed once
+    /// nothing refers to it (a small spool would otherwise keep its bytes).
+    pub fn rotate(&mut self) -> io::Result<()> {
         let w = &mut *self.writer;
-        if w.len >= SEGMENT_BYTES {
-            let id = w.id + 1;
-            let file = create(self.dir, id)?;
-            let old = std::mem::replace(&mut w.file, file);
-            w.unsynced.push((w.id, old));
-            w.id = id;
-            w.len = 0;
-            w.new_file = true;
+        let id = w.id + 1;
+        let file = create(self.dir, id)?;
+        let old = std::mem::replace(&mut w.file, file);
+        w.unsynced.push((w.id, old));
+        w.id = id;
+        w.len = 0;
+        w.new_file = true;
+        Ok(())
+    }
+
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<BlockRef> {
+        if self.writer.len >= SEGMENT_BYTES {
+            self.rotate()?;
         }
+        let w = &mut *self.writer;
         let len = u32::try_from(bytes.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "block too large"))?;
         let r = BlockRef {

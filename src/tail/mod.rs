@@ -122,6 +122,8 @@ struct SourceRun {
     first_pass: bool,
     default_host: Option<String>,
     instance: String,
+    /// Reading stopped because the spool has no room; offsets stay where they are.
+    paused: bool,
 }
 
 impl SourceRun {
@@ -144,6 +146,7 @@ impl SourceRun {
             source,
             shared,
             stop,
+            paused: false,
         }
     }
 
@@ -153,7 +156,11 @@ impl SourceRun {
             if let Some(w) = watcher.as_mut() {
                 w.refresh();
             }
-            let more = self.pass(stopping);
+            let more = if self.room_to_read(stopping) {
+                self.pass(stopping)
+            } else {
+                false
+            };
             if stopping {
                 return;
             }
@@ -163,6 +170,25 @@ impl SourceRun {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             while woken.try_recv().is_ok() {}
+        }
+    }
+
+    /// Whether the spool takes lines; files wait unread (offsets kept) while it does not.
+    fn room_to_read(&mut self, stopping: bool) -> bool {
+        match self.shared.committer.room().refusing() {
+            Some(why) if !stopping => {
+                if !self.paused {
+                    tracing::warn!(source = %self.source.name, "file reading paused: {why}");
+                    self.paused = true;
+                }
+                false
+            }
+            _ => {
+                if std::mem::take(&mut self.paused) {
+                    tracing::info!(source = %self.source.name, "file reading resumed");
+                }
+                true
+            }
         }
     }
 

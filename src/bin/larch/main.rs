@@ -301,6 +301,24 @@ fn status(addr: &str, json: bool) -> anyhow::Result<()> {
         status.upload_failures
     );
     println!("quarantined      {} records", s.records_quarantined);
+    let room = &status.room;
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    println!(
+        "room             spool {} (limit {}), disk {} free (floor {})",
+        mib(room.spool_bytes),
+        room.spool_max_bytes.map_or("none".to_owned(), mib),
+        mib(room.disk_free_bytes),
+        mib(room.min_free_bytes)
+    );
+    if let Some(why) = &room.refusing {
+        println!("REFUSING LINES   {why}");
+    }
+    if !room.throttled_accounts.is_empty() {
+        println!(
+            "throttled        {} (over their share while space is short)",
+            room.throttled_accounts.join(", ")
+        );
+    }
     for (rule, lines) in &status.lines_dropped_by_rule {
         println!("dropped by rule  {lines} lines: {rule}");
     }

@@ -1,0 +1,314 @@
+//! Room in the spool: whether it may take more lines.
+//!
+//! The spool's size (its sled files and segment files) is held under
+//! `spool_max_size`, and the disk under it keeps `min_free_space` free for the
+//! rest of the host. Past either, new lines are refused *before* anything is
+//! stored (507), file sources stop reading (their offsets stay), open parts are
+//! sealed at once (see `daemon`), and what is held keeps being archived, which
+//! makes room again by itself.
+//!
+//! Close to the limit (the last tenth of `spool_max_size`, or less than twice
+//! `min_free_space` free), an account holding more than an equal share of the
+//! waiting bytes is refused (429) while the others still get in: one account
+//! flooding cannot lock out the small ones.
+//!
+//! The measurement is refreshed every second; in between, each admitted
+//! request's bytes are counted against it. A request is let in while the spool
+//! is under its limit, so the last one may cross it by its own size (a body
+//! is at most 10 MB); the next is refused.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::account::AccountId;
+
+/// The limits, from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomLimits {
+    /// Largest the spool may grow, in bytes; `None` for no limit.
+    pub max_bytes: Option<u64>,
+    /// Bytes that must stay free on the spool's disk.
+    pub min_free_bytes: u64,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: None,
+            min_free_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Why lines are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoom {
+    /// Nobody's lines fit: 507.
+    #[error("{0}")]
+    Full(String),
+    /// This account holds more than its share while space is short: 429.
+    #[error("{0}")]
+    OverShare(String),
+}
+
+/// What `/status` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RoomStatus {
+    pub spool_bytes: u64,
+    pub spool_max_bytes: Option<u64>,
+    pub disk_free_bytes: u64,
+    pub min_free_bytes: u64,
+    /// Set while every new line is refused.
+    pub refusing: Option<String>,
+    /// Accounts refused for holding more than their share, while space is short.
+    pub throttled_accounts: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Measured {
+    spool_bytes: u64,
+    disk_free_bytes: u64,
+    /// Waiting bytes per account.
+    waiting_by_account: HashMap<AccountId, u64>,
+}
+
+pub struct Room {
+    limits: RoomLimits,
+    dir: PathBuf,
+    measured: Mutex<Measured>,
+    /// Bytes admitted since the last measurement.
+    admitted: AtomicU64,
+}
+
+impl Room {
+    /// Room for the spool under `data` (its `spool/` and `segments/`).
+    pub fn new(data: &Path, limits: RoomLimits) -> Self {
+        Self {
+            limits,
+            dir: data.to_owned(),
+            measured: Mutex::new(Measured::default()),
+            admitted: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Measured> {
+        self.measured.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Measures the spool and the disk again; `waiting` gives the bytes each
+    /// account has waiting (one pass over the part records).
+    pub fn measure(
+        &self,
+        waiting: impl FnOnce() -> HashMap<AccountId, u64>,
+    ) -> std::io::Result<()> {
+        let spool_bytes =
+            dir_bytes(&self.dir.join("spool"))? + dir_bytes(&self.dir.join("segments"))?;
+        let disk_free_bytes = free_bytes(&self.dir)?;
+        let waiting_by_account = waiting();
+        let mut m = self.lock();
+        self.admitted.store(0, Ordering::Relaxed);
+        *m = Measured {
+            spool_bytes,
+            disk_free_bytes,
+            waiting_by_account,
+        };
+        Ok(())
+    }
+
+    fn is_short(&self, spool_bytes: u64, free: u64) -> bool {
+        self.limits
+            .max_bytes
+            .is_some_and(|max| spool_bytes >= max - max / 10)
+            || free < self.limits.min_free_bytes.saturating_mul(2)
+    }
+
+    /// Why nothing may come in now, if nothing may.
+    fn full(&self, m: &Measured, admitted: u64) -> Option<String> {
+        let used = m.spool_bytes + admitted;
+        if let Some(max) = self.limits.max_bytes {
+            if used >= max {
+                return Some(format!(
+                    "the spool holds {} of its {} limit (spool_max_size); lines are refused until uploads make room",
+                    mib(used),
+                    mib(max)
+                ));
+            }
+        }
+        let free = m.disk_free_bytes.saturating_sub(admitted);
+        if free < self.limits.min_free_bytes {
+            return Some(format!(
+                "the spool's disk has {} free, less than min_free_space ({}); lines are refused until uploads make room",
+                mib(free),
+                mib(self.limits.min_free_bytes)
+            ));
+        }
+        None
+    }
+
+    /// Accounts holding more than an equal share of the waiting bytes.
+    fn over_share(m: &Measured) -> impl Iterator<Item = (&AccountId, u64, u64)> {
+        let total: u64 = m.waiting_by_account.values().sum();
+        let share = total / (m.waiting_by_account.len().max(1) as u64);
+        m.waiting_by_account
+            .iter()
+            .filter(move |(_, &held)| held > share)
+            .map(move |(account, &held)| (account, held, total))
+    }
+
+    /// Lets `bytes` of `account`'s lines in, or says why not.
+    pub fn admit(&self, account: &AccountId, bytes: u64) -> Result<(), NoRoom> {
+        let m = self.lock();
+        let admitted = self.admitted.load(Ordering::Relaxed);
+        if let Some(why) = self.full(&m, admitted) {
+            return Err(NoRoom::Full(why));
+        }
+        if self.is_short(
+            m.spool_bytes + admitted,
+            m.disk_free_bytes.saturating_sub(admitted),
+        ) {
+            if let Some((_, held, total)) = Self::over_share(&m).find(|(a, _, _)| *a == account) {
+                return Err(NoRoom::OverShare(format!(
+                    "space is short and account {account} holds {} of the {} waiting; its lines wait while other accounts' get in",
+                    mib(held),
+                    mib(total)
+                )));
+            }
+        }
+        self.admitted.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Set while every new line is refused: file sources stop reading.
+    pub fn refusing(&self) -> Option<String> {
+        let m = self.lock();
+        self.full(&m, self.admitted.load(Ordering::Relaxed))
+    }
+
+    pub fn status(&self) -> RoomStatus {
+        let m = self.lock();
+        let admitted = self.admitted.load(Ordering::Relaxed);
+        let short = self.is_short(
+            m.spool_bytes + admitted,
+            m.disk_free_bytes.saturating_sub(admitted),
+        );
+        let mut throttled: Vec<String> = if short {
+            Self::over_share(&m)
+                .map(|(a, _, _)| a.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        throttled.sort();
+        RoomStatus {
+            spool_bytes: m.spool_bytes + admitted,
+            spool_max_bytes: self.limits.max_bytes,
+            disk_free_bytes: m.disk_free_bytes.saturating_sub(admitted),
+            min_free_bytes: self.limits.min_free_bytes,
+            refusing: self.full(&m, admitted),
+            throttled_accounts: throttled,
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Bytes of the files directly in `dir` and its subdirectories (sled keeps a `blobs/`).
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Removed since it was listed (a collected segment).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// Bytes an unprivileged writer may still use on the disk holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` a valid out-pointer for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(a: &str) -> AccountId {
+        AccountId::parse(a).unwrap()
+    }
+
+    fn room(max: u64) -> (tempfile::TempDir, Room) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("segments")).unwrap();
+        let room = Room::new(
+            dir.path(),
+            RoomLimits {
+                max_bytes: Some(max),
+                min_free_bytes: 0,
+            },
+        );
+        (dir, room)
+    }
+
+    #[test]
+    fn past_the_limit_everyone_is_refused_until_space_returns() {
+        let (dir, room) = room(1000);
+        room.measure(HashMap::new).unwrap();
+        room.admit(&account("a"), 600).unwrap();
+        // Under the limit, a request may cross it; then nothing more gets in.
+        room.admit(&account("b"), 500).unwrap();
+        assert!(matches!(room.admit(&account("b"), 1), Err(NoRoom::Full(_))));
+        // A measurement shows what is on disk: 2000 bytes of segments.
+        std::fs::write(dir.path().join("segments/1.seg"), vec![0u8; 2000]).unwrap();
+        room.measure(HashMap::new).unwrap();
+        let why = room.refusing().expect("refusing");
+        assert!(why.contains("spool_max_size"), "{why}");
+        std::fs::remove_file(dir.path().join("segments/1.seg")).unwrap();
+        room.measure(HashMap::new).unwrap();
+        assert_eq!(room.refusing(), None);
+        room.admit(&account("b"), 500).unwrap();
+    }
+
+    #[test]
+    fn when_space_is_short_the_account_over_its_share_waits_and_others_get_in() {
+        let (dir, room) = room(10_000);
+        std::fs::write(dir.path().join("segments/1.seg"), vec![0u8; 9_200]).unwrap();
+        let waiting = || HashMap::from([(account("flood"), 9_000), (account("small"), 200)]);
+        room.measure(waiting).unwrap();
+        assert!(matches!(
+            room.admit(&account("flood"), 10),
+            Err(NoRoom::OverShare(_))
+        ));
+        room.admit(&account("small"), 10).unwrap();
+        room.admit(&account("new"), 10).unwrap();
+        assert_eq!(room.status().throttled_accounts, ["flood"]);
+        assert!(room.status().refusing.is_none());
+    }
+}

@@ -1,0 +1,259 @@
+//! Room in the spool: a size limit and a free-space floor refuse lines before
+//! acknowledging them, file sources pause, one account flooding is throttled
+//! while the others still get in, and larch recovers by itself once uploads
+//! make room. Nothing acknowledged is lost, nothing refused is archived.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{hours_ago, read_archive, Daemon};
+use serde_json::{json, Value};
+
+/// Sends `n` lines of about 1 KiB for the hour two hours ago; returns the
+/// status and the texts.
+fn send(d: &Daemon, key: &str, tag: &str, n: usize) -> (u16, Value, Vec<String>) {
+    let texts: Vec<String> = (0..n)
+        .map(|i| format!("{tag} {i} {}", "x".repeat(1000)))
+        .collect();
+    let lines: Vec<Value> = texts
+        .iter()
+        .map(|t| json!({"line": t, "timestamp": hours_ago(2, 1000)}))
+        .collect();
+    let (status, body) = d.ingest_json(key, &json!({ "lines": lines }));
+    (status, body, texts)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every archived `_line`, with how often it was archived.
+fn archived_texts(archive: &Path) -> BTreeMap<String, usize> {
+    let mut archived = BTreeMap::new();
+    for (_, lines) in read_archive(archive) {
+        for l in lines {
+            *archived
+                .entry(l["_line"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    archived
+}
+
+/// `larch drain` through the running daemon's admin API.
+fn drain(d: &Daemon, archive: &Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_larch"))
+        .args(["drain", "--timeout", "60s", "--data"])
+        .arg(&d.data)
+        .args(["--target", archive.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn config(dir: &Path, extra: &str) -> String {
+    let path = dir.join("larch.toml");
+    std::fs::write(
+        &path,
+        format!("retry_max_delay = \"1s\"\n{extra}\n[keys]\nka = \"acme\"\nkb = \"beta\"\n"),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_full_spool_refuses_before_acking_throttles_the_flooder_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let tailed = logs.join("app.log");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "spool_max_size = \"8MiB\"\nmin_free_space = \"1MiB\"\n\
+             [[sources.files]]\naccount = \"beta\"\ninclude = [\"{}/*.log\"]\n",
+            logs.display()
+        ),
+    );
+    // The archive directory does not exist yet: nothing can leave the spool.
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            &cfg,
+            "--target",
+            archive.to_str().unwrap(),
+            "--late-window",
+            "0s",
+            "--follow-up-after",
+            "1s",
+        ],
+    );
+    let mut acked: Vec<String> = Vec::new();
+
+    // beta holds a little; acme floods, slowly enough for the room to be measured.
+    let (status, body, texts) = send(&d, "kb", "beta-first", 5);
+    assert_eq!(status, 200, "{body}");
+    acked.extend(texts);
+    let mut first_refusal = None;
+    for round in 0..200 {
+        let (status, body, texts) = send(&d, "ka", &format!("acme-{round}"), 300);
+        match status {
+            200 => acked.extend(texts),
+            _ => {
+                first_refusal = Some((status, body));
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let (status, body) = first_refusal.expect("acme was never refused");
+    assert_eq!(status, 429, "the flooder is throttled first: {body}");
+    assert!(body.to_string().contains("account acme holds"), "{body}");
+    let s = d.status();
+    assert_eq!(s["room"]["throttled_accounts"], json!(["acme"]), "{s}");
+
+    // beta still gets in while acme waits.
+    let (status, body, texts) = send(&d, "kb", "beta-while-acme-waits", 3);
+    assert_eq!(status, 200, "{body}");
+    acked.extend(texts);
+
+    // Past the limit nobody gets in, and the file source stops reading.
+    let mut full = None;
+    for round in 0..200 {
+        let (status, body, texts) = send(&d, "kb", &format!("beta-{round}"), 300);
+        match status {
+            200 => acked.extend(texts),
+            _ => {
+                full = Some((status, body));
+                break;
+            }
+        }
+    }
+    let (status, body) = full.expect("the spool never filled");
+    assert_eq!(status, 507, "{body}");
+    assert!(body.to_string().contains("spool_max_size"), "{body}");
+    wait_for("status to say it refuses", Duration::from_secs(10), || {
+        d.status()["room"]["refusing"].is_string()
+    });
+    let mut file = std::fs::File::create(&tailed).unwrap();
+    let file_lines: Vec<String> = (0..50).map(|i| format!("from the file {i}")).collect();
+    for l in &file_lines {
+        writeln!(file, "{l}").unwrap();
+    }
+    file.sync_all().unwrap();
+    wait_for("file reading to pause", Duration::from_secs(10), || {
+        d.log().contains("file reading paused")
+    });
+    let (status, _, _) = send(&d, "ka", "acme-refused", 1);
+    assert_eq!(status, 507);
+
+    // The archive appears: uploads make room, and larch takes lines again by itself.
+    std::fs::create_dir_all(&archive).unwrap();
+    wait_for("room again", Duration::from_secs(90), || {
+        d.status()["room"]["refusing"].is_null()
+    });
+    let (status, body, texts) = send(&d, "ka", "acme-after", 10);
+    assert_eq!(status, 200, "{body}");
+    acked.extend(texts);
+    acked.extend(file_lines);
+    wait_for("file reading to resume", Duration::from_secs(10), || {
+        d.log().contains("file reading resumed")
+    });
+    // The file's lines are stamped when read, in an hour still open: drain
+    // until they are read and archived.
+    wait_for("the file's lines archived", Duration::from_secs(60), || {
+        drain(&d, &archive);
+        archived_texts(&archive).contains_key("from the file 49")
+    });
+    let archived = archived_texts(&archive);
+    let want: BTreeMap<String, usize> = acked.iter().map(|t| (t.clone(), 1)).collect();
+    let missing = want.keys().filter(|k| !archived.contains_key(*k)).count();
+    let extra: Vec<&String> = archived.keys().filter(|k| !want.contains_key(*k)).collect();
+    assert_eq!(missing, 0, "acknowledged lines missing from the archive");
+    assert!(
+        extra.is_empty(),
+        "refused lines archived: {:?}",
+        &extra[..extra.len().min(3)]
+    );
+    assert_eq!(archived, want, "a line archived twice");
+}
+
+#[test]
+fn below_the_free_space_floor_every_line_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "min_free_space = \"1000000GiB\"");
+    let d = Daemon::start(&dir.path().join("data"), &["--config", &cfg]);
+    let (status, body, _) = send(&d, "ka", "refused", 1);
+    assert_eq!(status, 507, "{body}");
+    assert!(body.to_string().contains("min_free_space"), "{body}");
+    let s = d.status();
+    assert!(
+        s["room"]["refusing"]
+            .as_str()
+            .unwrap()
+            .contains("min_free_space"),
+        "{s}"
+    );
+    assert_eq!(s["lines_waiting"], 0);
+}
+
+#[test]
+fn a_full_spool_of_open_hours_seals_them_early_to_make_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let cfg = config(
+        dir.path(),
+        "spool_max_size = \"4MiB\"\nmin_free_space = \"1MiB\"",
+    );
+    // The default late window: without help these hours would stay open for hours.
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &["--config", &cfg, "--target", archive.to_str().unwrap()],
+    );
+    let mut acked = Vec::new();
+    let mut refused = false;
+    for round in 0..100 {
+        let texts: Vec<String> = (0..300)
+            .map(|i| format!("now {round} {i} {}", "y".repeat(1000)))
+            .collect();
+        let lines: Vec<Value> = texts.iter().map(|t| json!({ "line": t })).collect();
+        let (status, body) = d.ingest_json("ka", &json!({ "lines": lines }));
+        match status {
+            200 => acked.extend(texts),
+            507 => {
+                refused = true;
+                break;
+            }
+            _ => panic!("unexpected answer {status}: {body}"),
+        }
+    }
+    assert!(refused, "the spool never filled");
+    wait_for("parts sealed early", Duration::from_secs(30), || {
+        d.log().contains("early to make room")
+    });
+    wait_for("room again", Duration::from_secs(60), || {
+        d.status()["room"]["refusing"].is_null()
+    });
+    drain(&d, &archive);
+    let archived = archived_texts(&archive);
+    let want: BTreeMap<String, usize> = acked.iter().map(|t| (t.clone(), 1)).collect();
+    assert_eq!(
+        archived, want,
+        "every acknowledged line archived once, nothing else"
+    );
+}
