@@ -622,16 +622,24 @@ impl Spool {
         Ok(())
     }
 
+    /// Every part record that reads back, without setting any aside (for counts).
+    fn readable_parts(&self) -> impl Iterator<Item = Result<(PartId, PartRecord), SpoolError>> {
+        self.db
+            .scan_prefix([keys::PART])
+            .filter_map(|item| match item {
+                Err(e) => Some(Err(e.into())),
+                Ok((key, value)) => Some(Ok((
+                    keys::parse_part(&key)?,
+                    codec::decode::<PartRecord>(&value).ok()?,
+                ))),
+            })
+    }
+
     /// Bytes of lines waiting for the archive, per account (for fair shares of room).
     pub fn waiting_by_account(&self) -> Result<HashMap<AccountId, u64>, SpoolError> {
         let mut out = HashMap::new();
-        for item in self.db.scan_prefix([keys::PART]) {
-            let (key, value) = item?;
-            let (Some(id), Ok(record)) =
-                (keys::parse_part(&key), codec::decode::<PartRecord>(&value))
-            else {
-                continue;
-            };
+        for item in self.readable_parts() {
+            let (id, record) = item?;
             if record.state.is_waiting() {
                 *out.entry(id.account).or_insert(0) += record.bytes;
             }
@@ -645,13 +653,8 @@ impl Spool {
             ..SpoolSummary::default()
         };
         let mut oldest: Option<Hour> = None;
-        for item in self.db.scan_prefix([keys::PART]) {
-            let (key, value) = item?;
-            let (Some(id), Ok(record)) =
-                (keys::parse_part(&key), codec::decode::<PartRecord>(&value))
-            else {
-                continue;
-            };
+        for item in self.readable_parts() {
+            let (id, record) = item?;
             match record.state {
                 PartState::Open => s.parts_open += 1,
                 PartState::Sealed => s.parts_sealed += 1,
