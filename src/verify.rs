@@ -14,7 +14,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::hour::{Hour, ObjectName};
+use crate::hour::ObjectName;
 use crate::spool::LedgerEntry;
 use crate::target::{hex, Target, TargetError};
 
@@ -236,8 +236,7 @@ async fn unknown_objects(target: &Target, ledger: &Ledger) -> Vec<Row> {
                 Ok(Owner::Unrecorded) if hours.contains(&(name.account.as_str(), name.hour.0)) => {
                     Verdict::Unknown(format!(
                         "no owner recorded; the ledger has other uploads of {} {}",
-                        name.account,
-                        Hour(name.hour.0)
+                        name.account, name.hour
                     ))
                 }
                 Ok(Owner::Unrecorded) => continue,

@@ -233,7 +233,7 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let mut ledger = load_ledger(&settings)?;
     if let Some(since) = &args.since {
         let since = parse_time("--since", since, now_ms())?;
-        let first_hour = since.div_euclid(3_600_000);
+        let first_hour = larch::hour::Hour::of(since).0;
         ledger.entries.retain(|e| e.hour >= first_hour);
     }
     let target = target_to_read(&settings)?;
