@@ -5,7 +5,11 @@ HEAD, and the object's lines (gunzipped NDJSON). Usage:
   s3_inspect.py ENDPOINT BUCKET
   s3_inspect.py ENDPOINT BUCKET copy FROM TO [INSTANCE]
       (without larch's metadata, or with it and larch_instance set to INSTANCE)
-  s3_inspect.py ENDPOINT BUCKET delete KEY"""
+  s3_inspect.py ENDPOINT BUCKET delete KEY
+  s3_inspect.py ENDPOINT BUCKET lines
+      (one line per archived line, streamed: key, _id, _ts, _account and the
+      first word of _line, tab-separated; objects that fail to read are
+      reported as "BAD<tab>key<tab>why")"""
 import gzip
 import hashlib
 import json
@@ -30,6 +34,24 @@ if sys.argv[3:4] == ["copy"]:
     sys.exit(0)
 if sys.argv[3:4] == ["delete"]:
     s3.delete_object(Bucket=bucket, Key=sys.argv[4])
+    sys.exit(0)
+if sys.argv[3:4] == ["lines"]:
+    out = sys.stdout
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            try:
+                text = gzip.decompress(body).decode()
+                rows = []
+                for l in text.splitlines():
+                    line = json.loads(l)
+                    first = line["_line"].split(" ", 1)[0]
+                    rows.append(f"{key}\t{line['_id']}\t{line['_ts']}\t{line['_account']}\t{first}\n")
+            except Exception as e:  # reported, not hidden: the test decides
+                out.write(f"BAD\t{key}\t{e}\n")
+                continue
+            out.writelines(rows)
     sys.exit(0)
 objects = []
 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):

@@ -11,24 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{hours_ago, read_archive, Daemon};
+use common::{hours_ago, read_archive, Daemon, Rng};
 use serde_json::{json, Value};
-
-/// A small deterministic generator, so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 #[derive(Default)]
 struct Outcomes {
@@ -46,7 +30,7 @@ fn client(
     stop: Arc<AtomicBool>,
     out: Arc<Mutex<Outcomes>>,
 ) {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     let agent = common::agent();
     let mut request = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -103,7 +87,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| common::now_ms() as u64);
     println!("crash test: seed {seed}, {kills} kills");
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

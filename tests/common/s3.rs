@@ -90,6 +90,13 @@ impl Moto {
         .collect()
     }
 
+    /// Every archived line of `bucket`, one per row: key, `_id`, `_ts`,
+    /// `_account` and the first word of `_line`, tab-separated; an object that
+    /// does not read is a row `BAD<tab>key<tab>why`.
+    pub fn lines(&self, bucket: &str) -> String {
+        String::from_utf8(self.helper(&[bucket, "lines"])).expect("s3_inspect.py lines output")
+    }
+
     /// Every object of `bucket` as the server reports it: key, size, `sse`,
     /// `metadata`, `sha256` of the bytes and the gunzipped `lines`.
     pub fn inspect(&self, bucket: &str) -> Vec<Value> {
@@ -175,6 +182,11 @@ pub enum Mode {
     Refuse,
     /// Answer every request with this HTTP status and an S3 error body.
     Status(u16),
+    /// Forward a request's headers and its first KiB of body, then reset
+    /// both connections (RST), as a link dying mid-upload does.
+    Reset,
+    /// Take the request and never answer, until the mode changes.
+    Stall,
 }
 
 /// A TCP proxy whose behaviour the test switches while larch runs. Switching
@@ -204,7 +216,8 @@ impl FaultProxy {
                         std::thread::spawn(move || match current {
                             Mode::Refuse => drop(client),
                             Mode::Status(code) => answer(client, code),
-                            Mode::Pass => forward(client, &upstream, m, s),
+                            Mode::Pass | Mode::Reset => forward(client, &upstream, m, s),
+                            Mode::Stall => stall(client, m, s),
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -278,28 +291,56 @@ fn forward(client: TcpStream, upstream: &str, mode: Arc<Mutex<Mode>>, stop: Arc<
     let Ok(server) = TcpStream::connect(upstream) else {
         return;
     };
+    // A connection taken in Reset mode dies a KiB into its first request's body.
+    let reset_after = (*mode.lock().unwrap() == Mode::Reset).then_some(1024usize);
+    let keep_going = {
+        let mode = mode.clone();
+        move || {
+            !stop.load(Ordering::Relaxed)
+                && matches!(*mode.lock().unwrap(), Mode::Pass | Mode::Reset)
+        }
+    };
     let pipes = [
-        (client.try_clone(), server.try_clone()),
-        (server.try_clone(), client.try_clone()),
+        (client.try_clone(), server.try_clone(), reset_after),
+        (server.try_clone(), client.try_clone(), None),
     ];
     let mut threads = Vec::new();
-    for (from, to) in pipes {
+    for (from, to, reset_after) in pipes {
         let (Ok(mut from), Ok(mut to)) = (from, to) else {
             return;
         };
-        let (mode, stop) = (mode.clone(), stop.clone());
+        let keep_going = keep_going.clone();
         threads.push(std::thread::spawn(move || {
             let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
             let mut buf = [0u8; 64 * 1024];
+            let mut seen = Vec::new();
             loop {
-                if stop.load(Ordering::Relaxed) || *mode.lock().unwrap() != Mode::Pass {
+                if !keep_going() {
                     break;
                 }
                 match from.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
+                        let mut chunk = &buf[..n];
+                        let mut cut = false;
+                        if let Some(limit) = reset_after {
+                            let before = seen.len();
+                            seen.extend_from_slice(chunk);
+                            if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let stop_at = end + 4 + limit;
+                                if seen.len() > stop_at {
+                                    chunk = &chunk[..stop_at.saturating_sub(before).min(n)];
+                                    cut = true;
+                                }
+                            }
+                        }
+                        if to.write_all(chunk).is_err() {
                             break;
+                        }
+                        if cut {
+                            reset(&from);
+                            reset(&to);
+                            return;
                         }
                     }
                     Err(e)
@@ -316,5 +357,43 @@ fn forward(client: TcpStream, upstream: &str, mode: Arc<Mutex<Mode>>, stop: Arc<
     }
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// Closes a connection with a TCP reset instead of an orderly close.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Reads whatever comes and never answers, until the mode changes.
+fn stall(mut client: TcpStream, mode: Arc<Mutex<Mode>>, stop: Arc<AtomicBool>) {
+    let _ = client.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) && *mode.lock().unwrap() == Mode::Stall {
+        match client.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
     }
 }

@@ -1,0 +1,793 @@
+//! The torture suite: SIGKILLs at random moments, object store faults, a full
+//! disk, damaged spool records and clock jumps, all while HTTP clients and
+//! rotating file writers keep sending lines with known markers. At the end
+//! larch drains, and the archive is checked against what was acknowledged:
+//! every acked line archived exactly once, in the object its timestamp names,
+//! and no refused line archived. It prints one summary line.
+//!
+//! Quick mode is this test (in `scripts/test.sh`); `scripts/torture.sh
+//! --cycles N` runs a long one. `LARCH_TORTURE_CYCLES` sets the cycles,
+//! `LARCH_TORTURE_SEED` replays a run.
+//!
+//! The spool lives on a small tmpfs the suite mounts (it needs root, as CI
+//! has); without one the disk-full episodes are skipped and the summary says so.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::s3::{FaultProxy, Mode, Moto};
+use common::{hours_ago, now_ms, Daemon, Rng};
+use serde_json::{json, Value};
+
+const BUCKET: &str = "torture";
+const ACCOUNTS: [&str; 3] = ["acct-a", "acct-b", "acct-c"];
+const HOUR_MS: i64 = 3_600_000;
+/// The spool's filesystem: room for a long outage's backlog and a bulk part.
+const SPOOL_FS_BYTES: u64 = 320 * 1024 * 1024;
+
+/// What the clients sent and what larch answered, by line marker.
+#[derive(Default)]
+struct Sent {
+    acked: HashSet<String>,
+    refused: HashSet<String>,
+    unanswered: HashSet<String>,
+    statuses: HashMap<u16, u64>,
+}
+
+type Shared = Arc<Mutex<Sent>>;
+
+fn lock(sent: &Shared) -> std::sync::MutexGuard<'_, Sent> {
+    sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// POSTs one request and files its lines under the answer.
+fn post(agent: &ureq::Agent, addr: &str, key: &str, body: &str, markers: Vec<String>, sent: &Shared) {
+    let result = agent
+        .post(format!("http://{addr}/logs/ingest"))
+        .header("apikey", key)
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes());
+    let mut s = lock(sent);
+    match result {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            *s.statuses.entry(status).or_default() += 1;
+            if status == 200 {
+                s.acked.extend(markers);
+            } else {
+                s.refused.extend(markers);
+            }
+        }
+        Err(_) => s.unanswered.extend(markers),
+    }
+}
+
+/// Sends batches for one account: most lines stamped one to three hours ago
+/// (so hours seal and upload all the time), some unstamped (the current hour
+/// by larch's clock), and now and then a request with a line over the `meta`
+/// limit, which must be refused whole.
+fn http_client(addr: String, client: usize, seed: u64, stop: Arc<AtomicBool>, sent: Shared) {
+    let mut rng = Rng::new(seed);
+    let agent = common::agent();
+    let key = format!("k-{}", ACCOUNTS[client % ACCOUNTS.len()]);
+    let mut request = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        request += 1;
+        let n = 1 + rng.below(100) as usize;
+        let invalid = rng.one_in(15);
+        let mut markers = Vec::with_capacity(n);
+        let mut lines = Vec::with_capacity(n);
+        for i in 0..n {
+            let marker = format!("@h{client}.{request}.{i}");
+            let mut line = json!({
+                "line": format!("{marker} {}", "p".repeat(rng.below(300) as usize)),
+                "app": "torture",
+            });
+            if !rng.one_in(4) {
+                line["timestamp"] = json!(hours_ago(
+                    1 + rng.below(3) as i64,
+                    rng.below(HOUR_MS as u64) as i64
+                ));
+            }
+            if invalid && i == n - 1 {
+                line["meta"] = json!({"too_big": "m".repeat(33 * 1024)});
+            }
+            lines.push(line);
+            markers.push(marker);
+        }
+        let body = json!({ "lines": lines }).to_string();
+        post(&agent, &addr, &key, &body, markers, &sent);
+        std::thread::sleep(Duration::from_millis(20 + rng.below(80)));
+    }
+}
+
+/// Appends lines to `w<N>.log` and rotates it by rename-and-create every few
+/// thousand lines. A line counts as acknowledged once it is in the file.
+fn file_writer(dir: PathBuf, writer: usize, seed: u64, stop: Arc<AtomicBool>, sent: Shared) {
+    let mut rng = Rng::new(seed);
+    let path = dir.join(format!("w{writer}.log"));
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .expect("open the writer's log file")
+    };
+    let mut file = open(&path);
+    let (mut seq, mut generation, mut in_file) = (0u64, 0u32, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        let n = 1 + rng.below(20);
+        let mut text = String::new();
+        let mut markers = Vec::new();
+        for _ in 0..n {
+            seq += 1;
+            let marker = format!("@f{writer}.{seq}");
+            text.push_str(&format!("{marker} {}\n", "q".repeat(rng.below(200) as usize)));
+            markers.push(marker);
+        }
+        file.write_all(text.as_bytes())
+            .expect("write the writer's log file");
+        lock(&sent).acked.extend(markers);
+        in_file += n;
+        if in_file >= 3000 {
+            generation += 1;
+            std::fs::rename(&path, dir.join(format!("w{writer}.log.{generation}")))
+                .expect("rotate the writer's log file");
+            file = open(&path);
+            in_file = 0;
+        }
+        std::thread::sleep(Duration::from_millis(10 + rng.below(30)));
+    }
+}
+
+/// About `bytes` of incompressible lines for the current hour, in 1 MiB
+/// requests: one part big enough to go up as a multipart upload.
+fn send_bulk(addr: &str, round: u32, bytes: usize, rng: &mut Rng, sent: &Shared) {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let agent = common::agent();
+    let mut line_no = 0u64;
+    let mut total = 0;
+    while total < bytes {
+        let mut lines = Vec::new();
+        let mut markers = Vec::new();
+        let mut size = 0;
+        while size < 1024 * 1024 {
+            line_no += 1;
+            let marker = format!("@b{round}.{line_no}");
+            let noise: String = (0..2000)
+                .map(|_| ALPHABET[rng.below(64) as usize] as char)
+                .collect();
+            size += noise.len();
+            lines.push(json!({"line": format!("{marker} {noise}"), "app": "bulk"}));
+            markers.push(marker);
+        }
+        total += size;
+        let body = json!({ "lines": lines }).to_string();
+        post(&agent, addr, "k-bulk", &body, markers, sent);
+    }
+}
+
+/// A tmpfs of a fixed size mounted for the spool, unmounted on drop.
+struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &Path, bytes: u64) -> Result<Self, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Fills the filesystem to the last byte; returns the filler's path.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path.join("torture-filler");
+        let mut file = File::create(&filler).expect("create the filler file");
+        let chunk = vec![0x5au8; 1024 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// What a damaged record should lead to.
+enum Damage {
+    /// A block of lines: larch sets it aside naming its part; its lines are gone.
+    Block { part: String, markers: Vec<String> },
+    /// A part record: set aside and rebuilt, so its lines are still archived.
+    Record { part: String },
+}
+
+/// Flips a byte in one stored record of a stopped larch: a block of lines in a
+/// segment file (two times in three) or a part record in sled.
+fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
+    let db = sled::open(data.join("spool")).expect("open the stopped daemon's spool");
+    let damage = if rng.one_in(3) {
+        let records: Vec<_> = db
+            .scan_prefix([larch::spool::keys::PART])
+            .filter_map(Result::ok)
+            .collect();
+        if records.is_empty() {
+            return None;
+        }
+        let (key, value) = &records[rng.below(records.len() as u64) as usize];
+        let part = larch::spool::keys::parse_part(key)?.to_string();
+        let mut value = value.to_vec();
+        let at = rng.below(value.len() as u64) as usize;
+        value[at] ^= 0x55;
+        db.insert(key, value).expect("write the damaged part record");
+        Damage::Record { part }
+    } else {
+        let blocks: Vec<_> = db
+            .scan_prefix([larch::spool::keys::BLOCK])
+            .filter_map(Result::ok)
+            .collect();
+        if blocks.is_empty() {
+            return None;
+        }
+        let (key, value) = &blocks[rng.below(blocks.len() as u64) as usize];
+        let part = larch::spool::keys::parse_part(key)?.to_string();
+        // A block reference: segment, offset, length (big-endian).
+        let at: &[u8; 20] = value.as_ref().try_into().ok()?;
+        let segment = u64::from_be_bytes(at[..8].try_into().ok()?);
+        let offset = u64::from_be_bytes(at[8..16].try_into().ok()?);
+        let len = u32::from_be_bytes(at[16..].try_into().ok()?) as usize;
+        let path = data.join("segments").join(format!("{segment:016x}.seg"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open a segment file");
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, offset)
+            .expect("read a stored block");
+        let markers = markers_in(&bytes);
+        let flip = len / 2;
+        file.write_all_at(&[bytes[flip] ^ 0x55], offset + flip as u64)
+            .expect("damage a stored block");
+        file.sync_all().expect("fsync the segment file");
+        Damage::Block { part, markers }
+    };
+    db.flush().expect("flush the spool");
+    Some(damage)
+}
+
+/// The markers (`@...`) of the lines held in a stored block's bytes.
+fn markers_in(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'@' {
+            let end = bytes[i + 1..]
+                .iter()
+                .position(|b| !(b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.'))
+                .map_or(bytes.len(), |p| i + 1 + p);
+            if end > i + 2 {
+                out.push(String::from_utf8_lossy(&bytes[i..end]).into_owned());
+            }
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The archive as the store holds it, by marker and by line ID.
+#[derive(Default)]
+struct Archive {
+    markers: HashMap<String, u32>,
+    ids: HashMap<String, u32>,
+    objects: HashSet<String>,
+    misnamed: Vec<String>,
+    unreadable: Vec<String>,
+}
+
+fn read_archive(moto: &Moto) -> Archive {
+    let mut archive = Archive::default();
+    for row in moto.lines(BUCKET).lines() {
+        let cols: Vec<&str> = row.split('\t').collect();
+        // Larch's own temporary objects (probes, uploads in progress) are not archive.
+        if row.contains(".larch-") {
+            continue;
+        }
+        if cols[0] == "BAD" {
+            archive.unreadable.push(row.to_owned());
+            continue;
+        }
+        let [key, id, ts, account, marker] = cols[..] else {
+            panic!("unexpected row from s3_inspect.py: {row}");
+        };
+        archive.objects.insert(key.to_owned());
+        *archive.markers.entry(marker.to_owned()).or_default() += 1;
+        *archive.ids.entry(id.to_owned()).or_default() += 1;
+        let ts: i64 = ts.parse().expect("_ts is an integer");
+        if !named_for(key, account, ts) {
+            archive.misnamed.push(format!("{key} holds {marker} of {account} at {ts}"));
+        }
+    }
+    archive
+}
+
+/// Whether `key` is the name FORMAT.md gives a line of `account` at `ts`.
+fn named_for(key: &str, account: &str, ts: i64) -> bool {
+    let Some(t) = chrono::DateTime::from_timestamp_millis(ts) else {
+        return false;
+    };
+    let stem = t
+        .format(&format!(
+            "year=%Y/month=%m/day=%d/{account}.%Y-%m-%d.%H00"
+        ))
+        .to_string();
+    let Some(rest) = key.strip_prefix(&stem) else {
+        return false;
+    };
+    rest == ".json.gz"
+        || rest
+            .strip_prefix('.')
+            .and_then(|r| r.strip_suffix(".json.gz"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Kill,
+    Store(Mode),
+    LongOutage,
+    DiskFull,
+    Damage,
+    ClockJump,
+    Multipart,
+}
+
+const STORE_MODES: [Mode; 5] = [
+    Mode::Refuse,
+    Mode::Reset,
+    Mode::Stall,
+    Mode::Status(500),
+    Mode::Status(503),
+];
+
+/// Every kind of fault once, then a random mix.
+fn fault_for(cycle: usize, rng: &mut Rng) -> Fault {
+    let tour = [
+        Fault::Store(Mode::Reset),
+        Fault::ClockJump,
+        Fault::DiskFull,
+        Fault::Store(Mode::Stall),
+        Fault::Damage,
+        Fault::Store(Mode::Status(503)),
+        Fault::Multipart,
+        Fault::Store(Mode::Refuse),
+        Fault::LongOutage,
+        Fault::Store(Mode::Status(500)),
+        Fault::Damage,
+        Fault::Kill,
+    ];
+    if let Some(f) = tour.get(cycle) {
+        return *f;
+    }
+    match rng.below(100) {
+        0..=39 => Fault::Kill,
+        40..=59 => Fault::Store(STORE_MODES[rng.below(5) as usize]),
+        60..=71 => Fault::ClockJump,
+        72..=81 => Fault::DiskFull,
+        82..=89 => Fault::Damage,
+        90..=94 => Fault::Multipart,
+        _ => Fault::LongOutage,
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    kills: u32,
+    store_faults: u32,
+    outages: u32,
+    disk_full: u32,
+    disk_full_refusals: u64,
+    /// Kills while the disk was full, each followed by a start on the full disk.
+    full_disk_restarts: u32,
+    damages: Vec<Damage>,
+    clock_jumps: u32,
+    bulk_rounds: u32,
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// Steps larch's clock: it reads this file again within 100 ms.
+fn set_clock(file: &Path, offset_ms: i64) {
+    let text = if offset_ms < 0 {
+        format!("-{}ms", -offset_ms)
+    } else {
+        format!("{offset_ms}ms")
+    };
+    std::fs::write(file, text).expect("write the clock offset");
+}
+
+#[test]
+fn torture() {
+    let cycles = env_number("LARCH_TORTURE_CYCLES").unwrap_or(20) as usize;
+    let seed = env_number("LARCH_TORTURE_SEED").unwrap_or_else(|| now_ms() as u64);
+    let long_outage = Duration::from_secs(env_number("LARCH_TORTURE_OUTAGE_S").unwrap_or(12));
+    println!("torture: seed {seed}, {cycles} cycles (LARCH_TORTURE_SEED={seed} replays it)");
+    let mut rng = Rng::new(seed);
+    let started = Instant::now();
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("spool");
+    let disk = match SmallDisk::mount(&data, SPOOL_FS_BYTES) {
+        Ok(disk) => Some(disk),
+        Err(why) => {
+            println!("torture: no small filesystem for the spool ({why}): disk-full episodes skipped");
+            None
+        }
+    };
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let clock_file = dir.path().join("clock-offset");
+    std::fs::write(&clock_file, "0s").unwrap();
+    let mut clock_offset_ms = 0i64;
+
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let proxy = FaultProxy::start(&moto.endpoint, Mode::Pass);
+
+    let config = dir.path().join("larch.toml");
+    let mut keys: String = ACCOUNTS.iter().map(|a| format!("k-{a} = \"{a}\"\n")).collect();
+    keys.push_str("k-bulk = \"acct-bulk\"\n");
+    std::fs::write(
+        &config,
+        format!(
+            "retry_max_delay = \"1s\"\nmin_free_space = \"8MiB\"\n\
+             [keys]\n{keys}\
+             [s3]\ntimeout = \"2s\"\n\
+             [[sources.files]]\naccount = \"files\"\ninclude = [\"{}/*.log*\"]\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let mut env = Moto::env(&proxy.endpoint);
+    env.push((
+        "LARCH_CLOCK_OFFSET_FILE".into(),
+        clock_file.display().to_string(),
+    ));
+    let mut d = Daemon::start_with_env(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--target",
+            &format!("s3://{BUCKET}"),
+            "--late-window",
+            "0s",
+            "--follow-up-after",
+            "1s",
+        ],
+        &env,
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent: Shared = Arc::default();
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    for client in 0..3 {
+        let (addr, stop, sent, seed) = (d.addr.clone(), stop.clone(), sent.clone(), rng.next());
+        workers.push(std::thread::spawn(move || {
+            http_client(addr, client, seed, stop, sent)
+        }));
+    }
+    for writer in 0..2 {
+        let (logs, stop, sent, seed) = (logs.clone(), stop.clone(), sent.clone(), rng.next());
+        workers.push(std::thread::spawn(move || {
+            file_writer(logs, writer, seed, stop, sent)
+        }));
+    }
+
+    let mut tally = Tally::default();
+    let pause = |rng: &mut Rng, max_ms: u64| {
+        std::thread::sleep(Duration::from_millis(20 + rng.below(max_ms)));
+    };
+    for cycle in 0..cycles {
+        let fault = fault_for(cycle, &mut rng);
+        match fault {
+            Fault::Kill => {}
+            Fault::Store(mode) => {
+                tally.store_faults += 1;
+                proxy.set(mode);
+                pause(&mut rng, 3000);
+                if rng.one_in(2) {
+                    d.restart();
+                    tally.kills += 1;
+                    pause(&mut rng, 1500);
+                }
+                proxy.set(Mode::Pass);
+            }
+            Fault::LongOutage => {
+                tally.store_faults += 1;
+                tally.outages += 1;
+                proxy.set(Mode::Refuse);
+                std::thread::sleep(long_outage / 2);
+                d.restart();
+                tally.kills += 1;
+                std::thread::sleep(long_outage / 2);
+                proxy.set(Mode::Pass);
+            }
+            Fault::DiskFull => {
+                let Some(disk) = &disk else { continue };
+                tally.disk_full += 1;
+                let refused_before = lock(&sent).statuses.get(&507).copied().unwrap_or(0);
+                let filler = disk.fill();
+                pause(&mut rng, 2500);
+                if rng.one_in(2) {
+                    // A crash while the disk is full: larch must start again on it.
+                    d.restart();
+                    tally.kills += 1;
+                    tally.full_disk_restarts += 1;
+                    pause(&mut rng, 1500);
+                }
+                // Clients must have been told to come back later, before any ack.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while lock(&sent).statuses.get(&507).copied().unwrap_or(0) == refused_before {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the spool's disk is full, yet no request was refused with 507"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                tally.disk_full_refusals +=
+                    lock(&sent).statuses.get(&507).copied().unwrap_or(0) - refused_before;
+                std::fs::remove_file(filler).expect("remove the filler file");
+            }
+            Fault::Damage => {
+                d.kill9();
+                tally.kills += 1;
+                if let Some(damage) = damage_spool(&data, &mut rng) {
+                    tally.damages.push(damage);
+                }
+                d.start_again();
+            }
+            Fault::ClockJump => {
+                tally.clock_jumps += 1;
+                // Anywhere from two hours back to two hours ahead of the wall clock.
+                clock_offset_ms = (rng.below(241) as i64 - 120) * 60_000;
+                set_clock(&clock_file, clock_offset_ms);
+            }
+            Fault::Multipart => {
+                tally.bulk_rounds += 1;
+                send_bulk(&d.addr, tally.bulk_rounds, 13 * 1024 * 1024, &mut rng, &sent);
+                // Step the clock past the end of the bulk lines' hour: the part
+                // seals at once and goes up in pieces.
+                let larch_now = now_ms() + clock_offset_ms;
+                let hour_end = (larch_now / HOUR_MS + 1) * HOUR_MS;
+                clock_offset_ms += hour_end - larch_now + 60_000 + rng.below(600_000) as i64;
+                set_clock(&clock_file, clock_offset_ms);
+                tally.clock_jumps += 1;
+                pause(&mut rng, 3000);
+            }
+        }
+        // Every cycle ends in a kill at a random moment.
+        pause(&mut rng, 1200);
+        d.restart();
+        tally.kills += 1;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("a workload thread panicked");
+    }
+    proxy.set(Mode::Pass);
+
+    // Drain until every acknowledged line is in (file lines may still be
+    // on their way from the tail), or until it is clear some never will be.
+    let damaged: HashSet<&String> = tally
+        .damages
+        .iter()
+        .flat_map(|d| match d {
+            Damage::Block { markers, .. } => markers.iter().collect(),
+            Damage::Record { .. } => Vec::new(),
+        })
+        .collect();
+    let (archive, sent) = {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            drain(&d);
+            let archive = read_archive(&moto);
+            let s = lock(&sent);
+            let missing = s
+                .acked
+                .iter()
+                .any(|m| !archive.markers.contains_key(m) && !damaged.contains(m));
+            if !missing || Instant::now() > deadline {
+                drop(s);
+                break (archive, std::mem::take(&mut *lock(&sent)));
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    };
+    let status = d.status();
+    assert!(d.terminate().success(), "larch did not exit 0 on SIGTERM");
+    let log = d.log();
+
+    let lost: Vec<&String> = sent
+        .acked
+        .iter()
+        .filter(|m| !archive.markers.contains_key(*m) && !damaged.contains(m))
+        .collect();
+    let set_aside = sent
+        .acked
+        .iter()
+        .filter(|m| !archive.markers.contains_key(*m) && damaged.contains(m))
+        .count();
+    let duplicated: Vec<&String> = archive
+        .markers
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(m, _)| m)
+        .collect();
+    let duplicate_ids = archive.ids.values().filter(|n| **n > 1).count();
+    let refused_archived: Vec<&String> = sent
+        .refused
+        .iter()
+        .filter(|m| archive.markers.contains_key(*m))
+        .collect();
+    let refused_absent = sent.refused.len() - refused_archived.len();
+    let unanswered_archived = sent
+        .unanswered
+        .iter()
+        .filter(|m| archive.markers.contains_key(*m))
+        .count();
+    let stray: Vec<&String> = archive
+        .markers
+        .keys()
+        .filter(|m| {
+            !sent.acked.contains(*m) && !sent.unanswered.contains(*m) && !sent.refused.contains(*m)
+        })
+        .collect();
+
+    println!(
+        "torture: cycles {cycles}, kills {}, store faults {}, disk-full episodes {}, lines acked {}, archived {}, lost {}, duplicated {}, rejected-and-absent {}",
+        tally.kills,
+        tally.store_faults,
+        tally.disk_full,
+        sent.acked.len(),
+        archive.markers.len(),
+        lost.len(),
+        duplicated.len() + duplicate_ids,
+        refused_absent,
+    );
+    println!(
+        "torture: seed {seed}, {:.0} s, {} objects, {} long outages, {} refused with 507 while the disk was full ({} starts on a full disk), {} clock jumps, {} bulk parts ({} objects went up in parts), {} records damaged ({} lines set aside with them), {} lines unanswered ({} of them archived), answers {:?}",
+        started.elapsed().as_secs_f64(),
+        archive.objects.len(),
+        tally.outages,
+        tally.disk_full_refusals,
+        tally.full_disk_restarts,
+        tally.clock_jumps,
+        tally.bulk_rounds,
+        multipart_objects(&log),
+        tally.damages.len(),
+        set_aside,
+        sent.unanswered.len(),
+        unanswered_archived,
+        sent.statuses,
+    );
+
+    assert!(archive.unreadable.is_empty(), "unreadable objects: {:?}", archive.unreadable);
+    assert!(
+        lost.is_empty(),
+        "{} acked lines lost (seed {seed}), e.g. {:?}; final status {status}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        duplicated.is_empty() && duplicate_ids == 0,
+        "lines archived twice (seed {seed}): {} markers, {duplicate_ids} IDs, e.g. {:?}",
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(5)]
+    );
+    assert!(
+        refused_archived.is_empty(),
+        "refused lines archived (seed {seed}), e.g. {:?}",
+        &refused_archived[..refused_archived.len().min(5)]
+    );
+    assert!(stray.is_empty(), "archived lines nobody sent: {stray:?}");
+    assert!(
+        archive.misnamed.is_empty(),
+        "objects hold lines of another account or hour (seed {seed}): {:?}",
+        &archive.misnamed[..archive.misnamed.len().min(5)]
+    );
+    for damage in &tally.damages {
+        let (part, why) = match damage {
+            Damage::Block { part, markers } => {
+                if markers.iter().all(|m| archive.markers.contains_key(m)) {
+                    continue; // archived before the damage was done
+                }
+                (part, "block of")
+            }
+            Damage::Record { part } => (part, "part record of"),
+        };
+        assert!(
+            log.contains(&format!("{why} {part}")),
+            "a damaged record of {part} was not reported as set aside (seed {seed})"
+        );
+    }
+    assert!(
+        sent.acked.len() > 1000,
+        "too few lines acknowledged to mean anything"
+    );
+    let _: &Value = &status;
+}
+
+/// How many objects larch logged as archived that were too big for one PUT
+/// (over 8 MiB) and so went up as multipart uploads.
+fn multipart_objects(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("archived"))
+        .filter_map(|l| {
+            let plain = strip_ansi(l);
+            plain
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("bytes="))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .filter(|bytes| *bytes > 8 * 1024 * 1024)
+        .count()
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `larch drain` through the running daemon's admin API.
+fn drain(d: &Daemon) {
+    let out = Command::new(env!("CARGO_BIN_EXE_larch"))
+        .args(["drain", "--timeout", "120s", "--data"])
+        .arg(&d.data)
+        .output()
+        .expect("run larch drain");
+    assert!(
+        out.status.success(),
+        "larch drain failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
