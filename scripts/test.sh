@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: installs the test servers if they are missing, then the suite,
+# Runs every test: installs the test servers if they are missing, then the
+# suite, then the torture suite's quick mode (which prints its summary line),
 # then the fuzz properties again in a debug build, where integer overflow panics.
-# More fuzzing: PROPTEST_CASES=100000 cargo test --lib fuzz_
+# One test: cargo test --release <name>. More fuzzing: PROPTEST_CASES=100000 cargo test --lib fuzz_
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/test-servers.sh
-cargo test --release --locked "$@"
+cargo test --release --locked -- --skip torture
+./scripts/torture.sh
 cargo test --locked --lib fuzz_

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Notify};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::ingest::{self, Ingest};
-use crate::spool::{Committer, Room, Spool, SpoolError};
+use crate::spool::{Committer, Reserve, Room, Spool, SpoolError};
 use crate::status::Board;
 use crate::sync::{Backoff, SyncSettings, Syncer};
 use crate::target::{Target, TargetSpecError};
@@ -216,9 +216,18 @@ impl Archiving {
                 settings.seal,
                 settings.cache_bytes,
             );
-            tokio::task::spawn_blocking(move || Spool::open(&data, clock, seal, cache))
-                .await
-                .map_err(|e| DaemonError::Task("spool open", e.to_string()))??
+            tokio::task::spawn_blocking(move || {
+                match Spool::open(&data, clock.clone(), seal, cache) {
+                    // sled writes as it opens: a disk filled by someone else
+                    // would keep larch from starting, and so from emptying it.
+                    Err(e) if e.is_disk_full() && Reserve::new(&data).release() => {
+                        Spool::open(&data, clock, seal, cache)
+                    }
+                    opened => opened,
+                }
+            })
+            .await
+            .map_err(|e| DaemonError::Task("spool open", e.to_string()))??
         };
         let spool = Arc::new(spool);
 

@@ -257,3 +257,61 @@ fn a_full_spool_of_open_hours_seals_them_early_to_make_room() {
         "every acknowledged line archived once, nothing else"
     );
 }
+
+#[test]
+fn a_disk_filled_by_another_program_does_not_stop_larch_starting_or_emptying_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(disk) = common::SmallDisk::mount_or_skip(&data, 96 << 20) else {
+        return;
+    };
+    let archive = dir.path().join("archive");
+    let cfg = config(dir.path(), "min_free_space = \"1MiB\"");
+    // The archive directory does not exist yet: everything stays in the spool.
+    let mut d = Daemon::start(
+        &data,
+        &[
+            "--config",
+            &cfg,
+            "--target",
+            archive.to_str().unwrap(),
+            "--late-window",
+            "0s",
+        ],
+    );
+    wait_for("the reserve to be held", Duration::from_secs(10), || {
+        d.status()["room"]["reserve_held"] == json!(true)
+    });
+    let mut acked = Vec::new();
+    for round in 0..10 {
+        let (status, body, texts) = send(&d, "ka", &format!("held-{round}"), 300);
+        assert_eq!(status, 200, "{body}");
+        acked.extend(texts);
+    }
+
+    // Something else takes the disk to its last byte, and larch dies.
+    d.kill9();
+    let filler = disk.fill();
+    // sled writes as it opens: this start needs the reserve.
+    d.start_again();
+    assert!(d.log().contains("released larch's 32 MiB reserve"), "{}", d.log_tail(5));
+    let (status, body, _) = send(&d, "ka", "refused-while-full", 10);
+    assert_eq!(status, 507, "{body}");
+
+    // Compressing parts for upload also needs room: the reserve gave it.
+    std::fs::create_dir_all(&archive).unwrap();
+    d.wait_drained(Duration::from_secs(60));
+    let want: BTreeMap<String, usize> = acked.iter().map(|t| (t.clone(), 1)).collect();
+    assert_eq!(archived_texts(&archive), want);
+
+    // Space comes back: the reserve is held again and lines are taken.
+    std::fs::remove_file(filler).unwrap();
+    wait_for("the reserve to be held again", Duration::from_secs(20), || {
+        d.status()["room"]["reserve_held"] == json!(true)
+    });
+    wait_for("room again", Duration::from_secs(20), || {
+        d.status()["room"]["refusing"].is_null()
+    });
+    let (status, body, _) = send(&d, "ka", "after", 10);
+    assert_eq!(status, 200, "{body}");
+}

@@ -10,12 +10,12 @@
 //! `LARCH_TORTURE_SEED` replays a run.
 //!
 //! The spool lives on a small tmpfs the suite mounts (it needs root, as CI
-//! has); without one the disk-full episodes are skipped and the summary says so.
+//! has); with `LARCH_TEST_NO_MOUNT=1` the disk-full episodes are skipped.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::s3::{FaultProxy, Mode, Moto};
-use common::{hours_ago, now_ms, Daemon, Rng};
+use common::{hours_ago, now_ms, Daemon, Rng, SmallDisk};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "torture";
@@ -174,43 +174,6 @@ fn send_bulk(addr: &str, round: u32, bytes: usize, rng: &mut Rng, sent: &Shared)
         total += size;
         let body = json!({ "lines": lines }).to_string();
         post(&agent, addr, "k-bulk", &body, markers, sent);
-    }
-}
-
-/// A tmpfs of a fixed size mounted for the spool, unmounted on drop.
-struct SmallDisk {
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(path: &Path, bytes: u64) -> Result<Self, String> {
-        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-        }
-        Ok(Self {
-            path: path.to_owned(),
-        })
-    }
-
-    /// Fills the filesystem to the last byte; returns the filler's path.
-    fn fill(&self) -> PathBuf {
-        let filler = self.path.join("torture-filler");
-        let mut file = File::create(&filler).expect("create the filler file");
-        let chunk = vec![0x5au8; 1024 * 1024];
-        while file.write_all(&chunk).is_ok() {}
-        filler
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
@@ -441,13 +404,7 @@ fn torture() {
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("spool");
-    let disk = match SmallDisk::mount(&data, SPOOL_FS_BYTES) {
-        Ok(disk) => Some(disk),
-        Err(why) => {
-            println!("torture: no small filesystem for the spool ({why}): disk-full episodes skipped");
-            None
-        }
-    };
+    let disk = SmallDisk::mount_or_skip(&data, SPOOL_FS_BYTES);
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let clock_file = dir.path().join("clock-offset");

@@ -14,6 +14,7 @@ pub mod keys;
 mod ledger;
 pub mod part;
 mod positions;
+pub mod reserve;
 pub mod room;
 mod segments;
 
@@ -37,6 +38,7 @@ pub use keys::PartId;
 pub use ledger::LedgerEntry;
 pub use part::{PartRecord, PartState, Upload};
 pub use positions::{FileKey, FilePosition, PositionUpdate};
+pub use reserve::Reserve;
 pub use room::{NoRoom, Room, RoomLimits, RoomStatus};
 
 /// Bumped when the on-disk layout changes incompatibly.
@@ -47,7 +49,7 @@ const BLOCK_BYTES: usize = 60 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("cannot open the spool in {path}: {source}. Check that the directory is writable and that no other larch process is using it.")]
+    #[error("cannot open the spool in {path}: {source}. {}", open_advice(source))]
     Open { path: PathBuf, source: sled::Error },
     #[error("the spool in {path} has format version {found}, but this larch reads version {FORMAT_VERSION}. Run the larch version that wrote it until it has uploaded everything (`larch status` shows 0 lines waiting), then upgrade.")]
     Incompatible { path: PathBuf, found: u32 },
@@ -55,6 +57,19 @@ pub enum SpoolError {
     Storage(#[from] sled::Error),
     #[error("spool segment file error: {0}")]
     Segment(#[from] io::Error),
+}
+
+fn open_advice(source: &sled::Error) -> &'static str {
+    match source {
+        sled::Error::Io(e) if is_disk_full(e) => {
+            "The disk is full, and larch's reserve (see README, \"When the disk fills\") is used up: free some space on it, and larch starts and uploads what it holds."
+        }
+        _ => "Check that the directory is writable and that no other larch process is using it.",
+    }
+}
+
+fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
 
 impl SpoolError {
@@ -68,7 +83,7 @@ impl SpoolError {
             } => e,
             _ => return false,
         };
-        io.kind() == io::ErrorKind::StorageFull || matches!(io.raw_os_error(), Some(28) | Some(122))
+        is_disk_full(io)
     }
 }
 

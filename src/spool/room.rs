@@ -12,6 +12,10 @@
 //! waiting bytes is refused (429) while the others still get in: one account
 //! flooding cannot lock out the small ones.
 //!
+//! The measurement also keeps the [`Reserve`]: released when the disk is
+//! nearly full, held again when there is room, and while it is missing its
+//! size counts as used, so lines are not taken into the space it freed.
+//!
 //! The measurement is refreshed every second; in between, each admitted
 //! request's bytes are counted against it. A request is let in while the spool
 //! is under its limit, so the last one may cross it by its own size (a body
@@ -24,6 +28,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::reserve::{Reserve, RELEASE_BELOW, RESERVE_BYTES};
 use crate::account::AccountId;
 
 /// The limits, from the config.
@@ -66,6 +71,9 @@ pub struct RoomStatus {
     pub refusing: Option<String>,
     /// Accounts refused for holding more than their share, while space is short.
     pub throttled_accounts: Vec<String>,
+    /// Whether larch holds its disk-full reserve (see `reserve`).
+    #[serde(default)]
+    pub reserve_held: bool,
 }
 
 #[derive(Debug, Default)]
@@ -74,12 +82,14 @@ struct Measured {
     disk_free_bytes: u64,
     /// Waiting bytes per account.
     waiting_by_account: HashMap<AccountId, u64>,
+    reserve_held: bool,
 }
 
 pub struct Room {
     limits: RoomLimits,
     dir: PathBuf,
     measured: Mutex<Measured>,
+    reserve: Reserve,
     /// Bytes admitted since the last measurement.
     admitted: AtomicU64,
 }
@@ -91,6 +101,7 @@ impl Room {
             limits,
             dir: data.to_owned(),
             measured: Mutex::new(Measured::default()),
+            reserve: Reserve::new(data),
             admitted: AtomicU64::new(0),
         }
     }
@@ -107,7 +118,25 @@ impl Room {
     ) -> std::io::Result<()> {
         let spool_bytes =
             dir_bytes(&self.dir.join("spool"))? + dir_bytes(&self.dir.join("segments"))?;
-        let disk_free_bytes = free_bytes(&self.dir)?;
+        let mut disk_free_bytes = free_bytes(&self.dir)?;
+        let mut reserve_held = self.reserve.is_held();
+        if reserve_held && disk_free_bytes < RELEASE_BELOW && self.reserve.release() {
+            reserve_held = false;
+            disk_free_bytes = free_bytes(&self.dir)?;
+        } else if !reserve_held
+            && disk_free_bytes >= self.limits.min_free_bytes + RESERVE_BYTES + 2 * RELEASE_BELOW
+        {
+            match self.reserve.hold() {
+                Ok(()) => {
+                    reserve_held = true;
+                    disk_free_bytes = free_bytes(&self.dir)?;
+                }
+                Err(e) => tracing::warn!("cannot create the disk-full reserve, will try again: {e}"),
+            }
+        }
+        if !reserve_held {
+            disk_free_bytes = disk_free_bytes.saturating_sub(RESERVE_BYTES);
+        }
         let waiting_by_account = waiting();
         let mut m = self.lock();
         self.admitted.store(0, Ordering::Relaxed);
@@ -115,6 +144,7 @@ impl Room {
             spool_bytes,
             disk_free_bytes,
             waiting_by_account,
+            reserve_held,
         };
         Ok(())
     }
@@ -210,6 +240,7 @@ impl Room {
             min_free_bytes: self.limits.min_free_bytes,
             refusing: self.full(&m, admitted),
             throttled_accounts: throttled,
+            reserve_held: m.reserve_held,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod config;
 mod file;
 mod watch;
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,8 @@ use file::{fingerprint, identity, Tailed, FINGERPRINT_BYTES};
 
 /// How often a source looks at its files when no event woke it.
 const RESCAN: Duration = Duration::from_secs(1);
+/// How long a source waits after its lines could not be stored.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 /// A file renamed away or deleted is kept open this long after its last
 /// growth, for a writer that has not reopened its log yet.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
@@ -124,6 +127,8 @@ struct SourceRun {
     instance: String,
     /// Reading stopped because the spool has no room; offsets stay where they are.
     paused: bool,
+    /// A commit failed (a full disk, say): no file is read again before this.
+    store_retry_at: Cell<Option<Instant>>,
 }
 
 impl SourceRun {
@@ -147,6 +152,7 @@ impl SourceRun {
             shared,
             stop,
             paused: false,
+            store_retry_at: Cell::new(None),
         }
     }
 
@@ -156,7 +162,7 @@ impl SourceRun {
             if let Some(w) = watcher.as_mut() {
                 w.refresh();
             }
-            let more = if self.room_to_read(stopping) {
+            let more = if self.room_to_read(stopping) && !self.waiting_for_store() {
                 self.pass(stopping)
             } else {
                 false
@@ -171,6 +177,14 @@ impl SourceRun {
             }
             while woken.try_recv().is_ok() {}
         }
+    }
+
+    /// Whether a failed commit is being waited out: a full disk or a broken
+    /// spool is not helped by trying again at once, for every file.
+    fn waiting_for_store(&self) -> bool {
+        self.store_retry_at
+            .get()
+            .is_some_and(|at| Instant::now() < at)
     }
 
     /// Whether the spool takes lines; files wait unread (offsets kept) while it does not.
@@ -214,6 +228,9 @@ impl SourceRun {
         let keys: Vec<(u64, u64)> = self.files.keys().copied().collect();
         let mut forget = Vec::new();
         for key in keys {
+            if self.waiting_for_store() {
+                break;
+            }
             let Some(t) = self.files.get_mut(&key) else {
                 continue;
             };
@@ -379,8 +396,14 @@ impl SourceRun {
             let (lines, ids) = self.lines_of(t, &chunk.lines);
             let update = self.update(t, Some(chunk.position.clone()));
             if let Err(e) = self.commit(lines, Some(ids), vec![update]) {
-                tracing::warn!(source = %self.source.name, "lines could not be stored, will read them again: {e}");
+                if self.store_retry_at.get().is_none() {
+                    tracing::warn!(source = %self.source.name, "lines could not be stored; reading them again in {}s: {e}", STORE_RETRY.as_secs());
+                }
+                self.store_retry_at.set(Some(Instant::now() + STORE_RETRY));
                 return Ok(false);
+            }
+            if self.store_retry_at.take().is_some() {
+                tracing::info!(source = %self.source.name, "lines are stored again");
             }
             t.position = chunk.position;
             if !full {

@@ -125,8 +125,9 @@ impl Daemon {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!(
-                        "larch exited during start-up ({status}); see {}",
-                        self.log_path().display()
+                        "larch exited during start-up ({status}); the end of {}:\n{}",
+                        self.log_path().display(),
+                        self.log_tail(20)
                     );
                 }
             }
@@ -199,6 +200,13 @@ impl Daemon {
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "larch is still running");
         self.spawn();
+    }
+
+    /// The last `n` lines of the daemon's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     pub fn log(&self) -> String {
@@ -381,4 +389,59 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(bytes).unwrap();
     gz.finish().unwrap()
+}
+
+/// A tmpfs of a fixed size, mounted for a spool and unmounted on drop: a
+/// real disk that fills up. Mounting needs root (CI has it).
+pub struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(path: &Path, bytes: u64) -> Result<Self, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Mounts one, or with `LARCH_TEST_NO_MOUNT=1` says it is skipped and
+    /// gives `None`; any other failure to mount fails the test.
+    pub fn mount_or_skip(path: &Path, bytes: u64) -> Option<Self> {
+        if std::env::var_os("LARCH_TEST_NO_MOUNT").is_some_and(|v| v == "1") {
+            println!("LARCH_TEST_NO_MOUNT=1: no small filesystem, its full-disk checks are skipped");
+            return None;
+        }
+        match Self::mount(path, bytes) {
+            Ok(disk) => Some(disk),
+            Err(why) => panic!(
+                "cannot mount a small tmpfs at {} ({why}): run the tests as root, or set LARCH_TEST_NO_MOUNT=1 to skip the full-disk checks",
+                path.display()
+            ),
+        }
+    }
+
+    /// Fills the filesystem to the last byte; returns the filler's path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("test-filler");
+        let mut file = std::fs::File::create(&filler).expect("create the filler file");
+        let chunk = vec![0x5au8; 1024 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }
