@@ -175,7 +175,10 @@ mod tests {
         std::fs::write(&path, "-3h").unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while clock.now_ms() > SystemClock.now_ms() - 2 * 3_600_000 {
-            assert!(std::time::Instant::now() < deadline, "the clock never stepped back");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock never stepped back"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // An unreadable file keeps the last offset.

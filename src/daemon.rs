@@ -218,9 +218,12 @@ impl Archiving {
             );
             tokio::task::spawn_blocking(move || {
                 match Spool::open(&data, clock.clone(), seal, cache) {
-                    // sled writes as it opens: a disk filled by someone else
-                    // would keep larch from starting, and so from emptying it.
-                    Err(e) if e.is_disk_full() && Reserve::new(&data).release() => {
+                    // sled writes as it opens: a full disk would keep larch from
+                    // starting, and so from emptying it. Staged objects left by a
+                    // crash are derived data (the sync loop clears them anyway).
+                    Err(e) if e.is_disk_full() => {
+                        let _ = std::fs::remove_dir_all(data.join(crate::sync::STAGING_DIR));
+                        Reserve::new(&data).release();
                         Spool::open(&data, clock, seal, cache)
                     }
                     opened => opened,
@@ -249,7 +252,7 @@ impl Archiving {
             spool.clone(),
             target.clone(),
             SyncSettings {
-                staging_dir: data.join("staging"),
+                staging_dir: data.join(crate::sync::STAGING_DIR),
                 gzip_level: settings.gzip_level,
                 key_prefix: settings.key_prefix.clone(),
                 backoff: Backoff {
@@ -262,7 +265,7 @@ impl Archiving {
             board.clone(),
         )
         .map_err(|source| DaemonError::Dir {
-            path: data.join("staging"),
+            path: data.join(crate::sync::STAGING_DIR),
             source,
         })?;
         Ok(Self {

@@ -258,16 +258,22 @@ fn a_full_spool_of_open_hours_seals_them_early_to_make_room() {
     );
 }
 
-#[test]
-fn a_disk_filled_by_another_program_does_not_stop_larch_starting_or_emptying_it() {
+/// A larch whose spool is on a small filesystem of its own, holding lines it
+/// cannot archive yet (its archive directory is missing), killed.
+struct FullDiskSetup {
+    d: Daemon,
+    disk: common::SmallDisk,
+    archive: std::path::PathBuf,
+    acked: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+fn killed_with_held_lines() -> Option<FullDiskSetup> {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let Some(disk) = common::SmallDisk::mount_or_skip(&data, 96 << 20) else {
-        return;
-    };
+    let disk = common::SmallDisk::mount_or_skip(&data, 96 << 20)?;
     let archive = dir.path().join("archive");
     let cfg = config(dir.path(), "min_free_space = \"1MiB\"");
-    // The archive directory does not exist yet: everything stays in the spool.
     let mut d = Daemon::start(
         &data,
         &[
@@ -288,13 +294,37 @@ fn a_disk_filled_by_another_program_does_not_stop_larch_starting_or_emptying_it(
         assert_eq!(status, 200, "{body}");
         acked.extend(texts);
     }
-
-    // Something else takes the disk to its last byte, and larch dies.
     d.kill9();
+    Some(FullDiskSetup {
+        d,
+        disk,
+        archive,
+        acked,
+        _dir: dir,
+    })
+}
+
+#[test]
+fn a_disk_filled_by_another_program_does_not_stop_larch_starting_or_emptying_it() {
+    let Some(FullDiskSetup {
+        mut d,
+        disk,
+        archive,
+        acked,
+        _dir,
+    }) = killed_with_held_lines()
+    else {
+        return;
+    };
+    // Something else takes the disk to its last byte while larch is down.
     let filler = disk.fill();
     // sled writes as it opens: this start needs the reserve.
     d.start_again();
-    assert!(d.log().contains("released larch's 32 MiB reserve"), "{}", d.log_tail(5));
+    assert!(
+        d.log().contains("released larch's 32 MiB reserve"),
+        "{}",
+        d.log_tail(5)
+    );
     let (status, body, _) = send(&d, "ka", "refused-while-full", 10);
     assert_eq!(status, 507, "{body}");
 
@@ -306,12 +336,42 @@ fn a_disk_filled_by_another_program_does_not_stop_larch_starting_or_emptying_it(
 
     // Space comes back: the reserve is held again and lines are taken.
     std::fs::remove_file(filler).unwrap();
-    wait_for("the reserve to be held again", Duration::from_secs(20), || {
-        d.status()["room"]["reserve_held"] == json!(true)
-    });
+    wait_for(
+        "the reserve to be held again",
+        Duration::from_secs(20),
+        || d.status()["room"]["reserve_held"] == json!(true),
+    );
     wait_for("room again", Duration::from_secs(20), || {
         d.status()["room"]["refusing"].is_null()
     });
     let (status, body, _) = send(&d, "ka", "after", 10);
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_start_on_a_full_disk_without_its_reserve_clears_staged_leftovers_to_open() {
+    let Some(FullDiskSetup {
+        mut d,
+        disk,
+        archive,
+        acked,
+        _dir,
+    }) = killed_with_held_lines()
+    else {
+        return;
+    };
+    // The reserve went earlier in this episode, and the crash left a staged
+    // object behind: the only room left is in derived data.
+    std::fs::remove_file(d.data.join("reserve")).unwrap();
+    std::fs::write(
+        d.data.join("staging/leftover.json.gz.partial"),
+        vec![1u8; 8 << 20],
+    )
+    .unwrap();
+    let _filler = disk.fill();
+    d.start_again();
+    std::fs::create_dir_all(&archive).unwrap();
+    d.wait_drained(Duration::from_secs(60));
+    let want: BTreeMap<String, usize> = acked.iter().map(|t| (t.clone(), 1)).collect();
+    assert_eq!(archived_texts(&archive), want);
 }

@@ -51,7 +51,14 @@ fn lock(sent: &Shared) -> std::sync::MutexGuard<'_, Sent> {
 }
 
 /// POSTs one request and files its lines under the answer.
-fn post(agent: &ureq::Agent, addr: &str, key: &str, body: &str, markers: Vec<String>, sent: &Shared) {
+fn post(
+    agent: &ureq::Agent,
+    addr: &str,
+    key: &str,
+    body: &str,
+    markers: Vec<String>,
+    sent: &Shared,
+) {
     let result = agent
         .post(format!("http://{addr}/logs/ingest"))
         .header("apikey", key)
@@ -132,7 +139,10 @@ fn file_writer(dir: PathBuf, writer: usize, seed: u64, stop: Arc<AtomicBool>, se
         for _ in 0..n {
             seq += 1;
             let marker = format!("@f{writer}.{seq}");
-            text.push_str(&format!("{marker} {}\n", "q".repeat(rng.below(200) as usize)));
+            text.push_str(&format!(
+                "{marker} {}\n",
+                "q".repeat(rng.below(200) as usize)
+            ));
             markers.push(marker);
         }
         file.write_all(text.as_bytes())
@@ -202,7 +212,8 @@ fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
         let mut value = value.to_vec();
         let at = rng.below(value.len() as u64) as usize;
         value[at] ^= 0x55;
-        db.insert(key, value).expect("write the damaged part record");
+        db.insert(key, value)
+            .expect("write the damaged part record");
         Damage::Record { part }
     } else {
         let blocks: Vec<_> = db
@@ -290,7 +301,9 @@ fn read_archive(moto: &Moto) -> Archive {
         *archive.ids.entry(id.to_owned()).or_default() += 1;
         let ts: i64 = ts.parse().expect("_ts is an integer");
         if !named_for(key, account, ts) {
-            archive.misnamed.push(format!("{key} holds {marker} of {account} at {ts}"));
+            archive
+                .misnamed
+                .push(format!("{key} holds {marker} of {account} at {ts}"));
         }
     }
     archive
@@ -302,9 +315,7 @@ fn named_for(key: &str, account: &str, ts: i64) -> bool {
         return false;
     };
     let stem = t
-        .format(&format!(
-            "year=%Y/month=%m/day=%d/{account}.%Y-%m-%d.%H00"
-        ))
+        .format(&format!("year=%Y/month=%m/day=%d/{account}.%Y-%m-%d.%H00"))
         .to_string();
     let Some(rest) = key.strip_prefix(&stem) else {
         return false;
@@ -416,7 +427,10 @@ fn torture() {
     let proxy = FaultProxy::start(&moto.endpoint, Mode::Pass);
 
     let config = dir.path().join("larch.toml");
-    let mut keys: String = ACCOUNTS.iter().map(|a| format!("k-{a} = \"{a}\"\n")).collect();
+    let mut keys: String = ACCOUNTS
+        .iter()
+        .map(|a| format!("k-{a} = \"{a}\"\n"))
+        .collect();
     keys.push_str("k-bulk = \"acct-bulk\"\n");
     std::fs::write(
         &config,
@@ -536,7 +550,13 @@ fn torture() {
             }
             Fault::Multipart => {
                 tally.bulk_rounds += 1;
-                send_bulk(&d.addr, tally.bulk_rounds, 13 * 1024 * 1024, &mut rng, &sent);
+                send_bulk(
+                    &d.addr,
+                    tally.bulk_rounds,
+                    13 * 1024 * 1024,
+                    &mut rng,
+                    &sent,
+                );
                 // Step the clock past the end of the bulk lines' hour: the part
                 // seals at once and goes up in pieces.
                 let larch_now = now_ms() + clock_offset_ms;
@@ -655,7 +675,11 @@ fn torture() {
         sent.statuses,
     );
 
-    assert!(archive.unreadable.is_empty(), "unreadable objects: {:?}", archive.unreadable);
+    assert!(
+        archive.unreadable.is_empty(),
+        "unreadable objects: {:?}",
+        archive.unreadable
+    );
     assert!(
         lost.is_empty(),
         "{} acked lines lost (seed {seed}), e.g. {:?}; final status {status}",

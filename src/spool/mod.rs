@@ -87,6 +87,39 @@ impl SpoolError {
     }
 }
 
+/// sled writes a snapshot to `snap.<lsn>.generating` and renames it when it is
+/// complete, but on open it reads the newest `snap.*` file, unfinished ones
+/// included: a crash or a full disk during a snapshot write would stop the
+/// spool from ever opening again. Such a file is only ever a partial copy of
+/// what the log holds, so it goes. Called only after sled held the spool's lock
+/// and failed, so no other process is writing one. Returns whether any went.
+fn remove_unfinished_snapshots(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut removed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(
+                        "removed an unfinished sled snapshot left by a crash or a full disk: {}",
+                        entry.path().display()
+                    );
+                    removed = true;
+                }
+                Err(e) => tracing::error!(
+                    "cannot remove the unfinished sled snapshot {}: {e}",
+                    entry.path().display()
+                ),
+            }
+        }
+    }
+    removed
+}
+
 /// Written as a whole; read back as a [`BlockView`].
 #[derive(Debug, Serialize)]
 struct Block {
@@ -183,14 +216,19 @@ impl Spool {
             source,
         };
         std::fs::create_dir_all(&path).map_err(|e| open_err(e.into()))?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             // Acks rely on our own flush + fsync, never on a background flush.
-            .flush_every_ms(None)
-            .open()
-            .map_err(open_err)?;
+            .flush_every_ms(None);
+        let db = match config.open() {
+            Err(sled::Error::Corruption { .. }) if remove_unfinished_snapshots(&path) => {
+                config.open()
+            }
+            opened => opened,
+        }
+        .map_err(open_err)?;
         let durability = durable::Durability::open(&path).map_err(|e| open_err(e.into()))?;
         let segments =
             segments::Segments::open(&dir.join("segments")).map_err(|e| open_err(e.into()))?;
@@ -735,6 +773,27 @@ fn into_blocks(lines: Vec<(u64, StoredLine)>) -> Vec<(u64, Block)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unfinished_sled_snapshot_does_not_stop_the_spool_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock =
+            std::sync::Arc::new(crate::clock::ManualClock::new(3_600_000 * 100));
+        let open = || Spool::open(dir.path(), clock.clone(), SealRule::default(), 1 << 20);
+        let spool = open().unwrap();
+        spool.seal_all().unwrap();
+        drop(spool);
+        // What a snapshot write cut short by a kill or a full disk leaves.
+        let spool_dir = dir.path().join("spool");
+        std::fs::write(spool_dir.join("snap.FFFFFFFFFFFFFFF0.generating"), b"").unwrap();
+        std::fs::write(
+            spool_dir.join("snap.FFFFFFFFFFFFFFF1.generating"),
+            vec![7u8; 40],
+        )
+        .unwrap();
+        open().expect("the spool opens");
+        assert!(!spool_dir.join("snap.FFFFFFFFFFFFFFF0.generating").exists());
+    }
 
     #[test]
     fn a_block_read_in_place_prints_the_same_lines_as_the_stored_ones() {

@@ -131,7 +131,9 @@ impl Room {
                     reserve_held = true;
                     disk_free_bytes = free_bytes(&self.dir)?;
                 }
-                Err(e) => tracing::warn!("cannot create the disk-full reserve, will try again: {e}"),
+                Err(e) => {
+                    tracing::warn!("cannot create the disk-full reserve, will try again: {e}")
+                }
             }
         }
         if !reserve_held {

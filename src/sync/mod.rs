@@ -88,6 +88,9 @@ pub struct Syncer {
     last_pruned: Mutex<Option<Instant>>,
 }
 
+/// The staging directory's name under the data directory.
+pub const STAGING_DIR: &str = "staging";
+
 impl Syncer {
     pub fn new(
         spool: Arc<Spool>,

@@ -417,7 +417,9 @@ impl SmallDisk {
     /// gives `None`; any other failure to mount fails the test.
     pub fn mount_or_skip(path: &Path, bytes: u64) -> Option<Self> {
         if std::env::var_os("LARCH_TEST_NO_MOUNT").is_some_and(|v| v == "1") {
-            println!("LARCH_TEST_NO_MOUNT=1: no small filesystem, its full-disk checks are skipped");
+            println!(
+                "LARCH_TEST_NO_MOUNT=1: no small filesystem, its full-disk checks are skipped"
+            );
             return None;
         }
         match Self::mount(path, bytes) {
