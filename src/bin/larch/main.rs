@@ -310,6 +310,9 @@ fn status(addr: &str, json: bool) -> anyhow::Result<()> {
         mib(room.disk_free_bytes),
         mib(room.min_free_bytes)
     );
+    if !room.reserve_held {
+        println!("reserve          released (the disk filled); held again once there is room");
+    }
     if let Some(why) = &room.refusing {
         println!("REFUSING LINES   {why}");
     }
