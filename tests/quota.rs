@@ -304,37 +304,39 @@ fn killed_with_held_lines() -> Option<FullDiskSetup> {
     })
 }
 
+impl FullDiskSetup {
+    /// Lets uploads through and checks that every held line is archived once.
+    fn archives_every_held_line(&self) {
+        std::fs::create_dir_all(&self.archive).unwrap();
+        self.d.wait_drained(Duration::from_secs(60));
+        let want: BTreeMap<String, usize> = self.acked.iter().map(|t| (t.clone(), 1)).collect();
+        assert_eq!(archived_texts(&self.archive), want);
+    }
+}
+
 #[test]
 fn a_disk_filled_by_another_program_does_not_stop_larch_starting_or_emptying_it() {
-    let Some(FullDiskSetup {
-        mut d,
-        disk,
-        archive,
-        acked,
-        _dir,
-    }) = killed_with_held_lines()
-    else {
+    let Some(mut setup) = killed_with_held_lines() else {
         return;
     };
     // Something else takes the disk to its last byte while larch is down.
-    let filler = disk.fill();
+    let filler = setup.disk.fill();
     // sled writes as it opens: this start needs the reserve.
-    d.start_again();
+    setup.d.start_again();
+    let d = &setup.d;
     assert!(
         d.log().contains("released larch's 32 MiB reserve"),
         "{}",
         d.log_tail(5)
     );
-    let (status, body, _) = send(&d, "ka", "refused-while-full", 10);
+    let (status, body, _) = send(d, "ka", "refused-while-full", 10);
     assert_eq!(status, 507, "{body}");
 
     // Compressing parts for upload also needs room: the reserve gave it.
-    std::fs::create_dir_all(&archive).unwrap();
-    d.wait_drained(Duration::from_secs(60));
-    let want: BTreeMap<String, usize> = acked.iter().map(|t| (t.clone(), 1)).collect();
-    assert_eq!(archived_texts(&archive), want);
+    setup.archives_every_held_line();
 
     // Space comes back: the reserve is held again and lines are taken.
+    let d = &setup.d;
     std::fs::remove_file(filler).unwrap();
     wait_for(
         "the reserve to be held again",
@@ -344,34 +346,25 @@ fn a_disk_filled_by_another_program_does_not_stop_larch_starting_or_emptying_it(
     wait_for("room again", Duration::from_secs(20), || {
         d.status()["room"]["refusing"].is_null()
     });
-    let (status, body, _) = send(&d, "ka", "after", 10);
+    let (status, body, _) = send(d, "ka", "after", 10);
     assert_eq!(status, 200, "{body}");
 }
 
 #[test]
 fn a_start_on_a_full_disk_without_its_reserve_clears_staged_leftovers_to_open() {
-    let Some(FullDiskSetup {
-        mut d,
-        disk,
-        archive,
-        acked,
-        _dir,
-    }) = killed_with_held_lines()
-    else {
+    let Some(mut setup) = killed_with_held_lines() else {
         return;
     };
     // The reserve went earlier in this episode, and the crash left a staged
     // object behind: the only room left is in derived data.
-    std::fs::remove_file(d.data.join("reserve")).unwrap();
+    let data = setup.d.data.clone();
+    std::fs::remove_file(data.join("reserve")).unwrap();
     std::fs::write(
-        d.data.join("staging/leftover.json.gz.partial"),
+        data.join("staging/leftover.json.gz.partial"),
         vec![1u8; 8 << 20],
     )
     .unwrap();
-    let _filler = disk.fill();
-    d.start_again();
-    std::fs::create_dir_all(&archive).unwrap();
-    d.wait_drained(Duration::from_secs(60));
-    let want: BTreeMap<String, usize> = acked.iter().map(|t| (t.clone(), 1)).collect();
-    assert_eq!(archived_texts(&archive), want);
+    let _filler = setup.disk.fill();
+    setup.d.start_again();
+    setup.archives_every_held_line();
 }

@@ -200,15 +200,7 @@ enum Damage {
 fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
     let db = sled::open(data.join("spool")).expect("open the stopped daemon's spool");
     let damage = if rng.one_in(3) {
-        let records: Vec<_> = db
-            .scan_prefix([larch::spool::keys::PART])
-            .filter_map(Result::ok)
-            .collect();
-        if records.is_empty() {
-            return None;
-        }
-        let (key, value) = &records[rng.below(records.len() as u64) as usize];
-        let part = larch::spool::keys::parse_part(key)?.to_string();
+        let (key, value, part) = pick(&db, larch::spool::keys::PART, rng)?;
         let mut value = value.to_vec();
         let at = rng.below(value.len() as u64) as usize;
         value[at] ^= 0x55;
@@ -216,15 +208,7 @@ fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
             .expect("write the damaged part record");
         Damage::Record { part }
     } else {
-        let blocks: Vec<_> = db
-            .scan_prefix([larch::spool::keys::BLOCK])
-            .filter_map(Result::ok)
-            .collect();
-        if blocks.is_empty() {
-            return None;
-        }
-        let (key, value) = &blocks[rng.below(blocks.len() as u64) as usize];
-        let part = larch::spool::keys::parse_part(key)?.to_string();
+        let (_, value, part) = pick(&db, larch::spool::keys::BLOCK, rng)?;
         // A block reference: segment, offset, length (big-endian).
         let at: &[u8; 20] = value.as_ref().try_into().ok()?;
         let segment = u64::from_be_bytes(at[..8].try_into().ok()?);
@@ -248,6 +232,17 @@ fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
     };
     db.flush().expect("flush the spool");
     Some(damage)
+}
+
+/// A random record under `tag` (part records or blocks), with the part it belongs to.
+fn pick(db: &sled::Db, tag: u8, rng: &mut Rng) -> Option<(sled::IVec, sled::IVec, String)> {
+    let records: Vec<_> = db.scan_prefix([tag]).filter_map(Result::ok).collect();
+    if records.is_empty() {
+        return None;
+    }
+    let (key, value) = records[rng.below(records.len() as u64) as usize].clone();
+    let part = larch::spool::keys::parse_part(&key)?.to_string();
+    Some((key, value, part))
 }
 
 /// The markers (`@...`) of the lines held in a stored block's bytes.

@@ -343,11 +343,7 @@ fn forward(client: TcpStream, upstream: &str, mode: Arc<Mutex<Mode>>, stop: Arc<
                             return;
                         }
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if is_timeout(&e) => {}
                     Err(_) => break,
                 }
             }
@@ -388,12 +384,16 @@ fn stall(mut client: TcpStream, mode: Arc<Mutex<Mode>>, stop: Arc<AtomicBool>) {
         match client.read(&mut buf) {
             Ok(0) => return,
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if is_timeout(&e) => {}
             Err(_) => return,
         }
     }
+}
+
+/// A read that timed out (the socket's read timeout), not a broken connection.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
