@@ -497,3 +497,48 @@ fn a_partial_last_line_is_stored_when_larch_stops() {
     assert_eq!(texts(&lines), vec!["done", "half a li"]);
     assert_eq!(lines[1]["_meta"]["partial_line"], true);
 }
+
+/// A directory listing can miss a file that is being renamed at that moment.
+/// Out of sight for a moment (here: moved where the glob does not match and
+/// back), a file larch already read must not be read again from its start:
+/// neither while larch runs nor at its first look after a restart.
+#[test]
+fn a_file_missing_from_one_listing_is_not_read_again() {
+    let mut rig = Rig::start("*.log", "");
+    let path = rig.path("app.log");
+    let hidden = rig.path("app.hidden");
+    let lines = numbered("once", 0..100);
+    append(&path, &lines);
+    rig.wait_stored(100);
+    let seen_listing = |rig: &Rig| {
+        // Two rescans (one a second) after the move.
+        let log_len = rig.daemon().log().len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && rig.daemon().log().len() == log_len {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(2100));
+    };
+
+    // While larch runs, after the file stopped growing (past the rotation grace).
+    std::thread::sleep(Duration::from_millis(5200));
+    std::fs::rename(&path, &hidden).unwrap();
+    seen_listing(&rig);
+    std::fs::rename(&hidden, &path).unwrap();
+
+    // Across a restart: the first listings miss it.
+    let mut d = rig.daemon.take().unwrap();
+    d.kill9();
+    std::fs::rename(&path, &hidden).unwrap();
+    d.start_again();
+    rig.daemon = Some(d);
+    std::thread::sleep(Duration::from_millis(2100));
+    std::fs::rename(&hidden, &path).unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+
+    let more = numbered("after", 0..10);
+    append(&path, &more);
+    rig.wait_stored(110);
+    let archived = rig.finish();
+    assert_eq!(sorted(texts(&archived)), sorted([lines, more].concat()));
+}

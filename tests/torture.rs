@@ -380,6 +380,8 @@ struct Tally {
     disk_full_refusals: u64,
     /// Kills while the disk was full, each followed by a start on the full disk.
     full_disk_restarts: u32,
+    /// Episodes after which larch took lines again without being restarted.
+    disk_full_recoveries: u32,
     damages: Vec<Damage>,
     clock_jumps: u32,
     bulk_rounds: u32,
@@ -528,6 +530,20 @@ fn torture() {
                 tally.disk_full_refusals +=
                     lock(&sent).statuses.get(&507).copied().unwrap_or(0) - refused_before;
                 std::fs::remove_file(filler).expect("remove the filler file");
+                // The same process takes lines again by itself, without a restart.
+                let starts = d.starts();
+                let acked_before = lock(&sent).statuses.get(&200).copied().unwrap_or(0);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while lock(&sent).statuses.get(&200).copied().unwrap_or(0) == acked_before {
+                    assert!(
+                        Instant::now() < deadline,
+                        "space came back, but larch took no line for 30 s (seed {seed}); its log ends:\n{}",
+                        d.log_tail(10)
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                assert_eq!(d.starts(), starts);
+                tally.disk_full_recoveries += 1;
             }
             Fault::Damage => {
                 d.kill9();
@@ -654,12 +670,13 @@ fn torture() {
         refused_absent,
     );
     println!(
-        "torture: seed {seed}, {:.0} s, {} objects, {} long outages, {} refused with 507 while the disk was full ({} starts on a full disk), {} clock jumps, {} bulk parts ({} objects went up in parts), {} records damaged ({} lines set aside with them), {} lines unanswered ({} of them archived), answers {:?}",
+        "torture: seed {seed}, {:.0} s, {} objects, {} long outages, {} refused with 507 while the disk was full ({} starts on a full disk, {} recoveries without one), {} clock jumps, {} bulk parts ({} objects went up in parts), {} records damaged ({} lines set aside with them), {} lines unanswered ({} of them archived), answers {:?}",
         started.elapsed().as_secs_f64(),
         archive.objects.len(),
         tally.outages,
         tally.disk_full_refusals,
         tally.full_disk_restarts,
+        tally.disk_full_recoveries,
         tally.clock_jumps,
         tally.bulk_rounds,
         multipart_objects(&log),

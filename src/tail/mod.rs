@@ -47,6 +47,9 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// A file renamed away or deleted is kept open this long after its last
 /// growth, for a writer that has not reopened its log yet.
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+/// A file (or a stored position's file) missing from the listings this long
+/// is gone; one listing that misses it proves nothing.
+const VANISHED_AFTER: Duration = Duration::from_secs(5);
 /// A file that has not grown for this long is closed until it changes.
 const IDLE_CLOSE: Duration = Duration::from_secs(60);
 /// Files kept open at most, per source; past it a file is closed again after
@@ -123,6 +126,7 @@ struct SourceRun {
     /// the files already there start where `start` says.
     first_run: bool,
     first_pass: bool,
+    started: Instant,
     default_host: Option<String>,
     instance: String,
     /// Reading stopped because the spool has no room; offsets stay where they are.
@@ -146,6 +150,7 @@ impl SourceRun {
             stored,
             files: HashMap::new(),
             first_pass: true,
+            started: Instant::now(),
             default_host: host_name(),
             instance,
             source,
@@ -220,7 +225,11 @@ impl SourceRun {
             }
             self.track(path, dev, ino, &mut open);
         }
-        if self.first_pass {
+        // A directory listing can miss a file being renamed while it is read,
+        // so a stored position goes only once its file has been missing from
+        // every listing for a while: forgetting it too early would read the
+        // file again from its start, with new IDs.
+        if self.started.elapsed() >= VANISHED_AFTER {
             self.forget_vanished();
         }
         self.first_pass = false;
@@ -254,9 +263,10 @@ impl SourceRun {
             if !was_open && t.file.is_some() {
                 open += 1;
             }
-            if t.orphaned_since.is_some()
-                && (t.file.is_none() || t.last_growth.elapsed() >= ORPHAN_GRACE)
-            {
+            let missing_long = t
+                .orphaned_since
+                .is_some_and(|since| now.duration_since(since) >= VANISHED_AFTER);
+            if missing_long && (t.file.is_none() || t.last_growth.elapsed() >= ORPHAN_GRACE) {
                 forget.push(key);
             } else if t.file.is_some() && (t.last_growth.elapsed() >= IDLE_CLOSE || open > MAX_OPEN)
             {
