@@ -27,6 +27,26 @@ fn send(d: &Daemon, key: &str, tag: &str, n: usize) -> (u16, Value, Vec<String>)
     (status, body, texts)
 }
 
+/// Sends rounds of 300 lines with `key`, `pause` apart, until one is refused
+/// (at most 200 rounds); the acked texts go to `acked`. Returns the refusal.
+fn send_until_refused(
+    d: &Daemon,
+    key: &str,
+    tag: &str,
+    pause: Duration,
+    acked: &mut Vec<String>,
+) -> Option<(u16, Value)> {
+    for round in 0..200 {
+        let (status, body, texts) = send(d, key, &format!("{tag}-{round}"), 300);
+        if status != 200 {
+            return Some((status, body));
+        }
+        acked.extend(texts);
+        std::thread::sleep(pause);
+    }
+    None
+}
+
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
@@ -108,19 +128,9 @@ fn a_full_spool_refuses_before_acking_throttles_the_flooder_and_recovers_by_itse
     let (status, body, texts) = send(&d, "kb", "beta-first", 5);
     assert_eq!(status, 200, "{body}");
     acked.extend(texts);
-    let mut first_refusal = None;
-    for round in 0..200 {
-        let (status, body, texts) = send(&d, "ka", &format!("acme-{round}"), 300);
-        match status {
-            200 => acked.extend(texts),
-            _ => {
-                first_refusal = Some((status, body));
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    let (status, body) = first_refusal.expect("acme was never refused");
+    let (status, body) =
+        send_until_refused(&d, "ka", "acme", Duration::from_millis(150), &mut acked)
+            .expect("acme was never refused");
     assert_eq!(status, 429, "the flooder is throttled first: {body}");
     assert!(body.to_string().contains("account acme holds"), "{body}");
     let s = d.status();
@@ -132,18 +142,8 @@ fn a_full_spool_refuses_before_acking_throttles_the_flooder_and_recovers_by_itse
     acked.extend(texts);
 
     // Past the limit nobody gets in, and the file source stops reading.
-    let mut full = None;
-    for round in 0..200 {
-        let (status, body, texts) = send(&d, "kb", &format!("beta-{round}"), 300);
-        match status {
-            200 => acked.extend(texts),
-            _ => {
-                full = Some((status, body));
-                break;
-            }
-        }
-    }
-    let (status, body) = full.expect("the spool never filled");
+    let (status, body) = send_until_refused(&d, "kb", "beta", Duration::ZERO, &mut acked)
+        .expect("the spool never filled");
     assert_eq!(status, 507, "{body}");
     assert!(body.to_string().contains("spool_max_size"), "{body}");
     wait_for("status to say it refuses", Duration::from_secs(10), || {

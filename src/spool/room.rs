@@ -247,7 +247,8 @@ impl Room {
     }
 }
 
-fn mib(bytes: u64) -> String {
+/// Bytes as MiB with one decimal, for messages and `larch status`.
+pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 

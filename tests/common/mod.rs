@@ -346,7 +346,7 @@ pub fn read_archive(dir: &Path) -> Vec<(String, Vec<Value>)> {
 }
 
 /// A small deterministic generator, so a failing seed can be replayed.
-pub struct Rng(pub u64);
+pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {

@@ -302,7 +302,7 @@ fn status(addr: &str, json: bool) -> anyhow::Result<()> {
     );
     println!("quarantined      {} records", s.records_quarantined);
     let room = &status.room;
-    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let mib = larch::spool::room::mib;
     println!(
         "room             spool {} (limit {}), disk {} free (floor {})",
         mib(room.spool_bytes),
