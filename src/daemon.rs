@@ -370,7 +370,7 @@ async fn probe_at_start(target: Arc<Target>, unusable: tokio::sync::oneshot::Sen
         return;
     }
     let _ = unusable.send(format!(
-        "refusing to run: {} cannot refuse to overwrite objects, so another writer could destroy archives. If this larch is the only writer under this prefix, set single_writer = true in the config.\n{report}",
+        "refusing to run: {} cannot refuse to overwrite objects, so another writer could destroy archives. If this larch is the only writer under this prefix, set target.single_writer = true in the config.\n{report}",
         target.describe()
     ));
 }

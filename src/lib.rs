@@ -37,4 +37,5 @@ pub mod status;
 pub mod sync;
 pub mod tail;
 pub mod target;
+pub mod telemetry;
 pub mod verify;

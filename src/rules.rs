@@ -206,6 +206,15 @@ impl Rules {
         Ok(rules)
     }
 
+    /// How many rules there are.
+    pub fn len(&self) -> usize {
+        self.exclude.len() + self.include.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Keeps the lines of `account` that the rules retain; counts the others.
     pub fn retain(&self, account: &AccountId, lines: &mut Vec<Line>) {
         if self.exclude.is_empty() && self.include.is_empty() {

@@ -16,7 +16,7 @@ fn start(dir: &Path, name: &str, azurite: &Azurite) -> Daemon {
     let config = dir.join("larch.toml");
     std::fs::write(
         &config,
-        "retry_max_delay = \"1s\"\n[keys]\nk = \"acme\"\nk2 = \"beta\"\n",
+        "[target]\nretry_max_delay = \"1s\"\n[keys]\nk = \"acme\"\nk2 = \"beta\"\n",
     )
     .unwrap();
     Daemon::start_with_env(

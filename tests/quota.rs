@@ -87,7 +87,9 @@ fn config(dir: &Path, extra: &str) -> String {
     let path = dir.join("larch.toml");
     std::fs::write(
         &path,
-        format!("retry_max_delay = \"1s\"\n{extra}\n[keys]\nka = \"acme\"\nkb = \"beta\"\n"),
+        format!(
+            "[target]\nretry_max_delay = \"1s\"\n{extra}\n[keys]\nka = \"acme\"\nkb = \"beta\"\n"
+        ),
     )
     .unwrap();
     path.display().to_string()
@@ -103,7 +105,7 @@ fn a_full_spool_refuses_before_acking_throttles_the_flooder_and_recovers_by_itse
     let cfg = config(
         dir.path(),
         &format!(
-            "spool_max_size = \"8MiB\"\nmin_free_space = \"1MiB\"\n\
+            "[spool]\nmax_size = \"8MiB\"\nmin_free_space = \"1MiB\"\n\
              [[sources.files]]\naccount = \"beta\"\ninclude = [\"{}/*.log\"]\n",
             logs.display()
         ),
@@ -145,7 +147,7 @@ fn a_full_spool_refuses_before_acking_throttles_the_flooder_and_recovers_by_itse
     let (status, body) = send_until_refused(&d, "kb", "beta", Duration::ZERO, &mut acked)
         .expect("the spool never filled");
     assert_eq!(status, 507, "{body}");
-    assert!(body.to_string().contains("spool_max_size"), "{body}");
+    assert!(body.to_string().contains("spool.max_size"), "{body}");
     wait_for("status to say it refuses", Duration::from_secs(10), || {
         d.status()["room"]["refusing"].is_string()
     });
@@ -195,7 +197,7 @@ fn a_full_spool_refuses_before_acking_throttles_the_flooder_and_recovers_by_itse
 #[test]
 fn below_the_free_space_floor_every_line_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "min_free_space = \"1000000GiB\"");
+    let cfg = config(dir.path(), "[spool]\nmin_free_space = \"1000000GiB\"");
     let d = Daemon::start(&dir.path().join("data"), &["--config", &cfg]);
     let (status, body, _) = send(&d, "ka", "refused", 1);
     assert_eq!(status, 507, "{body}");
@@ -218,7 +220,7 @@ fn a_full_spool_of_open_hours_seals_them_early_to_make_room() {
     std::fs::create_dir_all(&archive).unwrap();
     let cfg = config(
         dir.path(),
-        "spool_max_size = \"4MiB\"\nmin_free_space = \"1MiB\"",
+        "[spool]\nmax_size = \"4MiB\"\nmin_free_space = \"1MiB\"",
     );
     // The default late window: without help these hours would stay open for hours.
     let d = Daemon::start(
@@ -273,7 +275,7 @@ fn killed_with_held_lines() -> Option<FullDiskSetup> {
     let data = dir.path().join("data");
     let disk = common::SmallDisk::mount_or_skip(&data, 96 << 20)?;
     let archive = dir.path().join("archive");
-    let cfg = config(dir.path(), "min_free_space = \"1MiB\"");
+    let cfg = config(dir.path(), "[spool]\nmin_free_space = \"1MiB\"");
     let mut d = Daemon::start(
         &data,
         &[

@@ -23,7 +23,9 @@ fn config(dir: &Path, extra: &str) -> String {
     let path = dir.join("larch.toml");
     std::fs::write(
         &path,
-        format!("retry_max_delay = \"1s\"\n{extra}\n[keys]\nk = \"acme\"\nk2 = \"beta\"\n"),
+        format!(
+            "[target]\nretry_max_delay = \"1s\"\n{extra}\n[keys]\nk = \"acme\"\nk2 = \"beta\"\n"
+        ),
     )
     .unwrap();
     path.display().to_string()
@@ -379,7 +381,7 @@ fn a_store_that_cannot_refuse_overwrites_is_used_only_in_single_writer_mode() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success());
-    assert!(stderr.contains("single_writer = true"), "{stderr}");
+    assert!(stderr.contains("target.single_writer = true"), "{stderr}");
 
     // With it, larch runs, says so, and still never overwrites what it finds.
     let cfg = config(

@@ -432,7 +432,7 @@ fn torture() {
     std::fs::write(
         &config,
         format!(
-            "retry_max_delay = \"1s\"\nmin_free_space = \"8MiB\"\n\
+            "[target]\nretry_max_delay = \"1s\"\n[spool]\nmin_free_space = \"8MiB\"\n\
              [keys]\n{keys}\
              [s3]\ntimeout = \"2s\"\n\
              [[sources.files]]\naccount = \"files\"\ninclude = [\"{}/*.log*\"]\n",

@@ -20,6 +20,7 @@ use crate::clock::SharedClock;
 use crate::rules::Rules;
 use crate::spool::{CommitError, Committer, NoRoom, Spool};
 use crate::status::Board;
+use crate::telemetry::Source;
 pub use auth::Keys;
 use body::{Rejection, RequestContext};
 
@@ -48,6 +49,17 @@ fn not_ok(status: StatusCode, errors: Vec<String>) -> Response {
 }
 
 async fn ingest_lines(
+    state: State<Arc<Ingest>>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let response = answer(state, query, headers, body).await;
+    crate::telemetry::answered(response.status().as_u16());
+    response
+}
+
+async fn answer(
     State(ingest): State<Arc<Ingest>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -139,12 +151,18 @@ async fn ingest_lines(
     ingest.rules.retain(&account, &mut lines);
     // The parsed lines are all that is needed now; the body need not wait for the commit.
     drop(raw);
-    match ingest.committer.commit(account, lines).await {
-        Ok(batch_id) => (
-            StatusCode::OK,
-            Json(json!({"status": "ok", "batchID": batch_id})),
-        )
-            .into_response(),
+    let (count, bytes) = (lines.len(), lines.iter().map(|l| l.line.len()).sum());
+    match ingest.committer.commit(account.clone(), lines).await {
+        Ok(batch_id) => {
+            if count > 0 {
+                crate::telemetry::ingested(&account, Source::Http, count, bytes);
+            }
+            (
+                StatusCode::OK,
+                Json(json!({"status": "ok", "batchID": batch_id})),
+            )
+                .into_response()
+        }
         Err(e @ CommitError::ShuttingDown) => not_ok(
             StatusCode::SERVICE_UNAVAILABLE,
             vec![format!("{e}; retry shortly")],

@@ -136,8 +136,11 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
             .into_iter()
             .map(|r| ((r.account, r.lines, r.along), r.done))
             .unzip();
+        let lines: usize = requests.iter().map(|(_, lines, _)| lines.len()).sum();
+        let started = std::time::Instant::now();
         match commit_group(&spool, requests) {
             Ok(batch_ids) => {
+                crate::telemetry::committed(lines, started.elapsed());
                 for (done, id) in answers.into_iter().zip(batch_ids) {
                     let _ = done.send(Ok(id));
                 }

@@ -154,7 +154,17 @@ pub struct SpoolSummary {
     pub bytes_waiting: u64,
     /// Oldest hour with lines not yet archived, e.g. `2026-11-26T07:00Z`.
     pub oldest_waiting_hour: Option<String>,
+    /// When that hour ended, epoch ms (the backlog's age is measured from it).
+    #[serde(default)]
+    pub oldest_waiting_hour_end: Option<EpochMs>,
     pub records_quarantined: u64,
+    /// Bytes of line text by part state.
+    #[serde(default)]
+    pub bytes_open: u64,
+    #[serde(default)]
+    pub bytes_sealed: u64,
+    #[serde(default)]
+    pub bytes_uploading: u64,
 }
 
 struct OpenPart {
@@ -459,7 +469,10 @@ impl Spool {
             .next_back()
             .transpose()?;
         let seq = match last.as_deref().and_then(keys::parse_part) {
-            Some(p) => p.seq + 1,
+            Some(p) => {
+                crate::telemetry::follow_up_opened();
+                p.seq + 1
+            }
             None => 0,
         };
         Ok(OpenPart {
@@ -709,9 +722,18 @@ impl Spool {
         for item in self.readable_parts() {
             let (id, record) = item?;
             match record.state {
-                PartState::Open => s.parts_open += 1,
-                PartState::Sealed => s.parts_sealed += 1,
-                PartState::Uploading(_) => s.parts_uploading += 1,
+                PartState::Open => {
+                    s.parts_open += 1;
+                    s.bytes_open += record.bytes;
+                }
+                PartState::Sealed => {
+                    s.parts_sealed += 1;
+                    s.bytes_sealed += record.bytes;
+                }
+                PartState::Uploading(_) => {
+                    s.parts_uploading += 1;
+                    s.bytes_uploading += record.bytes;
+                }
                 PartState::Uploaded(_) => s.parts_uploaded += 1,
                 PartState::Deleted(_) => {}
             }
@@ -722,6 +744,7 @@ impl Spool {
             }
         }
         s.oldest_waiting_hour = oldest.map(|h| h.to_string());
+        s.oldest_waiting_hour_end = oldest.map(|h| h.end_ms());
         Ok(s)
     }
 }

@@ -1,14 +1,14 @@
 //! Room in the spool: whether it may take more lines.
 //!
 //! The spool's size (its sled files and segment files) is held under
-//! `spool_max_size`, and the disk under it keeps `min_free_space` free for the
+//! `spool.max_size`, and the disk under it keeps `spool.min_free_space` free for the
 //! rest of the host. Past either, new lines are refused *before* anything is
 //! stored (507), file sources stop reading (their offsets stay), open parts are
 //! sealed at once (see `daemon`), and what is held keeps being archived, which
 //! makes room again by itself.
 //!
-//! Close to the limit (the last tenth of `spool_max_size`, or less than twice
-//! `min_free_space` free), an account holding more than an equal share of the
+//! Close to the limit (the last tenth of `spool.max_size`, or less than twice
+//! `spool.min_free_space` free), an account holding more than an equal share of the
 //! waiting bytes is refused (429) while the others still get in: one account
 //! flooding cannot lock out the small ones.
 //!
@@ -164,7 +164,7 @@ impl Room {
         if let Some(max) = self.limits.max_bytes {
             if used >= max {
                 return Some(format!(
-                    "the spool holds {} of its {} limit (spool_max_size); lines are refused until uploads make room",
+                    "the spool holds {} of its {} limit (spool.max_size); lines are refused until uploads make room",
                     mib(used),
                     mib(max)
                 ));
@@ -173,7 +173,7 @@ impl Room {
         let free = m.disk_free_bytes.saturating_sub(admitted);
         if free < self.limits.min_free_bytes {
             return Some(format!(
-                "the spool's disk has {} free, less than min_free_space ({}); lines are refused until uploads make room",
+                "the spool's disk has {} free, less than spool.min_free_space ({}); lines are refused until uploads make room",
                 mib(free),
                 mib(self.limits.min_free_bytes)
             ));
@@ -323,7 +323,7 @@ mod tests {
         std::fs::write(dir.path().join("segments/1.seg"), vec![0u8; 2000]).unwrap();
         room.measure(HashMap::new).unwrap();
         let why = room.refusing().expect("refusing");
-        assert!(why.contains("spool_max_size"), "{why}");
+        assert!(why.contains("spool.max_size"), "{why}");
         std::fs::remove_file(dir.path().join("segments/1.seg")).unwrap();
         room.measure(HashMap::new).unwrap();
         assert_eq!(room.refusing(), None);

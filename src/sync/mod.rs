@@ -220,7 +220,9 @@ impl Syncer {
         let mut retry_at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => {
-                retry_at.remove(&id);
+                if retry_at.remove(&id).is_some() && retry_at.is_empty() {
+                    crate::telemetry::backoff_over();
+                }
             }
             Err(e) => {
                 let needs_operator = matches!(
@@ -236,11 +238,16 @@ impl Syncer {
                 } else {
                     self.settings.backoff.delay(attempt)
                 };
+                let key = match &e {
+                    SyncError::Target { key, .. } => key.as_str(),
+                    _ => "-",
+                };
                 if needs_operator {
-                    tracing::error!(part = %id, "upload paused until this is fixed: {e}. Nothing is dropped; larch retries every {}s.", delay.as_secs());
+                    tracing::error!(part = %id, key, "upload paused until this is fixed: {e}. Nothing is dropped; larch retries every {}s.", delay.as_secs());
                 } else {
-                    tracing::warn!(part = %id, attempt, "upload failed: {e}. Retrying in {:.1}s.", delay.as_secs_f64());
+                    tracing::warn!(part = %id, key, attempt, "upload failed: {e}. Lines stay in the spool; retrying in {:.1}s.", delay.as_secs_f64());
                 }
+                crate::telemetry::upload_failed(delay);
                 self.board
                     .upload_failed(format!("{id}: {e}"), self.clock.now_ms(), needs_operator);
                 retry_at.insert(id, (attempt, Instant::now() + delay));
@@ -339,6 +346,7 @@ impl Syncer {
         match created {
             Created::Created => {
                 self.board.wrote(staged.size, staged.input_bytes);
+                crate::telemetry::uploaded(staged.size);
                 crate::fault::point("after-put");
                 Ok(PartState::Uploaded(done))
             }

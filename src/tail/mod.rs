@@ -37,6 +37,7 @@ use crate::clock::SharedClock;
 use crate::line::Line;
 use crate::rules::Rules;
 use crate::spool::{Along, Committer, FileKey, FilePosition, PositionUpdate, Spool};
+use crate::telemetry::Source;
 pub use config::{FileSource, FileSourceConfig, SourceError, SourcesConfig, StartAt};
 use file::{fingerprint, identity, Tailed, FINGERPRINT_BYTES};
 
@@ -493,9 +494,15 @@ impl SourceRun {
         let along = Along { ids, positions };
         let committer = self.shared.committer.clone();
         let account = self.source.account.clone();
-        self.shared
+        let (count, bytes) = (lines.len(), lines.iter().map(|l| l.line.len()).sum());
+        let committed = self
+            .shared
             .runtime
-            .block_on(committer.commit_along(account, lines, along))
+            .block_on(committer.commit_along(account, lines, along));
+        if committed.is_ok() && count > 0 {
+            crate::telemetry::ingested(&self.source.account, Source::File, count, bytes);
+        }
+        committed
     }
 
     /// Drops a file that was renamed away or deleted and has been read to its end.

@@ -204,7 +204,7 @@ impl Target {
         };
         if !caps.conditional_create && !self.config.single_writer {
             return Err(TargetError::NeedsOperator(format!(
-                "{} does not support create-only writes, so two writers could overwrite each other's objects. If this larch is the only one writing under this prefix, set single_writer = true in the config",
+                "{} does not support create-only writes, so two writers could overwrite each other's objects. If this larch is the only one writing under this prefix, set target.single_writer = true in the config",
                 self.location.describe()
             )));
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use larch::config::{FileConfig, Overrides, Settings, DEFAULT_LISTEN};
+use larch::config::{Loaded, LogFormat, Override, Settings, DEFAULT_CONFIG, DEFAULT_LISTEN};
 use larch::status::Status;
 
 mod readback;
@@ -22,13 +22,31 @@ struct Cli {
 enum Command {
     /// Run the daemon: accept lines, spool them, seal hours, archive them.
     Run(RunArgs),
+    /// Check a configuration without starting: the file (unknown keys and bad
+    /// values are named with their line), the environment, the flags; with
+    /// --check-target also that the target is usable. Exits non-zero on any problem.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Also probe the target (as check-target does).
+        #[arg(long)]
+        check_target: bool,
+    },
+    /// Print the configuration: the effective one (file, environment and --set
+    /// merged; ingestion keys not shown), or with --default every setting, commented.
+    Config {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the fully commented default configuration instead.
+        #[arg(long)]
+        default: bool,
+    },
     /// Check that the archive target is reachable, writable, accepts the
     /// encryption asked for and refuses overwrites. Exits non-zero if uploads could not go ahead.
     CheckTarget {
-        /// TOML config file (its target and store settings are used).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Archive target URL, overriding the config's.
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Archive target URL (target.url).
         #[arg(long)]
         target: Option<String>,
     },
@@ -55,29 +73,143 @@ enum Command {
     },
 }
 
+/// Where the configuration comes from (see `larch config --default`).
+#[derive(clap::Args)]
+pub struct ConfigArgs {
+    /// TOML config file. Without it: ./larch.toml, else /etc/larch/larch.toml, else the defaults.
+    #[arg(long, env = "LARCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Any setting as SECTION.KEY=VALUE, e.g. spool.late_window=2h. Repeatable;
+    /// wins over the file and LARCH_<SECTION>_<KEY> environment variables.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// File, environment, then `flags`, then `--set`.
+    pub fn load(&self, mut flags: Vec<Override>) -> anyhow::Result<Loaded> {
+        for set in &self.sets {
+            flags.push(Override::parse_set(set)?);
+        }
+        let env = Override::from_env(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        );
+        Ok(Loaded::load(self.config.as_deref(), env, flags)?)
+    }
+
+    pub fn settings(&self, flags: Vec<Override>) -> anyhow::Result<(Loaded, Settings)> {
+        let loaded = self.load(flags)?;
+        let settings = Settings::resolve(loaded.config.clone())
+            .with_context(|| format!("in the configuration ({})", loaded.describe()))?;
+        Ok((loaded, settings))
+    }
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
-    /// TOML config file (see README). Flags override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Directory for the spool (and the default archive).
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Directory for the spool and the default archive (spool.dir).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Address to listen on for ingest.
+    /// Address to listen on for ingest (ingest.listen).
     #[arg(long)]
     listen: Option<String>,
-    /// Archive target: a directory, file://DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX].
+    /// Archive target: a directory, file://DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or az://CONTAINER[/PREFIX] (target.url).
     #[arg(long)]
     target: Option<String>,
-    /// How long an hour stays open after it ends, e.g. 6h or 0s.
+    /// How long an hour stays open after it ends, e.g. 6h or 0s (spool.late_window).
     #[arg(long)]
     late_window: Option<String>,
-    /// How long a follow-up part stays open after its first line.
+    /// How long a follow-up part stays open after its first line (spool.follow_up_after).
     #[arg(long)]
     follow_up_after: Option<String>,
     /// An ingestion key and its account, KEY=ACCOUNT. Repeatable; replaces the config's keys.
     #[arg(long = "key", value_name = "KEY=ACCOUNT")]
     keys: Vec<String>,
+    /// PEM certificate chain for TLS on the ingest listener (ingest.tls_cert).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the ingest listener (ingest.tls_key).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Allow a non-loopback listen address without TLS (ingest.insecure_listen).
+    #[arg(long)]
+    insecure_listen: bool,
+    /// Also serve /metrics, /health and /ready on this address (metrics.listen).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Bytes per second all uploads together may send, e.g. 1MiB/s (target.upload_rate_limit).
+    #[arg(long)]
+    upload_rate_limit: Option<String>,
+    /// text or json (log.format).
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Vec<Override> {
+        let mut flags = Vec::new();
+        let mut named = |flag: &str, path: &str, value: Option<String>| {
+            if let Some(value) = value {
+                flags.push(Override::flag(flag, path, value));
+            }
+        };
+        named(
+            "--data",
+            "spool.dir",
+            self.data.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        );
+        named("--listen", "ingest.listen", self.listen.clone());
+        named("--target", "target.url", self.target.clone());
+        named(
+            "--late-window",
+            "spool.late_window",
+            self.late_window.clone(),
+        );
+        named(
+            "--follow-up-after",
+            "spool.follow_up_after",
+            self.follow_up_after.clone(),
+        );
+        named(
+            "--tls-cert",
+            "ingest.tls_cert",
+            self.tls_cert
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+        );
+        named(
+            "--tls-key",
+            "ingest.tls_key",
+            self.tls_key
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+        );
+        named(
+            "--insecure-listen",
+            "ingest.insecure_listen",
+            self.insecure_listen.then(|| "true".into()),
+        );
+        named(
+            "--metrics-listen",
+            "metrics.listen",
+            self.metrics_listen.clone(),
+        );
+        named(
+            "--upload-rate-limit",
+            "target.upload_rate_limit",
+            self.upload_rate_limit.clone(),
+        );
+        named("--log-format", "log.format", self.log_format.clone());
+        named(
+            "--key",
+            "keys",
+            (!self.keys.is_empty()).then(|| self.keys.join(" ")),
+        );
+        flags
+    }
 }
 
 #[derive(clap::Args)]
@@ -111,10 +243,12 @@ struct SendArgs {
 fn main() -> ExitCode {
     larch::memory::limit_allocator_arenas();
     let result = match Cli::parse().command {
-        Command::Run(args) => {
-            init_logging();
-            run(args)
-        }
+        Command::Run(args) => run(args),
+        Command::Validate {
+            config,
+            check_target,
+        } => validate(config, check_target),
+        Command::Config { config, default } => print_config(config, default),
         Command::CheckTarget { config, target } => check_target(config, target),
         Command::Status { addr, json } => status(&addr, json),
         Command::Restore(args) => match readback::restore(args) {
@@ -124,11 +258,11 @@ fn main() -> ExitCode {
         },
         Command::Verify(args) => readback::verify(args),
         Command::Drain(args) => {
-            init_logging();
+            init_logging("info", LogFormat::Text);
             readback::drain(args)
         }
         Command::Send(args) => {
-            init_logging();
+            init_logging("info", LogFormat::Text);
             send(args)
         }
     };
@@ -156,31 +290,33 @@ fn explain(e: &anyhow::Error) -> String {
     text
 }
 
-fn init_logging() {
+/// `RUST_LOG` if set, else `level`; colours only on a terminal.
+fn init_logging(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
-    let settings = Settings::resolve(
-        file,
-        Overrides {
-            data: args.data,
-            listen: args.listen,
-            target: args.target,
-            late_window: args.late_window,
-            follow_up_after: args.follow_up_after,
-            keys: args.keys,
-        },
-    )?;
+    let (loaded, settings) = args.config.settings(args.overrides())?;
+    init_logging(&settings.log_level, settings.log_format);
+    tracing::info!(
+        "larch {} starting; {}",
+        env!("CARGO_PKG_VERSION"),
+        loaded.describe()
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -190,6 +326,52 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // Blocking work still running (a compression) is abandoned; its part resumes on the next start.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(result?)
+}
+
+fn validate(config: ConfigArgs, probe: bool) -> anyhow::Result<()> {
+    let (loaded, settings) = config.settings(Vec::new())?;
+    println!("{}: valid", loaded.describe());
+    println!(
+        "  {} ingestion key(s){}, {} rule(s), {} file source(s), target {}",
+        settings.keys.len(),
+        if settings.demo_key {
+            " (the demo key only)"
+        } else {
+            ""
+        },
+        settings.rules.len(),
+        settings.file_sources.len(),
+        settings.target.url
+    );
+    if probe {
+        probe_target(settings)?;
+    }
+    Ok(())
+}
+
+fn print_config(config: ConfigArgs, default: bool) -> anyhow::Result<()> {
+    if default {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    let loaded = config.load(Vec::new())?;
+    Settings::resolve(loaded.config.clone())?;
+    let mut table = loaded.table.clone();
+    println!("# {}", loaded.describe());
+    if let Some(toml::Value::Table(keys)) = table.remove("keys") {
+        let accounts: std::collections::BTreeSet<_> =
+            keys.values().filter_map(|a| a.as_str()).collect();
+        println!(
+            "# [keys]: {} key(s) for {} (keys not shown)",
+            keys.len(),
+            accounts.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    print!(
+        "{}",
+        toml::to_string(&table).context("cannot print the configuration")?
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -229,18 +411,14 @@ fn send(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_target(config: Option<PathBuf>, target: Option<String>) -> anyhow::Result<()> {
-    let file = match &config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
-    let settings = Settings::resolve(
-        file,
-        Overrides {
-            target,
-            ..Overrides::default()
-        },
-    )?;
+fn check_target(config: ConfigArgs, target: Option<String>) -> anyhow::Result<()> {
+    let flags = target
+        .map(|t| vec![Override::flag("--target", "target.url", t)])
+        .unwrap_or_default();
+    probe_target(config.settings(flags)?.1)
+}
+
+fn probe_target(settings: Settings) -> anyhow::Result<()> {
     let single_writer = settings.target.single_writer;
     let target = larch::target::Target::new(settings.target)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -257,7 +435,7 @@ fn check_target(config: Option<PathBuf>, target: Option<String>) -> anyhow::Resu
         }
         Ok(())
     } else if report.problem().is_ok() {
-        bail!("this store cannot refuse overwrites; set single_writer = true if this larch is the only writer under the prefix")
+        bail!("this store cannot refuse overwrites; set target.single_writer = true if this larch is the only writer under the prefix")
     } else {
         bail!("the target is not usable yet; fix the points marked FAILED")
     }

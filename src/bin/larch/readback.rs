@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 
 use larch::account::AccountId;
 use larch::admin::AdminClient;
-use larch::config::{FileConfig, Overrides, Settings};
+use larch::config::{Override, Settings};
 use larch::drain::Drained;
 use larch::restore::{parse_time, Filter, Restore};
 use larch::status::Status;
@@ -20,34 +20,33 @@ use larch::verify::{Ledger, Verdict};
 /// Exit status of a restore that finished but had to skip objects.
 pub const SKIPPED_EXIT: u8 = 3;
 
-/// Where the data and the archive are: the config file, then the flags.
+/// Where the data and the archive are: the config (file, environment), then the flags.
 #[derive(clap::Args)]
 pub struct Place {
-    /// TOML config file (its data directory, target, key_prefix and store settings are used).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Directory of the spool.
+    #[command(flatten)]
+    config: crate::ConfigArgs,
+    /// Directory of the spool (spool.dir).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Archive target URL, overriding the config's.
+    /// Archive target URL (target.url).
     #[arg(long)]
     target: Option<String>,
 }
 
 impl Place {
     fn settings(&self) -> anyhow::Result<Settings> {
-        let file = match &self.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
-        };
-        Ok(Settings::resolve(
-            file,
-            Overrides {
-                data: self.data.clone(),
-                target: self.target.clone(),
-                ..Overrides::default()
-            },
-        )?)
+        let mut flags = Vec::new();
+        if let Some(data) = &self.data {
+            flags.push(Override::flag(
+                "--data",
+                "spool.dir",
+                data.to_string_lossy(),
+            ));
+        }
+        if let Some(target) = &self.target {
+            flags.push(Override::flag("--target", "target.url", target));
+        }
+        Ok(self.config.settings(flags)?.1)
     }
 }
 

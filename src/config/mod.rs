@@ -1,0 +1,409 @@
+//! Settings: the embedded defaults, overridden by a TOML file, by
+//! `LARCH_<SECTION>_<KEY>` environment variables, then by flags ([`layers`]).
+//! Everything is checked here, before anything starts; `larch validate` runs
+//! exactly this. [`DEFAULT_CONFIG`] (`larch config --default`) documents every
+//! setting.
+//!
+//! `target.single_writer = true` lets larch use a store that cannot refuse to
+//! overwrite an object: it then checks for an object before each write, which
+//! is safe only if no other writer uses the same prefix.
+
+pub mod file;
+pub mod layers;
+pub mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::account::{AccountId, InvalidAccountId};
+use crate::ingest::auth::{KeyError, Keys};
+use crate::rules::{RuleError, Rules};
+use crate::seal::SealRule;
+use crate::spool::RoomLimits;
+use crate::tail::{FileSource, SourceError};
+use crate::target::TargetConfig;
+
+pub use file::FileConfig;
+pub use layers::{Loaded, Override, SEARCH_PATH};
+pub use values::LogFormat;
+
+/// The fully commented default configuration: every setting, its default and what it does.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The key `larch run` accepts when no key is configured, for trying it out.
+pub const DEMO_KEY: &str = "larch-demo-key";
+pub const DEMO_ACCOUNT: &str = "demo";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7280";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: {message}")]
+    Override { origin: String, message: String },
+    #[error("[{table}] {key}: give a string, a number or true/false")]
+    StoreOption { table: &'static str, key: String },
+    #[error("ingest.tls_cert and ingest.tls_key go together; give both or neither")]
+    HalfTls,
+    #[error("refusing to listen on {0} without TLS: ingestion keys would cross the network in clear text. Set ingest.tls_cert and ingest.tls_key, listen on a loopback address, or pass --insecure-listen (ingest.insecure_listen = true) if something else encrypts the link.")]
+    InsecureListen(SocketAddr),
+    #[error("{0}")]
+    Account(#[from] InvalidAccountId),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    Rules(#[from] RuleError),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+}
+
+/// PEM files of the ingest listener's certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Everything the daemon needs, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// TLS on the ingest listener, if configured.
+    pub tls: Option<TlsFiles>,
+    /// A second address serving only `/metrics`, `/health` and `/ready`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub target: TargetConfig,
+    pub seal: SealRule,
+    pub max_skew_ms: i64,
+    pub gzip_level: u32,
+    pub key_prefix: String,
+    pub cache_bytes: u64,
+    /// Cap of the upload backoff; also how often a paused upload is re-checked (at most 30 s).
+    pub retry_max_delay: Duration,
+    /// Bytes per second all uploads together may send, if limited.
+    pub upload_rate_limit: Option<u64>,
+    /// How long the spool's ledger remembers an uploaded object.
+    pub ledger_keep: Duration,
+    /// When the spool refuses new lines.
+    pub room: RoomLimits,
+    pub keys: Keys,
+    /// Whether the demo key is in use because none was configured.
+    pub demo_key: bool,
+    /// Which lines are archived at all, shared by every source.
+    pub rules: Arc<Rules>,
+    /// `[[sources.files]]`: files to tail.
+    pub file_sources: Vec<FileSource>,
+    /// `RUST_LOG`-style filter, when `RUST_LOG` itself is not set.
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// A store's option table as strings, the form `object_store` takes them in.
+fn store_options(
+    table: &'static str,
+    options: Option<BTreeMap<String, toml::Value>>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    options
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => return Err(ConfigError::StoreOption { table, key }),
+            };
+            Ok((key, text))
+        })
+        .collect()
+}
+
+/// Ingestion keys from `[keys]`, or the demo key when there are none.
+pub fn keys_of(config: &FileConfig) -> Result<(Keys, bool), ConfigError> {
+    let mut pairs = Vec::new();
+    for (key, account) in config.keys.clone().unwrap_or_default() {
+        pairs.push((key, AccountId::parse(&account)?));
+    }
+    let demo_key = pairs.is_empty();
+    if demo_key {
+        pairs.push((DEMO_KEY.to_owned(), AccountId::parse(DEMO_ACCOUNT)?));
+    }
+    Ok((Keys::new(pairs)?, demo_key))
+}
+
+impl Settings {
+    pub fn resolve(file: FileConfig) -> Result<Self, ConfigError> {
+        let (spool, ingest, target, log) = (file.spool, file.ingest, file.target, file.log);
+        let data_dir = spool.dir.unwrap_or_else(|| PathBuf::from("data"));
+        let listen = match ingest.listen {
+            Some(addr) => addr.0,
+            None => SocketAddr::from(([127, 0, 0, 1], 7280)),
+        };
+        let tls = match (ingest.tls_cert, ingest.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::HalfTls),
+        };
+        if tls.is_none() && !listen.ip().is_loopback() && !ingest.insecure_listen.unwrap_or(false) {
+            return Err(ConfigError::InsecureListen(listen));
+        }
+        let target_config = TargetConfig {
+            url: target
+                .url
+                .unwrap_or_else(|| data_dir.join("archive").to_string_lossy().into_owned()),
+            s3: store_options("s3", file.s3)?,
+            gcs: store_options("gcs", file.gcs)?,
+            azure: store_options("azure", file.azure)?,
+            single_writer: target.single_writer.unwrap_or(false),
+        };
+        let millis =
+            |d: Option<values::HumanDuration>, default: i64| d.map_or(default, |d| d.millis());
+        let room = RoomLimits {
+            max_bytes: spool.max_size.map(|s| s.0),
+            min_free_bytes: spool
+                .min_free_space
+                .map_or(RoomLimits::default().min_free_bytes, |s| s.0),
+        };
+        let (keys, demo_key) = keys_of(&FileConfig {
+            keys: file.keys,
+            ..FileConfig::default()
+        })?;
+        Ok(Self {
+            data_dir,
+            listen,
+            tls,
+            metrics_listen: file.metrics.listen.map(|a| a.0),
+            target: target_config,
+            seal: SealRule {
+                late_window_ms: millis(spool.late_window, SealRule::default().late_window_ms),
+                follow_up_after_ms: millis(
+                    spool.follow_up_after,
+                    SealRule::default().follow_up_after_ms,
+                ),
+            },
+            max_skew_ms: millis(ingest.max_clock_skew, 5 * 60_000),
+            gzip_level: target.gzip_level.map_or(6, |l| l.0),
+            key_prefix: target.key_prefix.unwrap_or_default().0,
+            cache_bytes: spool.cache_size.map_or(8 << 20, |s| s.0),
+            retry_max_delay: Duration::from_millis(
+                millis(target.retry_max_delay, 5 * 60_000).max(1000) as u64,
+            ),
+            upload_rate_limit: target.upload_rate_limit.map(|r| r.0),
+            ledger_keep: Duration::from_millis(millis(target.ledger_keep, 30 * 86_400_000) as u64),
+            room,
+            keys,
+            demo_key,
+            rules: Arc::new(Rules::new(file.rules.unwrap_or_default())?),
+            file_sources: FileSource::all(file.sources.unwrap_or_default())?,
+            log_level: log.level.unwrap_or_else(|| "info".into()),
+            log_format: log.format.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(
+        text: &str,
+        env: &[(&str, &str)],
+        flags: Vec<Override>,
+    ) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("larch.toml");
+        std::fs::write(&path, text).unwrap();
+        let env = Override::from_env(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::resolve(Loaded::load(Some(&path), env, flags)?.config)
+    }
+
+    fn defaults() -> Settings {
+        Settings::resolve(FileConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn defaults_run_out_of_the_box() {
+        let s = defaults();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert!(s.listen.ip().is_loopback());
+        assert_eq!(s.seal, SealRule::default());
+        assert!(s.demo_key);
+        assert_eq!(s.keys.account(DEMO_KEY).unwrap().as_str(), DEMO_ACCOUNT);
+        assert_eq!(PathBuf::from(&s.target.url), PathBuf::from("data/archive"));
+        assert!(!s.target.single_writer);
+        assert_eq!(s.upload_rate_limit, None);
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_commented_default_config_is_the_defaults() {
+        let file: FileConfig = toml::from_str(DEFAULT_CONFIG).unwrap();
+        let (a, b) = (Settings::resolve(file).unwrap(), defaults());
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        // Every setting the schema knows is documented, set or commented out.
+        let schema = toml::Value::try_from(file::SpoolSection::default()).unwrap();
+        let _ = schema;
+        for key in [
+            "dir",
+            "late_window",
+            "follow_up_after",
+            "cache_size",
+            "max_size",
+            "min_free_space",
+            "listen",
+            "max_clock_skew",
+            "tls_cert",
+            "tls_key",
+            "insecure_listen",
+            "url",
+            "key_prefix",
+            "single_writer",
+            "gzip_level",
+            "retry_max_delay",
+            "upload_rate_limit",
+            "ledger_keep",
+            "level",
+            "format",
+            "[keys]",
+            "[s3]",
+            "[[rules.exclude]]",
+            "[[sources.files]]",
+        ] {
+            assert!(DEFAULT_CONFIG.contains(key), "{key} is not documented");
+        }
+    }
+
+    #[test]
+    fn the_file_loses_to_the_environment_which_loses_to_flags() {
+        let file = "[spool]\nlate_window = \"2h\"\nfollow_up_after = \"30m\"\n\
+                    [target]\ngzip_level = 3\nretry_max_delay = \"10s\"\n[keys]\nk1 = \"acme\"\n";
+        let s = with_file(file, &[], vec![]).unwrap();
+        assert_eq!(s.seal.late_window_ms, 2 * 3_600_000);
+        assert_eq!(s.gzip_level, 3);
+        assert_eq!(s.keys.account("k1").unwrap().as_str(), "acme");
+
+        let env = [
+            ("LARCH_SPOOL_LATE_WINDOW", "1h"),
+            ("LARCH_TARGET_GZIP_LEVEL", "9"),
+            ("LARCH_KEYS", "k2=beta k3==gamma"),
+            ("LARCH_KEY", "not-a-setting"),
+            ("LARCH_CLOCK_OFFSET_FILE", "not-a-setting"),
+        ];
+        let s = with_file(file, &env, vec![]).unwrap();
+        assert_eq!(s.seal.late_window_ms, 3_600_000);
+        assert_eq!(
+            s.seal.follow_up_after_ms,
+            30 * 60_000,
+            "the file's value stays"
+        );
+        assert_eq!(s.gzip_level, 9);
+        assert!(s.keys.account("k1").is_none());
+        assert_eq!(s.keys.account("k2").unwrap().as_str(), "beta");
+        assert_eq!(s.keys.account("k3=").unwrap().as_str(), "gamma");
+
+        let flags = vec![
+            Override::flag("--late-window", "spool.late_window", "0s"),
+            Override::parse_set("target.gzip_level=1").unwrap(),
+            Override::flag("--key", "keys", "k4=delta"),
+        ];
+        let s = with_file(file, &env, flags).unwrap();
+        assert_eq!(s.seal.late_window_ms, 0);
+        assert_eq!(s.gzip_level, 1);
+        assert_eq!(s.retry_max_delay, Duration::from_secs(10));
+        assert_eq!(s.keys.account("k4").unwrap().as_str(), "delta");
+        assert!(s.keys.account("k2").is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_line_variable_or_flag() {
+        let err = with_file("[spool]\n\nlate_windw = \"1h\"\n", &[], vec![]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("line 3") && text.contains("late_windw"),
+            "{text}"
+        );
+        let err = with_file(
+            "[target]\ngzip_level = 4\nretry_max_delay = \"soon\"\n",
+            &[],
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("\"soon\" is not a duration"),
+            "{err}"
+        );
+        let err = with_file("", &[("LARCH_SPOOL_MIN_FREE_SPACE", "lots")], vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("LARCH_SPOOL_MIN_FREE_SPACE: spool.min_free_space"),
+            "{err}"
+        );
+        let err = with_file("", &[("LARCH_SPOOL_LATE_WINDW", "1h")], vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LARCH_SPOOL_LATE_WINDW") && err.contains("late_windw"),
+            "{err}"
+        );
+        let err = with_file(
+            "",
+            &[],
+            vec![Override::parse_set("target.gzip_level=11").unwrap()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--set target.gzip_level") && err.contains("not 0 to 9"),
+            "{err}"
+        );
+        let err = with_file("[target]\nkey_prefix = \"../x/\"\n", &[], vec![]).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_accounts_stop_start_up() {
+        let err = with_file("[keys]\nk = \"../etc\"\n", &[], vec![]).unwrap_err();
+        assert!(
+            err.to_string().contains("invalid account ID \"../etc\""),
+            "{err}"
+        );
+        let err = with_file("", &[], vec![Override::flag("--key", "keys", "k=a.b")]).unwrap_err();
+        assert!(matches!(err, ConfigError::Account(_)));
+    }
+
+    #[test]
+    fn a_network_listener_needs_tls_or_an_explicit_opt_out() {
+        let open = "[ingest]\nlisten = \"0.0.0.0:7280\"\n";
+        let err = with_file(open, &[], vec![]).unwrap_err();
+        assert!(matches!(err, ConfigError::InsecureListen(_)), "{err}");
+        assert!(with_file(
+            open,
+            &[],
+            vec![Override::flag(
+                "--insecure-listen",
+                "ingest.insecure_listen",
+                "true"
+            )]
+        )
+        .is_ok());
+        let tls = format!("{open}tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n");
+        assert!(with_file(&tls, &[], vec![]).unwrap().tls.is_some());
+        let half = format!("{open}tls_cert = \"c.pem\"\n");
+        assert!(matches!(
+            with_file(&half, &[], vec![]).unwrap_err(),
+            ConfigError::HalfTls
+        ));
+    }
+}

@@ -1,0 +1,225 @@
+//! What larch counts and how it is read: Prometheus metrics at `/metrics`,
+//! liveness at `/health`, readiness at `/ready`.
+//!
+//! Stages record events through the functions here (counters and histograms of
+//! the `metrics` crate); gauges that describe the spool are read from it when
+//! `/metrics` is scraped, so they are never stale. The exporter is installed
+//! once per process; before that (in unit tests, `larch drain`) recording is a no-op.
+//!
+//! Names, all prefixed `larch_`:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `larch_ingested_lines_total`, `larch_ingested_bytes_total` | counter | `account`, `source` (`http`, `file`) |
+//! | `larch_http_requests_total` | counter | `status` |
+//! | `larch_rule_dropped_lines_total` | counter | `rule` |
+//! | `larch_commit_lines` | histogram | (lines per group commit) |
+//! | `larch_commit_seconds` | histogram | (group commit latency, fsync included) |
+//! | `larch_spool_parts`, `larch_spool_bytes` | gauge | `state` (`open`, `sealed`, `uploading`, `uploaded`) |
+//! | `larch_spool_lines_waiting` | gauge | |
+//! | `larch_oldest_unsynced_hour_age_seconds` | gauge | (0 when nothing waits) |
+//! | `larch_follow_up_parts_total` | counter | |
+//! | `larch_records_quarantined` | gauge | (set aside as corrupt since start) |
+//! | `larch_uploads_total` | counter | `result` (`ok`, `error`) |
+//! | `larch_upload_bytes_total` | counter | (compressed bytes sent) |
+//! | `larch_upload_retries_total` | counter | |
+//! | `larch_upload_backoff_seconds` | gauge | (current wait before the next attempt) |
+//! | `larch_disk_free_bytes`, `larch_refusing_lines` | gauge | |
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::account::AccountId;
+use crate::clock::EpochMs;
+use crate::spool::{RoomStatus, SpoolSummary};
+
+/// Where a line came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Http,
+    File,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::File => "file",
+        }
+    }
+}
+
+static EXPORTER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus exporter (once per process) and returns its handle;
+/// `None` if another recorder was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    EXPORTER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("larch_commit_lines".into()),
+                    &[1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("larch_commit_seconds".into()),
+                        &[
+                            0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                        ],
+                    )
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(e) => {
+                    tracing::warn!("metrics are off: {e}");
+                    return None;
+                }
+            };
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                return None;
+            }
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        "larch_ingested_lines_total",
+        "Lines made durable, by account and source"
+    );
+    describe_counter!(
+        "larch_ingested_bytes_total",
+        "Bytes of line text made durable, by account and source"
+    );
+    describe_counter!(
+        "larch_http_requests_total",
+        "Ingest requests answered, by HTTP status"
+    );
+    describe_counter!(
+        "larch_rule_dropped_lines_total",
+        "Lines the rules kept out of the spool, by rule"
+    );
+    describe_histogram!("larch_commit_lines", "Lines made durable per group commit");
+    describe_histogram!(
+        "larch_commit_seconds",
+        "Time a group commit takes, fsync included"
+    );
+    describe_gauge!("larch_spool_parts", "Parts in the spool, by state");
+    describe_gauge!(
+        "larch_spool_bytes",
+        "Bytes of line text in the spool, by part state"
+    );
+    describe_gauge!(
+        "larch_spool_lines_waiting",
+        "Lines in the spool not yet archived"
+    );
+    describe_gauge!(
+        "larch_oldest_unsynced_hour_age_seconds",
+        "Age of the end of the oldest hour with lines not yet archived (0 if none)"
+    );
+    describe_counter!(
+        "larch_follow_up_parts_total",
+        "Follow-up parts opened for lines of already sealed hours"
+    );
+    describe_gauge!(
+        "larch_records_quarantined",
+        "Spool records set aside as corrupt since start"
+    );
+    describe_counter!(
+        "larch_uploads_total",
+        "Upload attempts of archive objects, by result"
+    );
+    describe_counter!(
+        "larch_upload_bytes_total",
+        "Compressed bytes of archive objects uploaded"
+    );
+    describe_counter!(
+        "larch_upload_retries_total",
+        "Failed upload attempts that will be retried"
+    );
+    describe_gauge!(
+        "larch_upload_backoff_seconds",
+        "Current wait before the next upload attempt (0 when none is waiting)"
+    );
+    describe_gauge!("larch_disk_free_bytes", "Free bytes on the spool's disk");
+    describe_gauge!(
+        "larch_refusing_lines",
+        "1 while every new line is refused for lack of room"
+    );
+}
+
+pub fn ingested(account: &AccountId, source: Source, lines: usize, bytes: usize) {
+    let labels = [
+        ("account", account.as_str().to_owned()),
+        ("source", source.label().to_owned()),
+    ];
+    counter!("larch_ingested_lines_total", &labels).increment(lines as u64);
+    counter!("larch_ingested_bytes_total", &labels).increment(bytes as u64);
+}
+
+pub fn answered(status: u16) {
+    counter!("larch_http_requests_total", "status" => status.to_string()).increment(1);
+}
+
+pub fn committed(lines: usize, took: Duration) {
+    histogram!("larch_commit_lines").record(lines as f64);
+    histogram!("larch_commit_seconds").record(took.as_secs_f64());
+}
+
+pub fn follow_up_opened() {
+    counter!("larch_follow_up_parts_total").increment(1);
+}
+
+pub fn uploaded(bytes: u64) {
+    counter!("larch_uploads_total", "result" => "ok").increment(1);
+    counter!("larch_upload_bytes_total").increment(bytes);
+}
+
+/// A failed attempt; `retry_in` is the wait before the next one.
+pub fn upload_failed(retry_in: Duration) {
+    counter!("larch_uploads_total", "result" => "error").increment(1);
+    counter!("larch_upload_retries_total").increment(1);
+    gauge!("larch_upload_backoff_seconds").set(retry_in.as_secs_f64());
+}
+
+/// No upload is waiting out a backoff any more.
+pub fn backoff_over() {
+    gauge!("larch_upload_backoff_seconds").set(0.0);
+}
+
+/// Sets the gauges read from the spool, just before a scrape renders them.
+pub fn observe(
+    spool: &SpoolSummary,
+    room: &RoomStatus,
+    dropped_by_rule: &BTreeMap<String, u64>,
+    now: EpochMs,
+) {
+    for (state, parts, bytes) in [
+        ("open", spool.parts_open, spool.bytes_open),
+        ("sealed", spool.parts_sealed, spool.bytes_sealed),
+        ("uploading", spool.parts_uploading, spool.bytes_uploading),
+        ("uploaded", spool.parts_uploaded, 0),
+    ] {
+        gauge!("larch_spool_parts", "state" => state).set(parts as f64);
+        gauge!("larch_spool_bytes", "state" => state).set(bytes as f64);
+    }
+    gauge!("larch_spool_lines_waiting").set(spool.lines_waiting as f64);
+    let age = spool
+        .oldest_waiting_hour_end
+        .map_or(0.0, |end| ((now - end).max(0) as f64) / 1000.0);
+    gauge!("larch_oldest_unsynced_hour_age_seconds").set(age);
+    gauge!("larch_records_quarantined").set(spool.records_quarantined as f64);
+    gauge!("larch_disk_free_bytes").set(room.disk_free_bytes as f64);
+    gauge!("larch_refusing_lines").set(if room.refusing.is_some() { 1.0 } else { 0.0 });
+    for (rule, lines) in dropped_by_rule {
+        counter!("larch_rule_dropped_lines_total", "rule" => rule.clone()).absolute(*lines);
+    }
+}
