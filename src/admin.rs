@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::rules::Rules;
+use crate::rules::LiveRules;
 use crate::spool::{LedgerEntry, Spool};
 use crate::status::{Board, Status};
 
@@ -85,7 +85,7 @@ pub struct Admin {
     pub token: String,
     pub spool: Arc<Spool>,
     pub board: Arc<Board>,
-    pub rules: Arc<Rules>,
+    pub rules: LiveRules,
     /// Wakes the sync loop.
     pub sealed: Arc<Notify>,
     pub room: Arc<crate::spool::Room>,
@@ -194,7 +194,7 @@ async fn drain(State(admin): State<Arc<Admin>>) -> Response {
         Ok(summary) => {
             admin.sealed.notify_one();
             let mut status = admin.board.snapshot(summary);
-            status.lines_dropped_by_rule = admin.rules.dropped();
+            status.lines_dropped_by_rule = admin.rules.load().dropped();
             status.room = admin.room.status();
             Json(status).into_response()
         }

@@ -17,7 +17,11 @@ use tokio::sync::{watch, Notify};
 
 use crate::clock::SharedClock;
 use crate::config::Settings;
-use crate::ingest::{self, Ingest};
+use crate::ingest::{self, Ingest, LiveKeys};
+use crate::reload::{Reloadable, Reloader};
+use crate::rules::LiveRules;
+use crate::telemetry::Observed;
+use arc_swap::ArcSwap;
 use crate::spool::{Committer, Reserve, Room, Spool, SpoolError};
 use crate::status::Board;
 use crate::sync::{Backoff, SyncSettings, Syncer};
@@ -52,6 +56,7 @@ pub async fn run(
     settings: Settings,
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reloader: Option<Reloader>,
 ) -> Result<(), DaemonError> {
     let data = settings.data_dir.clone();
     std::fs::create_dir_all(&data).map_err(|source| DaemonError::Dir {
@@ -89,17 +94,24 @@ pub async fn run(
     measure_room(&room, &spool).await;
     let (committer, commit_thread) = Committer::start(spool.clone(), room.clone())
         .map_err(|e| DaemonError::Task("commit", format!("cannot start its thread: {e}")))?;
-    let tails = crate::tail::start(
-        settings.file_sources.clone(),
-        crate::tail::Shared {
-            committer: committer.clone(),
-            spool: spool.clone(),
-            rules: settings.rules.clone(),
-            clock: clock.clone(),
-            runtime: tokio::runtime::Handle::current(),
-        },
-    )
-    .map_err(|e| DaemonError::Task("file source", format!("cannot start its thread: {e}")))?;
+    let keys: LiveKeys = Arc::new(ArcSwap::from_pointee(settings.keys.clone()));
+    let rules: LiveRules = Arc::new(ArcSwap::new(settings.rules.clone()));
+    let tail_shared = crate::tail::Shared {
+        committer: committer.clone(),
+        spool: spool.clone(),
+        rules: rules.clone(),
+        clock: clock.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let tails = crate::tail::start(settings.file_sources.clone(), tail_shared.clone())
+        .map_err(|e| DaemonError::Task("file source", format!("cannot start its thread: {e}")))?;
+    let reloadable = Arc::new(Reloadable {
+        keys: keys.clone(),
+        rules: rules.clone(),
+        tails: std::sync::Mutex::new(Some(tails)),
+        tail_shared,
+        current: std::sync::Mutex::new(settings.clone()),
+    });
     let (stop, stopped) = watch::channel(false);
     let sealed = Arc::new(Notify::new());
     let seal_task = tokio::spawn(crate::seal::run(
@@ -112,7 +124,7 @@ pub async fn run(
         token: admin_file.token,
         spool: spool.clone(),
         board: board.clone(),
-        rules: settings.rules.clone(),
+        rules: rules.clone(),
         sealed: sealed.clone(),
         room: room.clone(),
     }));
@@ -122,18 +134,55 @@ pub async fn run(
         sealed.clone(),
         stopped.clone(),
     ));
-    let sync_task = tokio::spawn(Arc::new(syncer).run(sealed, stopped));
+    let sync_task = tokio::spawn(Arc::new(syncer).run(sealed, stopped.clone()));
 
+    let observed = crate::telemetry::router(Arc::new(Observed {
+        spool: spool.clone(),
+        room: room.clone(),
+        rules: rules.clone(),
+        clock: clock.clone(),
+        exporter: crate::telemetry::install(),
+        data_dir: data.clone(),
+    }));
+    if let Some(metrics_addr) = settings.metrics_listen {
+        let listener = TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: metrics_addr,
+                source,
+            })?;
+        let mut stopped = stopped.clone();
+        let service = observed.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, service)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the metrics listener on {metrics_addr} stopped: {e}");
+            }
+        });
+        tracing::info!("metrics, health and readiness also on http://{metrics_addr}");
+    }
+    if let Some(reloader) = reloader {
+        tokio::spawn(crate::reload::on_hangup(
+            reloadable.clone(),
+            reloader,
+            stopped.clone(),
+        ));
+    }
     let app = ingest::router(Arc::new(Ingest {
-        keys: settings.keys.clone(),
+        keys,
         committer,
         clock,
         max_skew_ms: settings.max_skew_ms,
         spool: spool.clone(),
         board,
-        rules: settings.rules.clone(),
+        rules,
     }))
-    .merge(admin);
+    .merge(admin)
+    .merge(observed);
     tracing::info!(
         "larch listening on http://{addr}, spool in {}, archiving to {}",
         data.display(),
@@ -169,7 +218,15 @@ pub async fn run(
 
     // File sources store what they have read (partial last lines included),
     // then drop their committer handles.
-    let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
+    let tails = reloadable
+        .tails
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    drop(reloadable);
+    if let Some(tails) = tails {
+        let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
+    }
     // The router (and with it the last committer handle) is gone: the commit
     // thread drains what it holds and ends.
     let _ = stop.send(true);

@@ -29,6 +29,7 @@ pub mod ingest;
 pub mod line;
 pub mod memory;
 pub mod pipe;
+pub mod reload;
 pub mod restore;
 pub mod rules;
 pub mod seal;

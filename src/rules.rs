@@ -173,12 +173,17 @@ pub fn path_glob(pattern: &str) -> Result<GlobMatcher, globset::Error> {
         .map(|g| g.compile_matcher())
 }
 
+/// The rules in force, replaced whole when the config is reloaded.
+pub type LiveRules = std::sync::Arc<arc_swap::ArcSwap<Rules>>;
+
 /// What status calls lines that no include rule matched.
 pub const NOT_INCLUDED: &str = "no include rule matched";
 
 /// The checked rules, shared by every source.
 #[derive(Debug, Default)]
 pub struct Rules {
+    /// The configuration they were built from, to tell whether a reload changes them.
+    written: String,
     exclude: Vec<Rule>,
     include: Vec<Rule>,
     not_included: AtomicU64,
@@ -193,6 +198,7 @@ impl Rules {
                 .collect::<Result<Vec<_>, _>>()
         };
         let rules = Self {
+            written: format!("{config:?}"),
             exclude: build("exclude", config.exclude)?,
             include: build("include", config.include)?,
             not_included: AtomicU64::new(0),
@@ -204,6 +210,11 @@ impl Rules {
             }
         }
         Ok(rules)
+    }
+
+    /// Whether `other` was built from the same configuration.
+    pub fn same_as(&self, other: &Rules) -> bool {
+        self.written == other.written
     }
 
     /// How many rules there are.
@@ -236,6 +247,18 @@ impl Rules {
             }
             None => true,
         }
+    }
+
+    /// Takes over the counts of `old`'s rules of the same name, so a reload does
+    /// not set the dropped-line counters back to zero.
+    pub fn carry_counts_from(&self, old: &Rules) {
+        for rule in self.exclude.iter().chain(&self.include) {
+            if let Some(o) = old.exclude.iter().chain(&old.include).find(|o| o.name == rule.name) {
+                rule.dropped.store(o.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        self.not_included
+            .store(old.not_included.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Lines dropped so far, by rule name; every configured rule is listed.

@@ -27,15 +27,23 @@
 //! | `larch_disk_free_bytes`, `larch_refusing_lines` | gauge | |
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::account::AccountId;
-use crate::clock::EpochMs;
-use crate::spool::{RoomStatus, SpoolSummary};
+use crate::clock::{EpochMs, SharedClock};
+use crate::rules::LiveRules;
+use crate::spool::{Room, RoomStatus, Spool, SpoolSummary};
 
 /// Where a line came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,5 +229,79 @@ pub fn observe(
     gauge!("larch_refusing_lines").set(if room.refusing.is_some() { 1.0 } else { 0.0 });
     for (rule, lines) in dropped_by_rule {
         counter!("larch_rule_dropped_lines_total", "rule" => rule.clone()).absolute(*lines);
+    }
+}
+
+/// What `/metrics`, `/health` and `/ready` read.
+pub struct Observed {
+    pub spool: Arc<Spool>,
+    pub room: Arc<Room>,
+    pub rules: LiveRules,
+    pub clock: SharedClock,
+    pub exporter: Option<PrometheusHandle>,
+    pub data_dir: PathBuf,
+}
+
+/// `/metrics`, `/health` and `/ready`: served on the ingest listener, and on
+/// `metrics.listen` if set. They answer anyone: they hold counts, never lines or keys.
+pub fn router(observed: Arc<Observed>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .with_state(observed)
+}
+
+async fn metrics(State(o): State<Arc<Observed>>) -> Response {
+    let Some(exporter) = o.exporter.clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are off in this process (another metrics recorder was installed first)\n",
+        )
+            .into_response();
+    };
+    let spool = o.spool.clone();
+    match tokio::task::spawn_blocking(move || spool.summary()).await {
+        Ok(Ok(summary)) => observe(
+            &summary,
+            &o.room.status(),
+            &o.rules.load().dropped(),
+            o.clock.now_ms(),
+        ),
+        Ok(Err(e)) => tracing::warn!("metrics: cannot read the spool's parts, gauges are stale: {e}"),
+        Err(e) => tracing::warn!("metrics: spool reading task failed: {e}"),
+    }
+    exporter.run_upkeep();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        exporter.render(),
+    )
+        .into_response()
+}
+
+/// Ready means lines sent now would be taken: there is room, and the spool's
+/// directory takes a write.
+async fn ready(State(o): State<Arc<Observed>>) -> Response {
+    if let Some(why) = o.room.refusing() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: refusing lines: {why}\n"),
+        )
+            .into_response();
+    }
+    let dir = o.data_dir.clone();
+    let probed = tokio::task::spawn_blocking(move || {
+        let path = dir.join(".ready-probe");
+        let written = std::fs::write(&path, b"ready").and_then(|()| std::fs::remove_file(&path));
+        written.map_err(|e| format!("cannot write to the spool directory {}: {e}", dir.display()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the write check failed: {e}")));
+    match probed {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }
 }

@@ -8,7 +8,10 @@ use base64::Engine;
 
 use crate::account::AccountId;
 
-#[derive(Debug, Clone, Default)]
+/// The keys in force, replaced whole when the config is reloaded.
+pub type LiveKeys = std::sync::Arc<arc_swap::ArcSwap<Keys>>;
+
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Keys(HashMap<String, AccountId>);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -17,28 +17,27 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::clock::SharedClock;
-use crate::rules::Rules;
+use crate::rules::LiveRules;
 use crate::spool::{CommitError, Committer, NoRoom, Spool};
 use crate::status::Board;
 use crate::telemetry::Source;
-pub use auth::Keys;
+pub use auth::{Keys, LiveKeys};
 use body::{Rejection, RequestContext};
 
 pub struct Ingest {
-    pub keys: Keys,
+    pub keys: LiveKeys,
     pub committer: Committer,
     pub clock: SharedClock,
     pub max_skew_ms: i64,
     pub spool: Arc<Spool>,
     pub board: Arc<Board>,
-    pub rules: Arc<Rules>,
+    pub rules: LiveRules,
 }
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/logs/ingest", post(ingest_lines))
         .route("/status", get(status))
-        .route("/health", get(|| async { "ok\n" }))
         // The handler enforces the body limit itself, with FORMAT.md's 413 body.
         .layer(DefaultBodyLimit::disable())
         .with_state(ingest)
@@ -86,7 +85,7 @@ async fn answer(
             vec!["no ingestion key: send it as Basic auth (key as user name), an apikey header, or ?apikey=".into()],
         );
     };
-    let Some(account) = ingest.keys.account(&key).cloned() else {
+    let Some(account) = ingest.keys.load().account(&key).cloned() else {
         return not_ok(
             StatusCode::UNAUTHORIZED,
             vec!["unknown ingestion key".into()],
@@ -148,7 +147,7 @@ async fn answer(
         Ok(lines) => lines,
         Err(r) => return rejection(r),
     };
-    ingest.rules.retain(&account, &mut lines);
+    ingest.rules.load().retain(&account, &mut lines);
     // The parsed lines are all that is needed now; the body need not wait for the commit.
     drop(raw);
     let (count, bytes) = (lines.len(), lines.iter().map(|l| l.line.len()).sum());
@@ -226,7 +225,7 @@ async fn status(
     match tokio::task::spawn_blocking(move || spool.summary()).await {
         Ok(Ok(summary)) => {
             let mut status = ingest.board.snapshot(summary);
-            status.lines_dropped_by_rule = ingest.rules.dropped();
+            status.lines_dropped_by_rule = ingest.rules.load().dropped();
             status.room = ingest.committer.room().status();
             Json(status).into_response()
         }

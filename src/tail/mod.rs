@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::SharedClock;
 use crate::line::Line;
-use crate::rules::Rules;
+use crate::rules::LiveRules;
 use crate::spool::{Along, Committer, FileKey, FilePosition, PositionUpdate, Spool};
 use crate::telemetry::Source;
 pub use config::{FileSource, FileSourceConfig, SourceError, SourcesConfig, StartAt};
@@ -73,7 +73,7 @@ pub struct Tails {
 pub struct Shared {
     pub committer: Committer,
     pub spool: Arc<Spool>,
-    pub rules: Arc<Rules>,
+    pub rules: LiveRules,
     pub clock: SharedClock,
     pub runtime: tokio::runtime::Handle,
 }
@@ -444,7 +444,7 @@ impl SourceRun {
                 ingester: "tail".into(),
                 ..Line::default()
             };
-            if !self.shared.rules.keeps(&self.source.account, &line) {
+            if !self.shared.rules.load().keeps(&self.source.account, &line) {
                 continue;
             }
             ids.push(self.line_id(t, r.offset));

@@ -310,7 +310,8 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (loaded, settings) = args.config.settings(args.overrides())?;
+    let overrides = args.overrides();
+    let (loaded, settings) = args.config.settings(overrides.clone())?;
     init_logging(&settings.log_level, settings.log_format);
     tracing::info!(
         "larch {} starting; {}",
@@ -322,7 +323,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let clock = larch::clock::from_env().map_err(anyhow::Error::msg)?;
-    let result = runtime.block_on(larch::daemon::run(settings, clock, shutdown_signal()));
+    let config = args.config;
+    let reloader: larch::reload::Reloader = Box::new(move || {
+        config
+            .settings(overrides.clone())
+            .map(|(_, settings)| settings)
+            .map_err(|e| explain(&e))
+    });
+    let result = runtime.block_on(larch::daemon::run(
+        settings,
+        clock,
+        shutdown_signal(),
+        Some(reloader),
+    ));
     // Blocking work still running (a compression) is abandoned; its part resumes on the next start.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(result?)

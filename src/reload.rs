@@ -1,0 +1,153 @@
+//! `SIGHUP`: re-reads the configuration and applies what can change while
+//! lines flow: ingestion keys, rules and file sources. Everything else is
+//! compared with what is running and named if it changed, since it takes a
+//! restart. A configuration that does not load leaves the running one in force.
+//!
+//! Keys and rules are swapped whole between two requests (a request sees the
+//! old set or the new, never a mix). File sources whose configuration changed
+//! are stopped, which stores what they read, and started again from there, so
+//! no line of a file is skipped or read twice.
+
+use std::sync::{Arc, Mutex};
+
+use crate::config::Settings;
+use crate::ingest::LiveKeys;
+use crate::rules::LiveRules;
+use crate::tail::{self, Tails};
+
+/// Loads the configuration again, from the same file, environment and flags.
+pub type Reloader = Box<dyn Fn() -> Result<Settings, String> + Send + Sync>;
+
+/// What a reload may replace.
+pub struct Reloadable {
+    pub keys: LiveKeys,
+    pub rules: LiveRules,
+    pub tails: Mutex<Option<Tails>>,
+    pub tail_shared: tail::Shared,
+    /// The settings in force.
+    pub current: Mutex<Settings>,
+}
+
+impl Reloadable {
+    /// Applies `new`; returns a line saying what changed.
+    pub fn apply(&self, new: Settings) -> String {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut applied = Vec::new();
+        if new.keys != current.keys {
+            self.keys.store(Arc::new(new.keys.clone()));
+            applied.push(format!("{} ingestion key(s)", new.keys.len()));
+            if new.demo_key {
+                tracing::warn!("no ingestion keys configured: accepting the demo key again");
+            }
+        }
+        if !new.rules.same_as(&current.rules) {
+            new.rules.carry_counts_from(&self.rules.load());
+            self.rules.store(new.rules.clone());
+            applied.push(format!("{} rule(s)", new.rules.len()));
+        }
+        if format!("{:?}", new.file_sources) != format!("{:?}", current.file_sources) {
+            let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(running) = tails.take() {
+                running.stop();
+            }
+            match tail::start(new.file_sources.clone(), self.tail_shared.clone()) {
+                Ok(started) => {
+                    *tails = Some(started);
+                    applied.push(format!("{} file source(s)", new.file_sources.len()));
+                }
+                Err(e) => {
+                    tracing::error!("cannot start the file sources again: {e}; restart larch");
+                }
+            }
+        }
+        let restart = needs_restart(&current, &new);
+        if !restart.is_empty() {
+            tracing::warn!(
+                "changed settings that take effect only after a restart: {}",
+                restart.join(", ")
+            );
+        }
+        let kept = Settings {
+            keys: new.keys,
+            demo_key: new.demo_key,
+            rules: new.rules,
+            file_sources: new.file_sources,
+            ..current.clone()
+        };
+        *current = kept;
+        if applied.is_empty() {
+            "no change to keys, rules or file sources".into()
+        } else {
+            format!("now in force: {}", applied.join(", "))
+        }
+    }
+}
+
+/// The settings that differ between `old` and `new` and cannot change while running.
+fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    let mut changed = Vec::new();
+    let mut check = |name: &'static str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+        if !same(a, b) {
+            changed.push(name);
+        }
+    };
+    check("spool.dir", &old.data_dir, &new.data_dir);
+    check("spool.late_window / follow_up_after", &old.seal, &new.seal);
+    check("spool.cache_size", &old.cache_bytes, &new.cache_bytes);
+    check("spool.max_size / min_free_space", &old.room, &new.room);
+    check("ingest.listen", &old.listen, &new.listen);
+    check("ingest.tls_*", &old.tls, &new.tls);
+    check("ingest.max_clock_skew", &old.max_skew_ms, &new.max_skew_ms);
+    check("metrics.listen", &old.metrics_listen, &new.metrics_listen);
+    check("target (url, store options, single_writer)", &old.target, &new.target);
+    check("target.key_prefix", &old.key_prefix, &new.key_prefix);
+    check("target.gzip_level", &old.gzip_level, &new.gzip_level);
+    check("target.retry_max_delay", &old.retry_max_delay, &new.retry_max_delay);
+    check("target.upload_rate_limit", &old.upload_rate_limit, &new.upload_rate_limit);
+    check("target.ledger_keep", &old.ledger_keep, &new.ledger_keep);
+    check("log.*", &(&old.log_level, old.log_format), &(&new.log_level, new.log_format));
+    changed
+}
+
+/// Waits for SIGHUP and reloads, until `stopped` turns true.
+pub async fn on_hangup(
+    reloadable: Arc<Reloadable>,
+    reloader: Reloader,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let reloader = Arc::new(reloader);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP, so the config cannot be reloaded: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => {}
+                _ = stopped.changed() => return,
+            }
+            tracing::info!("SIGHUP: reloading the configuration");
+            let (reloadable, reloader) = (reloadable.clone(), reloader.clone());
+            let outcome = tokio::task::spawn_blocking(move || match reloader() {
+                Ok(settings) => Ok(reloadable.apply(settings)),
+                Err(e) => Err(e),
+            })
+            .await;
+            match outcome {
+                Ok(Ok(what)) => tracing::info!("configuration reloaded; {what}"),
+                Ok(Err(e)) => tracing::error!("configuration not reloaded, the running one stays in force: {e}"),
+                Err(e) => tracing::error!("configuration reload failed: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloadable, reloader, stopped.changed().await);
+    }
+}
