@@ -20,12 +20,13 @@ use crate::config::Settings;
 use crate::ingest::{self, Ingest, LiveKeys};
 use crate::reload::{Reloadable, Reloader};
 use crate::rules::LiveRules;
-use crate::telemetry::Observed;
-use arc_swap::ArcSwap;
 use crate::spool::{Committer, Reserve, Room, Spool, SpoolError};
 use crate::status::Board;
 use crate::sync::{Backoff, SyncSettings, Syncer};
 use crate::target::{Target, TargetSpecError};
+use crate::telemetry::Observed;
+use arc_swap::ArcSwap;
+use axum::serve::ListenerExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -45,8 +46,16 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     TargetUnusable(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("the {0} task failed: {1}")]
     Task(&'static str, String),
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen { addr, source })
 }
 
 /// Seal checks per second: often enough that `--late-window 0s` archives promptly.
@@ -70,22 +79,34 @@ pub async fn run(
         syncer,
     } = Archiving::open(&settings, clock.clone()).await?;
 
-    let listener =
-        TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                addr: settings.listen,
-                source,
-            })?;
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(crate::ingest::tls::acceptor)
+        .transpose()
+        .map_err(|e| DaemonError::Tls(e.to_string()))?;
+    let listener = bind(settings.listen).await?;
     let addr = listener
         .local_addr()
         .map_err(|source| DaemonError::Listen {
             addr: settings.listen,
             source,
         })?;
+    // Local tools (`larch status`, `drain`, `verify`) speak plain HTTP on
+    // loopback; with TLS on the ingest address they get a loopback listener of their own.
+    let local = match tls {
+        Some(_) => Some(bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?),
+        None => None,
+    };
+    let local_addr = match &local {
+        Some(l) => l
+            .local_addr()
+            .map_err(|source| DaemonError::Listen { addr, source })?,
+        None => addr,
+    };
 
     let admin_file =
-        crate::admin::AdminFile::create(&data, addr).map_err(|source| DaemonError::Dir {
+        crate::admin::AdminFile::create(&data, local_addr).map_err(|source| DaemonError::Dir {
             path: data.join(crate::admin::ADMIN_FILE),
             source,
         })?;
@@ -145,12 +166,7 @@ pub async fn run(
         data_dir: data.clone(),
     }));
     if let Some(metrics_addr) = settings.metrics_listen {
-        let listener = TcpListener::bind(metrics_addr)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                addr: metrics_addr,
-                source,
-            })?;
+        let listener = bind(metrics_addr).await?;
         let mut stopped = stopped.clone();
         let service = observed.clone();
         tokio::spawn(async move {
@@ -183,11 +199,15 @@ pub async fn run(
     }))
     .merge(admin)
     .merge(observed);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        "larch listening on http://{addr}, spool in {}, archiving to {}",
+        "larch listening on {scheme}://{addr}, spool in {}, archiving to {}",
         data.display(),
         target.describe()
     );
+    if tls.is_some() {
+        tracing::info!("local tools (larch status, drain, verify) use http://{local_addr}");
+    }
     if settings.demo_key {
         tracing::warn!(
             "no ingestion keys configured: accepting the demo key {:?} for account {:?}. Configure [keys] before real use.",
@@ -208,12 +228,48 @@ pub async fn run(
             }
         }
     };
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_on)
-    .await;
+    let (closing, closed) = watch::channel(false);
+    tokio::spawn(async move {
+        stop_on.await;
+        let _ = closing.send(true);
+    });
+    let until_closed = |mut closed: watch::Receiver<bool>| async move {
+        let _ = closed.wait_for(|c| *c).await;
+    };
+    let service = || {
+        app.clone()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>()
+    };
+    let ingest_served = async {
+        match tls {
+            Some(acceptor) => {
+                let tls_listener = crate::ingest::tls::TlsListener::new(listener, acceptor)
+                    .map_err(|source| DaemonError::Listen { addr, source })?;
+                axum::serve(tls_listener.tap_io(|_| {}), service())
+                    .with_graceful_shutdown(until_closed(closed.clone()))
+                    .await
+                    .map_err(|source| DaemonError::Listen { addr, source })
+            }
+            None => axum::serve(listener, service())
+                .with_graceful_shutdown(until_closed(closed.clone()))
+                .await
+                .map_err(|source| DaemonError::Listen { addr, source }),
+        }
+    };
+    let local_served = async {
+        match local {
+            Some(local) => axum::serve(local, service())
+                .with_graceful_shutdown(until_closed(closed.clone()))
+                .await
+                .map_err(|source| DaemonError::Listen {
+                    addr: local_addr,
+                    source,
+                }),
+            None => Ok(()),
+        }
+    };
+    let (served, local_served) = tokio::join!(ingest_served, local_served);
+    let served = served.and(local_served);
     tracing::info!("shutting down: no longer accepting lines");
 
     // File sources store what they have read (partial last lines included),
@@ -236,9 +292,7 @@ pub async fn run(
     let _ = sync_task.await;
     let flushed = tokio::task::spawn_blocking(move || spool.make_durable()).await;
     crate::admin::AdminFile::remove(&data);
-    if let Err(e) = served {
-        return Err(DaemonError::Listen { addr, source: e });
-    }
+    served?;
     if !matches!(joined, Ok(Ok(()))) {
         return Err(DaemonError::Task(
             "commit",

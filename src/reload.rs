@@ -85,7 +85,8 @@ impl Reloadable {
 
 /// The settings that differ between `old` and `new` and cannot change while running.
 fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
     let mut changed = Vec::new();
     let mut check = |name: &'static str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
         if !same(a, b) {
@@ -100,13 +101,29 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("ingest.tls_*", &old.tls, &new.tls);
     check("ingest.max_clock_skew", &old.max_skew_ms, &new.max_skew_ms);
     check("metrics.listen", &old.metrics_listen, &new.metrics_listen);
-    check("target (url, store options, single_writer)", &old.target, &new.target);
+    check(
+        "target (url, store options, single_writer)",
+        &old.target,
+        &new.target,
+    );
     check("target.key_prefix", &old.key_prefix, &new.key_prefix);
     check("target.gzip_level", &old.gzip_level, &new.gzip_level);
-    check("target.retry_max_delay", &old.retry_max_delay, &new.retry_max_delay);
-    check("target.upload_rate_limit", &old.upload_rate_limit, &new.upload_rate_limit);
+    check(
+        "target.retry_max_delay",
+        &old.retry_max_delay,
+        &new.retry_max_delay,
+    );
+    check(
+        "target.upload_rate_limit",
+        &old.upload_rate_limit,
+        &new.upload_rate_limit,
+    );
     check("target.ledger_keep", &old.ledger_keep, &new.ledger_keep);
-    check("log.*", &(&old.log_level, old.log_format), &(&new.log_level, new.log_format));
+    check(
+        "log.*",
+        &(&old.log_level, old.log_format),
+        &(&new.log_level, new.log_format),
+    );
     changed
 }
 
@@ -141,7 +158,9 @@ pub async fn on_hangup(
             .await;
             match outcome {
                 Ok(Ok(what)) => tracing::info!("configuration reloaded; {what}"),
-                Ok(Err(e)) => tracing::error!("configuration not reloaded, the running one stays in force: {e}"),
+                Ok(Err(e)) => tracing::error!(
+                    "configuration not reloaded, the running one stays in force: {e}"
+                ),
                 Err(e) => tracing::error!("configuration reload failed: {e}"),
             }
         }

@@ -253,8 +253,14 @@ impl Rules {
     /// not set the dropped-line counters back to zero.
     pub fn carry_counts_from(&self, old: &Rules) {
         for rule in self.exclude.iter().chain(&self.include) {
-            if let Some(o) = old.exclude.iter().chain(&old.include).find(|o| o.name == rule.name) {
-                rule.dropped.store(o.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
+            if let Some(o) = old
+                .exclude
+                .iter()
+                .chain(&old.include)
+                .find(|o| o.name == rule.name)
+            {
+                rule.dropped
+                    .store(o.dropped.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
         self.not_included

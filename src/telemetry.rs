@@ -268,7 +268,9 @@ async fn metrics(State(o): State<Arc<Observed>>) -> Response {
             &o.rules.load().dropped(),
             o.clock.now_ms(),
         ),
-        Ok(Err(e)) => tracing::warn!("metrics: cannot read the spool's parts, gauges are stale: {e}"),
+        Ok(Err(e)) => {
+            tracing::warn!("metrics: cannot read the spool's parts, gauges are stale: {e}")
+        }
         Err(e) => tracing::warn!("metrics: spool reading task failed: {e}"),
     }
     exporter.run_upkeep();
@@ -302,6 +304,10 @@ async fn ready(State(o): State<Arc<Observed>>) -> Response {
     .unwrap_or_else(|e| Err(format!("the write check failed: {e}")));
     match probed {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }

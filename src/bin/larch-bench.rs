@@ -9,6 +9,9 @@
 //!   fast it went and what it cost (polling cheaply, so the waiting itself
 //!   takes no CPU from larch).
 //!
+//! - `rate`: uploads objects of known size to a target, several at once, under
+//!   `target.upload_rate_limit`, and reports the rate they achieved together.
+//!
 //! Every figure is printed as JSON so the script can put them in one table.
 
 use std::io::Write;
@@ -52,6 +55,22 @@ enum Command {
         #[arg(long)]
         archive: Option<PathBuf>,
     },
+    /// Upload objects to a target concurrently under an upload rate limit and
+    /// report the rate achieved (the cloud store's settings come from AWS_* etc.).
+    Rate {
+        /// Target URL, e.g. s3://bucket/prefix.
+        #[arg(long)]
+        target: String,
+        /// The limit, e.g. 1MiB/s.
+        #[arg(long, default_value = "1MiB/s")]
+        rate: String,
+        /// How long the uploads should take at that rate.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Uploads running at once, sharing the limit.
+        #[arg(long, default_value_t = 3)]
+        uploads: u64,
+    },
     /// Wait until a running larch has nothing left to upload; report drain speed.
     Drain {
         #[arg(long)]
@@ -75,6 +94,12 @@ fn main() -> anyhow::Result<()> {
             archive,
         } => gzip(mib, level, line_bytes, archive.as_deref()),
         Command::Drain { addr, pid, timeout } => drain(&addr, pid, *timeout),
+        Command::Rate {
+            target,
+            rate,
+            seconds,
+            uploads,
+        } => upload_rate(&target, &rate, seconds, uploads),
     }
 }
 
@@ -474,4 +499,67 @@ fn drain(addr: &str, pid: u32, timeout: Duration) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Uploads `uploads` objects at once, `rate × seconds` bytes in all, and reports
+/// how close the achieved rate came to the limit.
+fn upload_rate(url: &str, rate: &str, seconds: u64, uploads: u64) -> anyhow::Result<()> {
+    use larch::target::{Ownership, Target, TargetConfig};
+    let limit = rate
+        .parse::<larch::config::values::ByteRate>()
+        .map_err(anyhow::Error::msg)?
+        .0;
+    let target = Arc::new(Target::new(TargetConfig {
+        url: url.to_owned(),
+        upload_rate_limit: Some(limit),
+        ..TargetConfig::default()
+    })?);
+    let dir = tempfile::tempdir()?;
+    let each = limit * seconds / uploads.max(1);
+    let mut files = Vec::new();
+    for i in 0..uploads {
+        let path = dir.path().join(format!("object-{i}"));
+        // Random bytes, so nothing on the way can compress them.
+        let mut bytes = vec![0u8; each as usize];
+        rand::Rng::fill(&mut rand::rng(), bytes.as_mut_slice());
+        std::fs::write(&path, &bytes)?;
+        files.push(path);
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let run = format!("{:016x}", rand::random::<u64>());
+    let started = Instant::now();
+    runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let (target, key) = (target.clone(), format!("bench-rate/{run}/object-{i}"));
+            tasks.push(tokio::spawn(async move {
+                let owner = Ownership {
+                    instance: "bench".into(),
+                    part: key.clone(),
+                    sha256: [0; 32],
+                    lines: 0,
+                };
+                target.create(&key, &path, each, &owner).await
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        anyhow::Ok(())
+    })?;
+    let took = started.elapsed().as_secs_f64();
+    let achieved = (each * uploads) as f64 / took;
+    println!(
+        "{}",
+        json!({
+            "bench": "upload-rate",
+            "limit_bytes_per_s": limit,
+            "uploads": uploads,
+            "bytes": each * uploads,
+            "seconds": (took * 100.0).round() / 100.0,
+            "achieved_bytes_per_s": achieved.round(),
+            "off_by_percent": ((achieved / limit as f64 - 1.0) * 1000.0).round() / 10.0,
+        })
+    );
+    Ok(())
 }

@@ -165,6 +165,7 @@ impl Settings {
             gcs: store_options("gcs", file.gcs)?,
             azure: store_options("azure", file.azure)?,
             single_writer: target.single_writer.unwrap_or(false),
+            upload_rate_limit: target.upload_rate_limit.map(|r| r.0),
         };
         let millis =
             |d: Option<values::HumanDuration>, default: i64| d.map_or(default, |d| d.millis());

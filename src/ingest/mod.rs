@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

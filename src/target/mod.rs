@@ -13,6 +13,7 @@ mod aws_profile;
 mod errors;
 mod local;
 pub mod probe;
+pub mod rate;
 pub mod read;
 pub mod spec;
 
@@ -106,6 +107,7 @@ pub struct Target {
     /// Built on first use, so a target that is missing at start-up does not stop ingest.
     store: Mutex<Option<Arc<dyn ObjectStore>>>,
     capabilities: Mutex<Option<Capabilities>>,
+    rate: Option<rate::UploadRate>,
 }
 
 impl Target {
@@ -117,6 +119,7 @@ impl Target {
             spec::build_cloud(&location, &config)?;
         }
         Ok(Self {
+            rate: config.upload_rate_limit.map(rate::UploadRate::new),
             location,
             config,
             store: Mutex::new(None),
@@ -137,6 +140,12 @@ impl Target {
         let mut d = self.location.describe();
         if self.config.single_writer {
             d.push_str(" (single-writer mode)");
+        }
+        if let (Some(rate), false) = (&self.rate, matches!(self.location, Location::LocalDir(_))) {
+            d.push_str(&format!(
+                ", uploads limited to {}/s",
+                crate::spool::room::mib(rate.bytes_per_second())
+            ));
         }
         d
     }
@@ -248,6 +257,9 @@ impl Target {
                     source.display()
                 ))
             })?;
+            if let Some(rate) = &self.rate {
+                rate.take(bytes.len() as u64).await;
+            }
             let options = PutOptions {
                 mode,
                 attributes,
@@ -264,6 +276,7 @@ impl Target {
                 source,
                 attributes,
                 caps.conditional_create,
+                self.rate.as_ref(),
             )
             .await
         };
@@ -332,6 +345,7 @@ async fn create_large(
     source: &FsPath,
     attributes: Attributes,
     conditional: bool,
+    rate: Option<&rate::UploadRate>,
 ) -> object_store::Result<()> {
     let staging = Path::from(format!(
         "{UPLOAD_AREA}/{}.{:016x}",
@@ -349,10 +363,15 @@ async fn create_large(
     };
     let mut upload = WriteMultipart::new(store.put_multipart_opts(&staging, options).await?);
     let mut buf = vec![0u8; MULTIPART_CHUNK];
+    // Under a rate limit, small reads keep the bytes flowing evenly.
+    let read_size = if rate.is_some() { 64 * 1024 } else { buf.len() };
     loop {
-        let n = file.read(&mut buf).await.map_err(io)?;
+        let n = file.read(&mut buf[..read_size]).await.map_err(io)?;
         if n == 0 {
             break;
+        }
+        if let Some(rate) = rate {
+            rate.take(n as u64).await;
         }
         upload.wait_for_capacity(2).await?;
         upload.write(&buf[..n]);

@@ -28,6 +28,8 @@ pub struct TargetConfig {
     pub gcs: BTreeMap<String, String>,
     pub azure: BTreeMap<String, String>,
     pub single_writer: bool,
+    /// Bytes per second all uploads together may send (cloud targets).
+    pub upload_rate_limit: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

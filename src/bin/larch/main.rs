@@ -64,9 +64,12 @@ enum Command {
     Drain(readback::DrainArgs),
     /// Ask a running larch what it holds and what it is doing.
     Status {
-        /// Address of the running larch.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        addr: String,
+        /// Address of the running larch. Default: the one in the configured spool
+        /// directory's admin.json, else 127.0.0.1:7280.
+        #[arg(long)]
+        addr: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
@@ -250,7 +253,10 @@ fn main() -> ExitCode {
         } => validate(config, check_target),
         Command::Config { config, default } => print_config(config, default),
         Command::CheckTarget { config, target } => check_target(config, target),
-        Command::Status { addr, json } => status(&addr, json),
+        Command::Status { addr, config, json } => {
+            let addr = addr.unwrap_or_else(|| local_addr(&config));
+            status(&addr, json)
+        }
         Command::Restore(args) => match readback::restore(args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code),
@@ -356,6 +362,10 @@ fn validate(config: ConfigArgs, probe: bool) -> anyhow::Result<()> {
         settings.file_sources.len(),
         settings.target.url
     );
+    if let Some(files) = &settings.tls {
+        larch::ingest::tls::acceptor(files)?;
+        println!("  TLS certificate and key load");
+    }
     if probe {
         probe_target(settings)?;
     }
@@ -452,6 +462,15 @@ fn probe_target(settings: Settings) -> anyhow::Result<()> {
     } else {
         bail!("the target is not usable yet; fix the points marked FAILED")
     }
+}
+
+/// Where local tools reach the larch of the configured spool directory.
+fn local_addr(config: &ConfigArgs) -> String {
+    config
+        .settings(Vec::new())
+        .ok()
+        .and_then(|(_, s)| larch::admin::AdminFile::read(&s.data_dir).ok().flatten())
+        .map_or_else(|| DEFAULT_LISTEN.to_owned(), |f| f.addr)
 }
 
 fn status(addr: &str, json: bool) -> anyhow::Result<()> {
