@@ -270,6 +270,8 @@ pub async fn run(
     };
     let (served, local_served) = tokio::join!(ingest_served, local_served);
     let served = served.and(local_served);
+    // The router holds a committer handle: the commit thread ends only once it is gone.
+    drop(app);
     tracing::info!("shutting down: no longer accepting lines");
 
     // File sources store what they have read (partial last lines included),

@@ -798,6 +798,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_spool_of_another_format_version_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock =
+            std::sync::Arc::new(crate::clock::ManualClock::new(3_600_000 * 100));
+        let open = || Spool::open(dir.path(), clock.clone(), SealRule::default(), 1 << 20);
+        let spool = open().unwrap();
+        spool
+            .db
+            .insert(keys::meta("version"), &99u64.to_be_bytes())
+            .unwrap();
+        spool.make_durable().unwrap();
+        drop(spool);
+        let Err(err) = open() else {
+            panic!("a spool of format version 99 was opened")
+        };
+        assert!(
+            matches!(err, SpoolError::Incompatible { found: 99, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("version 99"), "{err}");
+        // Refusing wrote nothing: the spool is still version 99.
+        assert!(matches!(open(), Err(SpoolError::Incompatible { .. })));
+    }
+
+    #[test]
     fn an_unfinished_sled_snapshot_does_not_stop_the_spool_from_opening() {
         let dir = tempfile::tempdir().unwrap();
         let clock: SharedClock =

@@ -52,7 +52,7 @@ impl UploadRate {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = false)]
+    #[tokio::test]
     async fn taking_more_than_a_slice_waits_for_the_rate() {
         let rate = UploadRate::new(1 << 20);
         let started = std::time::Instant::now();
