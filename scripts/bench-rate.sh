@@ -10,11 +10,12 @@ rate=${1:-1MiB/s}
 seconds=${2:-20}
 scripts/test-servers.sh moto >&2
 cargo build --release --locked --bin larch-bench >&2
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+. scripts/lib.sh
+port=$(free_port)
 .test-servers/venv/bin/moto_server -H 127.0.0.1 -p "$port" >/dev/null 2>&1 &
 moto=$!
 trap 'kill $moto 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port" >/dev/null && break; sleep 0.2; done
+wait_for_url "http://127.0.0.1:$port"
 curl -sf -X PUT "http://127.0.0.1:$port/bench" >/dev/null
 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
     AWS_ENDPOINT_URL="http://127.0.0.1:$port" \

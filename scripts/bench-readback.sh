@@ -32,7 +32,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. scripts/lib.sh
+port=$(free_port)
 "$larch" run --data "$work/data" --listen "127.0.0.1:$port" --late-window 0s >"$work/larch.log" 2>&1 &
 pid=$!
 for _ in $(seq 600); do

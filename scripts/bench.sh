@@ -48,7 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/lib.sh
 addr=127.0.0.1:$(free_port)
 
 # Starts larch on $1 (data dir) with extra flags; sets $pid and waits for /health.
