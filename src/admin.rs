@@ -193,10 +193,12 @@ async fn drain(State(admin): State<Arc<Admin>>) -> Response {
     match sealed_then_counted {
         Ok(summary) => {
             admin.sealed.notify_one();
-            let mut status = admin.board.snapshot(summary);
-            status.lines_dropped_by_rule = admin.rules.load().dropped();
-            status.room = admin.room.status();
-            Json(status).into_response()
+            Json(
+                admin
+                    .board
+                    .running(summary, &admin.rules.load(), admin.room.status()),
+            )
+            .into_response()
         }
         Err(refused) => *refused,
     }

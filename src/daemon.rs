@@ -9,6 +9,7 @@
 //! the next start), then flush the spool.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ pub enum DaemonError {
     Target(#[from] TargetSpecError),
     #[error("cannot listen on {addr}: {source}. Is another larch (or another program) using that address? Pick another with --listen.")]
     Listen {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("cannot prepare {path}: {source}")]
@@ -52,7 +53,29 @@ pub enum DaemonError {
     Task(&'static str, String),
 }
 
-async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, DaemonError> {
+/// Serves `app` on `listener` until `closed` turns true, with each peer's
+/// address available to handlers (`ConnectInfo`).
+async fn serve<L>(
+    listener: L,
+    addr: SocketAddr,
+    app: axum::Router,
+    mut closed: watch::Receiver<bool>,
+) -> Result<(), DaemonError>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    axum::serve(
+        listener.tap_io(|_| {}),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = closed.wait_for(|closed| *closed).await;
+    })
+    .await
+    .map_err(|source| DaemonError::Listen { addr, source })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| DaemonError::Listen { addr, source })
@@ -95,7 +118,7 @@ pub async fn run(
     // Local tools (`larch status`, `drain`, `verify`) speak plain HTTP on
     // loopback; with TLS on the ingest address they get a loopback listener of their own.
     let local = match tls {
-        Some(_) => Some(bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?),
+        Some(_) => Some(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?),
         None => None,
     };
     let local_addr = match &local {
@@ -159,6 +182,7 @@ pub async fn run(
 
     let observed = crate::telemetry::router(Arc::new(Observed {
         spool: spool.clone(),
+        board: board.clone(),
         room: room.clone(),
         rules: rules.clone(),
         clock: clock.clone(),
@@ -166,17 +190,15 @@ pub async fn run(
         data_dir: data.clone(),
     }));
     if let Some(metrics_addr) = settings.metrics_listen {
-        let listener = bind(metrics_addr).await?;
-        let mut stopped = stopped.clone();
-        let service = observed.clone();
+        let served = serve(
+            bind(metrics_addr).await?,
+            metrics_addr,
+            observed.clone(),
+            stopped.clone(),
+        );
         tokio::spawn(async move {
-            let served = axum::serve(listener, service)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.changed().await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!("the metrics listener on {metrics_addr} stopped: {e}");
+            if let Err(e) = served.await {
+                tracing::error!("the metrics listener stopped: {e}");
             }
         });
         tracing::info!("metrics, health and readiness also on http://{metrics_addr}");
@@ -233,38 +255,19 @@ pub async fn run(
         stop_on.await;
         let _ = closing.send(true);
     });
-    let until_closed = |mut closed: watch::Receiver<bool>| async move {
-        let _ = closed.wait_for(|c| *c).await;
-    };
-    let service = || {
-        app.clone()
-            .into_make_service_with_connect_info::<std::net::SocketAddr>()
-    };
     let ingest_served = async {
         match tls {
             Some(acceptor) => {
                 let tls_listener = crate::ingest::tls::TlsListener::new(listener, acceptor)
                     .map_err(|source| DaemonError::Listen { addr, source })?;
-                axum::serve(tls_listener.tap_io(|_| {}), service())
-                    .with_graceful_shutdown(until_closed(closed.clone()))
-                    .await
-                    .map_err(|source| DaemonError::Listen { addr, source })
+                serve(tls_listener, addr, app.clone(), closed.clone()).await
             }
-            None => axum::serve(listener, service())
-                .with_graceful_shutdown(until_closed(closed.clone()))
-                .await
-                .map_err(|source| DaemonError::Listen { addr, source }),
+            None => serve(listener, addr, app.clone(), closed.clone()).await,
         }
     };
     let local_served = async {
         match local {
-            Some(local) => axum::serve(local, service())
-                .with_graceful_shutdown(until_closed(closed.clone()))
-                .await
-                .map_err(|source| DaemonError::Listen {
-                    addr: local_addr,
-                    source,
-                }),
+            Some(local) => serve(local, local_addr, app.clone(), closed.clone()).await,
             None => Ok(()),
         }
     };

@@ -85,46 +85,37 @@ impl Reloadable {
 
 /// The settings that differ between `old` and `new` and cannot change while running.
 fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    let same =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
-    let mut changed = Vec::new();
-    let mut check = |name: &'static str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
-        if !same(a, b) {
-            changed.push(name);
-        }
+    // Each entry: a name and the setting's value in `old` and in `new`, as text.
+    let d = |s: &Settings| -> Vec<(&'static str, String)> {
+        vec![
+            ("spool.dir", format!("{:?}", s.data_dir)),
+            (
+                "spool.late_window / follow_up_after",
+                format!("{:?}", s.seal),
+            ),
+            ("spool.cache_size", format!("{:?}", s.cache_bytes)),
+            ("spool.max_size / min_free_space", format!("{:?}", s.room)),
+            ("ingest.listen", format!("{:?}", s.listen)),
+            ("ingest.tls_*", format!("{:?}", s.tls)),
+            ("ingest.max_clock_skew", format!("{:?}", s.max_skew_ms)),
+            ("metrics.listen", format!("{:?}", s.metrics_listen)),
+            (
+                "target (url, store options, single_writer, upload_rate_limit)",
+                format!("{:?}", s.target),
+            ),
+            ("target.key_prefix", format!("{:?}", s.key_prefix)),
+            ("target.gzip_level", format!("{:?}", s.gzip_level)),
+            ("target.retry_max_delay", format!("{:?}", s.retry_max_delay)),
+            ("target.ledger_keep", format!("{:?}", s.ledger_keep)),
+            ("log.*", format!("{:?} {:?}", s.log_level, s.log_format)),
+        ]
     };
-    check("spool.dir", &old.data_dir, &new.data_dir);
-    check("spool.late_window / follow_up_after", &old.seal, &new.seal);
-    check("spool.cache_size", &old.cache_bytes, &new.cache_bytes);
-    check("spool.max_size / min_free_space", &old.room, &new.room);
-    check("ingest.listen", &old.listen, &new.listen);
-    check("ingest.tls_*", &old.tls, &new.tls);
-    check("ingest.max_clock_skew", &old.max_skew_ms, &new.max_skew_ms);
-    check("metrics.listen", &old.metrics_listen, &new.metrics_listen);
-    check(
-        "target (url, store options, single_writer)",
-        &old.target,
-        &new.target,
-    );
-    check("target.key_prefix", &old.key_prefix, &new.key_prefix);
-    check("target.gzip_level", &old.gzip_level, &new.gzip_level);
-    check(
-        "target.retry_max_delay",
-        &old.retry_max_delay,
-        &new.retry_max_delay,
-    );
-    check(
-        "target.upload_rate_limit",
-        &old.upload_rate_limit,
-        &new.upload_rate_limit,
-    );
-    check("target.ledger_keep", &old.ledger_keep, &new.ledger_keep);
-    check(
-        "log.*",
-        &(&old.log_level, old.log_format),
-        &(&new.log_level, new.log_format),
-    );
-    changed
+    d(old)
+        .into_iter()
+        .zip(d(new))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((name, _), _)| name)
+        .collect()
 }
 
 /// Waits for SIGHUP and reloads, until `stopped` turns true.
@@ -168,5 +159,33 @@ pub async fn on_hangup(
     #[cfg(not(unix))]
     {
         let _ = (reloadable, reloader, stopped.changed().await);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+
+    fn settings(toml_text: &str) -> Settings {
+        Settings::resolve(toml::from_str::<FileConfig>(toml_text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn only_settings_a_reload_cannot_apply_are_named_as_needing_a_restart() {
+        let old = settings("[keys]\nk = \"acme\"\n");
+        let new = settings(
+            "[keys]\nk2 = \"beta\"\n[spool]\nlate_window = \"1h\"\n\
+             [target]\ngzip_level = 9\nupload_rate_limit = \"1MiB/s\"\n",
+        );
+        assert_eq!(
+            needs_restart(&old, &new),
+            [
+                "spool.late_window / follow_up_after",
+                "target (url, store options, single_writer, upload_rate_limit)",
+                "target.gzip_level",
+            ]
+        );
+        assert!(needs_restart(&old, &settings("[keys]\nk3 = \"x\"\n")).is_empty());
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::EpochMs;
+use crate::rules::Rules;
 use crate::spool::{RoomStatus, SpoolSummary};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -72,6 +73,15 @@ impl Board {
     /// The current status, with the spool's counts filled in by the caller.
     pub fn snapshot(&self, spool: SpoolSummary) -> Status {
         self.with(|s| Status { spool, ..s.clone() })
+    }
+
+    /// The status of a running daemon: also what its rules dropped and its room.
+    pub fn running(&self, spool: SpoolSummary, rules: &Rules, room: RoomStatus) -> Status {
+        Status {
+            lines_dropped_by_rule: rules.dropped(),
+            room,
+            ..self.snapshot(spool)
+        }
     }
 
     pub fn set_identity(&self, instance: String, target: String) {

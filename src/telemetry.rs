@@ -1,32 +1,15 @@
 //! What larch counts and how it is read: Prometheus metrics at `/metrics`,
 //! liveness at `/health`, readiness at `/ready`.
 //!
-//! Stages record events through the functions here (counters and histograms of
-//! the `metrics` crate); gauges that describe the spool are read from it when
-//! `/metrics` is scraped, so they are never stale. The exporter is installed
-//! once per process; before that (in unit tests, `larch drain`) recording is a no-op.
-//!
-//! Names, all prefixed `larch_`:
-//!
-//! | metric | type | labels |
-//! |---|---|---|
-//! | `larch_ingested_lines_total`, `larch_ingested_bytes_total` | counter | `account`, `source` (`http`, `file`) |
-//! | `larch_http_requests_total` | counter | `status` |
-//! | `larch_rule_dropped_lines_total` | counter | `rule` |
-//! | `larch_commit_lines` | histogram | (lines per group commit) |
-//! | `larch_commit_seconds` | histogram | (group commit latency, fsync included) |
-//! | `larch_spool_parts`, `larch_spool_bytes` | gauge | `state` (`open`, `sealed`, `uploading`, `uploaded`) |
-//! | `larch_spool_lines_waiting` | gauge | |
-//! | `larch_oldest_unsynced_hour_age_seconds` | gauge | (0 when nothing waits) |
-//! | `larch_follow_up_parts_total` | counter | |
-//! | `larch_records_quarantined` | gauge | (set aside as corrupt since start) |
-//! | `larch_uploads_total` | counter | `result` (`ok`, `error`) |
-//! | `larch_upload_bytes_total` | counter | (compressed bytes sent) |
-//! | `larch_upload_retries_total` | counter | |
-//! | `larch_upload_backoff_seconds` | gauge | (current wait before the next attempt) |
-//! | `larch_disk_free_bytes`, `larch_refusing_lines` | gauge | |
+//! Events only a stage sees (lines made durable, requests answered, group
+//! commits, follow-up parts, the current backoff) are recorded where they
+//! happen, with the `metrics` crate. What the daemon's status already counts
+//! (parts by state, the backlog, the room, the rules' drops, uploads) is read
+//! from it when `/metrics` is scraped, so the two never disagree and nothing
+//! is counted twice. The exporter is installed once per process; before that
+//! (in unit tests, `larch drain`) recording is a no-op. Every metric's name and
+//! meaning is in [`describe`] (and in the README's table).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -43,7 +26,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::account::AccountId;
 use crate::clock::{EpochMs, SharedClock};
 use crate::rules::LiveRules;
-use crate::spool::{Room, RoomStatus, Spool, SpoolSummary};
+use crate::spool::{Room, Spool};
+use crate::status::{Board, Status};
 
 /// Where a line came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +127,7 @@ fn describe() {
     );
     describe_counter!(
         "larch_uploads_total",
-        "Upload attempts of archive objects, by result"
+        "Archive objects uploaded (ok) and failed upload attempts (error)"
     );
     describe_counter!(
         "larch_upload_bytes_total",
@@ -182,19 +166,12 @@ pub fn committed(lines: usize, took: Duration) {
     histogram!("larch_commit_seconds").record(took.as_secs_f64());
 }
 
-pub fn follow_up_opened() {
-    counter!("larch_follow_up_parts_total").increment(1);
+pub fn follow_ups_opened(parts: usize) {
+    counter!("larch_follow_up_parts_total").increment(parts as u64);
 }
 
-pub fn uploaded(bytes: u64) {
-    counter!("larch_uploads_total", "result" => "ok").increment(1);
-    counter!("larch_upload_bytes_total").increment(bytes);
-}
-
-/// A failed attempt; `retry_in` is the wait before the next one.
-pub fn upload_failed(retry_in: Duration) {
-    counter!("larch_uploads_total", "result" => "error").increment(1);
-    counter!("larch_upload_retries_total").increment(1);
+/// A failed upload attempt waits `retry_in` before the next one.
+pub fn backing_off(retry_in: Duration) {
     gauge!("larch_upload_backoff_seconds").set(retry_in.as_secs_f64());
 }
 
@@ -203,38 +180,43 @@ pub fn backoff_over() {
     gauge!("larch_upload_backoff_seconds").set(0.0);
 }
 
-/// Sets the gauges read from the spool, just before a scrape renders them.
-pub fn observe(
-    spool: &SpoolSummary,
-    room: &RoomStatus,
-    dropped_by_rule: &BTreeMap<String, u64>,
-    now: EpochMs,
-) {
+/// Sets what is read from the daemon's status (the spool's parts, the room,
+/// the rules' and uploads' counts) just before a scrape renders it.
+fn observe(status: &Status, now: EpochMs) {
+    let spool = &status.spool;
     for (state, parts, bytes) in [
         ("open", spool.parts_open, spool.bytes_open),
         ("sealed", spool.parts_sealed, spool.bytes_sealed),
         ("uploading", spool.parts_uploading, spool.bytes_uploading),
-        ("uploaded", spool.parts_uploaded, 0),
     ] {
         gauge!("larch_spool_parts", "state" => state).set(parts as f64);
         gauge!("larch_spool_bytes", "state" => state).set(bytes as f64);
     }
+    // Uploaded parts are deleted a moment later; their bytes count as archived.
+    gauge!("larch_spool_parts", "state" => "uploaded").set(spool.parts_uploaded as f64);
     gauge!("larch_spool_lines_waiting").set(spool.lines_waiting as f64);
     let age = spool
         .oldest_waiting_hour_end
         .map_or(0.0, |end| ((now - end).max(0) as f64) / 1000.0);
     gauge!("larch_oldest_unsynced_hour_age_seconds").set(age);
     gauge!("larch_records_quarantined").set(spool.records_quarantined as f64);
+    let room = &status.room;
     gauge!("larch_disk_free_bytes").set(room.disk_free_bytes as f64);
     gauge!("larch_refusing_lines").set(if room.refusing.is_some() { 1.0 } else { 0.0 });
-    for (rule, lines) in dropped_by_rule {
+    for (rule, lines) in &status.lines_dropped_by_rule {
         counter!("larch_rule_dropped_lines_total", "rule" => rule.clone()).absolute(*lines);
     }
+    counter!("larch_uploads_total", "result" => "ok").absolute(status.objects_uploaded);
+    counter!("larch_uploads_total", "result" => "error").absolute(status.upload_failures);
+    // Every failed attempt is retried: paused uploads too, every 30 s at most.
+    counter!("larch_upload_retries_total").absolute(status.upload_failures);
+    counter!("larch_upload_bytes_total").absolute(status.bytes_uploaded);
 }
 
 /// What `/metrics`, `/health` and `/ready` read.
 pub struct Observed {
     pub spool: Arc<Spool>,
+    pub board: Arc<Board>,
     pub room: Arc<Room>,
     pub rules: LiveRules,
     pub clock: SharedClock,
@@ -263,9 +245,7 @@ async fn metrics(State(o): State<Arc<Observed>>) -> Response {
     let spool = o.spool.clone();
     match tokio::task::spawn_blocking(move || spool.summary()).await {
         Ok(Ok(summary)) => observe(
-            &summary,
-            &o.room.status(),
-            &o.rules.load().dropped(),
+            &o.board.running(summary, &o.rules.load(), o.room.status()),
             o.clock.now_ms(),
         ),
         Ok(Err(e)) => {

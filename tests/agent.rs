@@ -100,6 +100,18 @@ fn settings_come_from_the_file_then_the_environment_then_flags() {
     assert!(ok && out.contains("valid"), "{out}{err}");
 }
 
+/// Runs `larch validate` on `config` with `extra` arguments and `env`; asserts it
+/// fails with every one of `needles` in its message.
+fn refused(config: &str, extra: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+    let mut args = vec!["validate", "--config", config];
+    args.extend_from_slice(extra);
+    let (ok, _, err) = larch(&args, env);
+    assert!(!ok, "larch validate {args:?} passed");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
 #[test]
 fn validate_names_the_line_of_an_unknown_key_and_of_a_bad_duration() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,49 +119,26 @@ fn validate_names_the_line_of_an_unknown_key_and_of_a_bad_duration() {
         &dir.path().join("typo.toml"),
         "[keys]\nk = \"acme\"\n\n[spool]\nlate_windw = \"2h\"\n",
     );
-    let (ok, _, err) = larch(&["validate", "--config", &typo], &[]);
-    assert!(!ok);
-    assert!(
-        err.contains("line 5") && err.contains("unknown field `late_windw`"),
-        "{err}"
-    );
+    refused(&typo, &[], &[], &["line 5", "unknown field `late_windw`"]);
+    // The file's error stands whatever the environment says.
+    refused(&typo, &[], &[("LARCH_SPOOL_DIR", "x")], &["line 5"]);
 
     let bad = write(
         &dir.path().join("bad.toml"),
         "[target]\ngzip_level = 6\nretry_max_delay = \"soon\"\n",
     );
-    let (ok, _, err) = larch(&["validate", "--config", &bad], &[]);
-    assert!(!ok);
-    assert!(
-        err.contains("line 3") && err.contains("\"soon\" is not a duration"),
-        "{err}"
-    );
+    refused(&bad, &[], &[], &["line 3", "\"soon\" is not a duration"]);
 
-    let (ok, _, err) = larch(
-        &["validate", "--config", &typo],
-        &[("LARCH_SPOOL_DIR", "x")],
-    );
-    assert!(
-        !ok,
-        "the file's error stands whatever the environment says: {err}"
-    );
     let good = write(&dir.path().join("good.toml"), "[keys]\nk = \"acme\"\n");
-    let (ok, _, err) = larch(
-        &["validate", "--config", &good],
-        &[("LARCH_SPOOL_MIN_FREE_SPACE", "lots")],
-    );
-    assert!(!ok && err.contains("LARCH_SPOOL_MIN_FREE_SPACE"), "{err}");
-    let (ok, _, err) = larch(
-        &[
-            "validate",
-            "--config",
-            &good,
-            "--set",
-            "ingest.listen=0.0.0.0:7280",
-        ],
+    let env = [("LARCH_SPOOL_MIN_FREE_SPACE", "lots")];
+    refused(
+        &good,
         &[],
+        &env,
+        &["LARCH_SPOOL_MIN_FREE_SPACE", "\"lots\" is not a size"],
     );
-    assert!(!ok && err.contains("--insecure-listen"), "{err}");
+    let open = ["--set", "ingest.listen=0.0.0.0:7280"];
+    refused(&good, &open, &[], &["--insecure-listen"]);
 }
 
 /// The scraped samples, by metric name and labels.
@@ -225,6 +214,8 @@ fn metrics_parse_as_prometheus_text_and_count_what_happens() {
     );
     assert!(value(&samples, "larch_spool_parts", &[("state", "open")]).is_some());
 
+    // The hour is sealed and archived: more of its lines open a follow-up part.
+    d.wait_drained(Duration::from_secs(60));
     common::objects::send(&d, "k", 2, "second", 7);
     let (status, _) = d.ingest_json("wrong", &json!({"lines": [{"line": "x"}]}));
     assert_eq!(status, 401);
@@ -249,6 +240,10 @@ fn metrics_parse_as_prometheus_text_and_count_what_happens() {
         "{samples:?}"
     );
     assert!(value(&samples, "larch_upload_bytes_total", &[]).unwrap_or(0.0) > 0.0);
+    assert_eq!(
+        value(&samples, "larch_follow_up_parts_total", &[]),
+        Some(1.0)
+    );
     assert_eq!(value(&samples, "larch_spool_lines_waiting", &[]), Some(0.0));
     assert_eq!(
         value(&samples, "larch_oldest_unsynced_hour_age_seconds", &[]),

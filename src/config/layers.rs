@@ -39,6 +39,16 @@ impl Override {
         }
     }
 
+    /// The flags that were given, from `(flag, section.key, value if given)`.
+    pub fn flags<'a>(
+        given: impl IntoIterator<Item = (&'a str, &'a str, Option<String>)>,
+    ) -> Vec<Self> {
+        given
+            .into_iter()
+            .filter_map(|(flag, path, value)| Some(Self::flag(flag, path, value?)))
+            .collect()
+    }
+
     /// `--set SECTION.KEY=VALUE`.
     pub fn parse_set(text: &str) -> Result<Self, ConfigError> {
         let (path, value) = text.split_once('=').ok_or_else(|| ConfigError::Override {

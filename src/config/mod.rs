@@ -89,8 +89,6 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// Cap of the upload backoff; also how often a paused upload is re-checked (at most 30 s).
     pub retry_max_delay: Duration,
-    /// Bytes per second all uploads together may send, if limited.
-    pub upload_rate_limit: Option<u64>,
     /// How long the spool's ledger remembers an uploaded object.
     pub ledger_keep: Duration,
     /// When the spool refuses new lines.
@@ -129,9 +127,9 @@ fn store_options(
 }
 
 /// Ingestion keys from `[keys]`, or the demo key when there are none.
-pub fn keys_of(config: &FileConfig) -> Result<(Keys, bool), ConfigError> {
+fn keys_of(keys: Option<BTreeMap<String, String>>) -> Result<(Keys, bool), ConfigError> {
     let mut pairs = Vec::new();
-    for (key, account) in config.keys.clone().unwrap_or_default() {
+    for (key, account) in keys.unwrap_or_default() {
         pairs.push((key, AccountId::parse(&account)?));
     }
     let demo_key = pairs.is_empty();
@@ -175,10 +173,7 @@ impl Settings {
                 .min_free_space
                 .map_or(RoomLimits::default().min_free_bytes, |s| s.0),
         };
-        let (keys, demo_key) = keys_of(&FileConfig {
-            keys: file.keys,
-            ..FileConfig::default()
-        })?;
+        let (keys, demo_key) = keys_of(file.keys)?;
         Ok(Self {
             data_dir,
             listen,
@@ -199,7 +194,6 @@ impl Settings {
             retry_max_delay: Duration::from_millis(
                 millis(target.retry_max_delay, 5 * 60_000).max(1000) as u64,
             ),
-            upload_rate_limit: target.upload_rate_limit.map(|r| r.0),
             ledger_keep: Duration::from_millis(millis(target.ledger_keep, 30 * 86_400_000) as u64),
             room,
             keys,
@@ -242,7 +236,7 @@ mod tests {
         assert_eq!(s.keys.account(DEMO_KEY).unwrap().as_str(), DEMO_ACCOUNT);
         assert_eq!(PathBuf::from(&s.target.url), PathBuf::from("data/archive"));
         assert!(!s.target.single_writer);
-        assert_eq!(s.upload_rate_limit, None);
+        assert_eq!(s.target.upload_rate_limit, None);
         assert_eq!(s.log_format, LogFormat::Text);
     }
 
@@ -252,8 +246,6 @@ mod tests {
         let (a, b) = (Settings::resolve(file).unwrap(), defaults());
         assert_eq!(format!("{a:?}"), format!("{b:?}"));
         // Every setting the schema knows is documented, set or commented out.
-        let schema = toml::Value::try_from(file::SpoolSection::default()).unwrap();
-        let _ = schema;
         for key in [
             "dir",
             "late_window",

@@ -199,17 +199,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl FromStr for LogFormat {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim() {
-            "text" => Ok(Self::Text),
-            "json" => Ok(Self::Json),
-            _ => Err(format!("log format {text:?}: use text or json")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,4 @@
-//! The HTTP front door: Mezmo-compatible `POST /logs/ingest`, plus `/status`
-//! and `/health`. A request is answered 200 only after the committer says its
+//! The HTTP front door: Mezmo-compatible `POST /logs/ingest`, plus `/status`. A request is answered 200 only after the committer says its
 //! lines are durable; every refusal uses FORMAT.md's error body.
 
 pub mod auth;
@@ -21,7 +20,6 @@ use crate::clock::SharedClock;
 use crate::rules::LiveRules;
 use crate::spool::{CommitError, Committer, NoRoom, Spool};
 use crate::status::Board;
-use crate::telemetry::Source;
 pub use auth::{Keys, LiveKeys};
 use body::{Rejection, RequestContext};
 
@@ -151,18 +149,12 @@ async fn answer(
     ingest.rules.load().retain(&account, &mut lines);
     // The parsed lines are all that is needed now; the body need not wait for the commit.
     drop(raw);
-    let (count, bytes) = (lines.len(), lines.iter().map(|l| l.line.len()).sum());
-    match ingest.committer.commit(account.clone(), lines).await {
-        Ok(batch_id) => {
-            if count > 0 {
-                crate::telemetry::ingested(&account, Source::Http, count, bytes);
-            }
-            (
-                StatusCode::OK,
-                Json(json!({"status": "ok", "batchID": batch_id})),
-            )
-                .into_response()
-        }
+    match ingest.committer.commit(account, lines).await {
+        Ok(batch_id) => (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "batchID": batch_id})),
+        )
+            .into_response(),
         Err(e @ CommitError::ShuttingDown) => not_ok(
             StatusCode::SERVICE_UNAVAILABLE,
             vec![format!("{e}; retry shortly")],
@@ -225,10 +217,8 @@ async fn status(
     let spool = ingest.spool.clone();
     match tokio::task::spawn_blocking(move || spool.summary()).await {
         Ok(Ok(summary)) => {
-            let mut status = ingest.board.snapshot(summary);
-            status.lines_dropped_by_rule = ingest.rules.load().dropped();
-            status.room = ingest.committer.room().status();
-            Json(status).into_response()
+            let room = ingest.committer.room().status();
+            Json(ingest.board.running(summary, &ingest.rules.load(), room)).into_response()
         }
         Ok(Err(e)) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
         Err(e) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),

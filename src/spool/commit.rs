@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{NoRoom, PositionUpdate, Room, Spool, SpoolError};
 use crate::account::AccountId;
 use crate::line::Line;
+use crate::telemetry::Source;
 
 /// At most this many line bytes go into one group, so one fsync never waits
 /// behind an unbounded amount of work.
@@ -79,27 +80,33 @@ impl Committer {
         &self.room
     }
 
-    /// Makes `lines` durable for `account`. Returns the batch ID once they are.
+    /// Makes `lines` of an HTTP request durable for `account`. Returns the batch ID once they are.
     pub async fn commit(
         &self,
         account: AccountId,
         lines: Vec<Line>,
     ) -> Result<String, CommitError> {
-        self.commit_along(account, lines, Along::default()).await
+        self.commit_along(account, lines, Along::default(), Source::Http)
+            .await
     }
 
-    /// Like [`Self::commit`], with source state stored in the same batch.
+    /// Like [`Self::commit`], for any source, with its state stored in the same batch.
     pub async fn commit_along(
         &self,
         account: AccountId,
         lines: Vec<Line>,
         along: Along,
+        source: Source,
     ) -> Result<String, CommitError> {
-        let bytes: usize = lines.iter().map(|l| l.line.len() + 64).sum();
+        let count = lines.len();
+        let text_bytes: usize = lines.iter().map(|l| l.line.len()).sum();
+        // What a line costs in the spool, roughly: its text and its record.
+        let bytes = text_bytes + 64 * count;
         // Refused before anything is stored; a position alone always goes through.
-        if !lines.is_empty() {
+        if count > 0 {
             self.room.admit(&account, bytes as u64)?;
         }
+        let counted = (count > 0).then(|| account.clone());
         let (done, answer) = oneshot::channel();
         let request = Request {
             account,
@@ -112,10 +119,11 @@ impl Committer {
             .send(request)
             .await
             .map_err(|_| CommitError::ShuttingDown)?;
-        match answer.await {
-            Ok(answer) => answer,
-            Err(_) => Err(CommitError::ShuttingDown),
+        let answer = answer.await.unwrap_or(Err(CommitError::ShuttingDown));
+        if let (Ok(_), Some(account)) = (&answer, counted) {
+            crate::telemetry::ingested(&account, source, count, text_bytes);
         }
+        answer
     }
 }
 
@@ -169,5 +177,6 @@ fn commit_group(
         }
         return Err(e);
     }
+    crate::telemetry::follow_ups_opened(staged.follow_ups);
     Ok(staged.batch_ids)
 }

@@ -136,6 +136,8 @@ pub(crate) struct BlockView<'a> {
 /// What one group commit staged, so it can be undone if it never became durable.
 pub struct Staged {
     pub batch_ids: Vec<String>,
+    /// Follow-up parts the group opens (for hours already sealed).
+    pub follow_ups: usize,
     block_keys: Vec<Vec<u8>>,
     /// Positions the group moved, with their values before it.
     replaced: Vec<(Vec<u8>, Option<sled::IVec>)>,
@@ -319,6 +321,7 @@ impl Spool {
         let now = self.clock.now_ms();
         let mut index = self.lock();
         let mut next_line = index.next_line;
+        let mut follow_ups = 0;
         let mut touched: HashMap<(AccountId, Hour), OpenPart> = HashMap::new();
         let mut lines_by_part: HashMap<PartId, Vec<(u64, StoredLine)>> = HashMap::new();
         let mut batch_ids = Vec::with_capacity(requests.len());
@@ -345,7 +348,11 @@ impl Spool {
                                     seq: p.seq,
                                     record: p.record.clone(),
                                 },
-                                None => self.new_part(&account, hour, now)?,
+                                None => {
+                                    let part = self.new_part(&account, hour, now)?;
+                                    follow_ups += usize::from(part.seq > 0);
+                                    part
+                                }
                             };
                             let seq = part.seq;
                             touched.insert(slot, part);
@@ -426,6 +433,7 @@ impl Spool {
         index.open.extend(touched);
         Ok(Staged {
             batch_ids,
+            follow_ups,
             block_keys,
             replaced,
         })
@@ -469,10 +477,7 @@ impl Spool {
             .next_back()
             .transpose()?;
         let seq = match last.as_deref().and_then(keys::parse_part) {
-            Some(p) => {
-                crate::telemetry::follow_up_opened();
-                p.seq + 1
-            }
+            Some(p) => p.seq + 1,
             None => 0,
         };
         Ok(OpenPart {

@@ -247,7 +247,7 @@ impl Syncer {
                 } else {
                     tracing::warn!(part = %id, key, attempt, "upload failed: {e}. Lines stay in the spool; retrying in {:.1}s.", delay.as_secs_f64());
                 }
-                crate::telemetry::upload_failed(delay);
+                crate::telemetry::backing_off(delay);
                 self.board
                     .upload_failed(format!("{id}: {e}"), self.clock.now_ms(), needs_operator);
                 retry_at.insert(id, (attempt, Instant::now() + delay));
@@ -346,7 +346,6 @@ impl Syncer {
         match created {
             Created::Created => {
                 self.board.wrote(staged.size, staged.input_bytes);
-                crate::telemetry::uploaded(staged.size);
                 crate::fault::point("after-put");
                 Ok(PartState::Uploaded(done))
             }

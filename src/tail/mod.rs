@@ -494,15 +494,9 @@ impl SourceRun {
         let along = Along { ids, positions };
         let committer = self.shared.committer.clone();
         let account = self.source.account.clone();
-        let (count, bytes) = (lines.len(), lines.iter().map(|l| l.line.len()).sum());
-        let committed = self
-            .shared
+        self.shared
             .runtime
-            .block_on(committer.commit_along(account, lines, along));
-        if committed.is_ok() && count > 0 {
-            crate::telemetry::ingested(&self.source.account, Source::File, count, bytes);
-        }
-        committed
+            .block_on(committer.commit_along(account, lines, along, Source::File))
     }
 
     /// Drops a file that was renamed away or deleted and has been read to its end.

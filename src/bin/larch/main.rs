@@ -115,7 +115,7 @@ struct RunArgs {
     config: ConfigArgs,
     /// Directory for the spool and the default archive (spool.dir).
     #[arg(long)]
-    data: Option<PathBuf>,
+    data: Option<String>,
     /// Address to listen on for ingest (ingest.listen).
     #[arg(long)]
     listen: Option<String>,
@@ -133,10 +133,10 @@ struct RunArgs {
     keys: Vec<String>,
     /// PEM certificate chain for TLS on the ingest listener (ingest.tls_cert).
     #[arg(long)]
-    tls_cert: Option<PathBuf>,
+    tls_cert: Option<String>,
     /// PEM private key for TLS on the ingest listener (ingest.tls_key).
     #[arg(long)]
-    tls_key: Option<PathBuf>,
+    tls_key: Option<String>,
     /// Allow a non-loopback listen address without TLS (ingest.insecure_listen).
     #[arg(long)]
     insecure_listen: bool,
@@ -153,65 +153,44 @@ struct RunArgs {
 
 impl RunArgs {
     fn overrides(&self) -> Vec<Override> {
-        let mut flags = Vec::new();
-        let mut named = |flag: &str, path: &str, value: Option<String>| {
-            if let Some(value) = value {
-                flags.push(Override::flag(flag, path, value));
-            }
-        };
-        named(
-            "--data",
-            "spool.dir",
-            self.data.as_ref().map(|p| p.to_string_lossy().into_owned()),
-        );
-        named("--listen", "ingest.listen", self.listen.clone());
-        named("--target", "target.url", self.target.clone());
-        named(
-            "--late-window",
-            "spool.late_window",
-            self.late_window.clone(),
-        );
-        named(
-            "--follow-up-after",
-            "spool.follow_up_after",
-            self.follow_up_after.clone(),
-        );
-        named(
-            "--tls-cert",
-            "ingest.tls_cert",
-            self.tls_cert
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-        );
-        named(
-            "--tls-key",
-            "ingest.tls_key",
-            self.tls_key
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned()),
-        );
-        named(
-            "--insecure-listen",
-            "ingest.insecure_listen",
-            self.insecure_listen.then(|| "true".into()),
-        );
-        named(
-            "--metrics-listen",
-            "metrics.listen",
-            self.metrics_listen.clone(),
-        );
-        named(
-            "--upload-rate-limit",
-            "target.upload_rate_limit",
-            self.upload_rate_limit.clone(),
-        );
-        named("--log-format", "log.format", self.log_format.clone());
-        named(
-            "--key",
-            "keys",
-            (!self.keys.is_empty()).then(|| self.keys.join(" ")),
-        );
-        flags
+        Override::flags([
+            ("--data", "spool.dir", self.data.clone()),
+            ("--listen", "ingest.listen", self.listen.clone()),
+            ("--target", "target.url", self.target.clone()),
+            (
+                "--late-window",
+                "spool.late_window",
+                self.late_window.clone(),
+            ),
+            (
+                "--follow-up-after",
+                "spool.follow_up_after",
+                self.follow_up_after.clone(),
+            ),
+            ("--tls-cert", "ingest.tls_cert", self.tls_cert.clone()),
+            ("--tls-key", "ingest.tls_key", self.tls_key.clone()),
+            (
+                "--insecure-listen",
+                "ingest.insecure_listen",
+                self.insecure_listen.then(|| "true".into()),
+            ),
+            (
+                "--metrics-listen",
+                "metrics.listen",
+                self.metrics_listen.clone(),
+            ),
+            (
+                "--upload-rate-limit",
+                "target.upload_rate_limit",
+                self.upload_rate_limit.clone(),
+            ),
+            ("--log-format", "log.format", self.log_format.clone()),
+            (
+                "--key",
+                "keys",
+                (!self.keys.is_empty()).then(|| self.keys.join(" ")),
+            ),
+        ])
     }
 }
 
@@ -435,9 +414,7 @@ fn send(args: SendArgs) -> anyhow::Result<()> {
 }
 
 fn check_target(config: ConfigArgs, target: Option<String>) -> anyhow::Result<()> {
-    let flags = target
-        .map(|t| vec![Override::flag("--target", "target.url", t)])
-        .unwrap_or_default();
+    let flags = Override::flags([("--target", "target.url", target)]);
     probe_target(config.settings(flags)?.1)
 }
 

@@ -27,7 +27,7 @@ pub struct Place {
     config: crate::ConfigArgs,
     /// Directory of the spool (spool.dir).
     #[arg(long)]
-    data: Option<PathBuf>,
+    data: Option<String>,
     /// Archive target URL (target.url).
     #[arg(long)]
     target: Option<String>,
@@ -35,17 +35,10 @@ pub struct Place {
 
 impl Place {
     fn settings(&self) -> anyhow::Result<Settings> {
-        let mut flags = Vec::new();
-        if let Some(data) = &self.data {
-            flags.push(Override::flag(
-                "--data",
-                "spool.dir",
-                data.to_string_lossy(),
-            ));
-        }
-        if let Some(target) = &self.target {
-            flags.push(Override::flag("--target", "target.url", target));
-        }
+        let flags = Override::flags([
+            ("--data", "spool.dir", self.data.clone()),
+            ("--target", "target.url", self.target.clone()),
+        ]);
         Ok(self.config.settings(flags)?.1)
     }
 }
