@@ -18,6 +18,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::clock::SharedClock;
 use crate::config::Settings;
+use crate::ingest::listen::serve;
 use crate::ingest::{self, Ingest, LiveKeys};
 use crate::reload::{Reloadable, Reloader};
 use crate::rules::LiveRules;
@@ -27,7 +28,6 @@ use crate::sync::{Backoff, SyncSettings, Syncer};
 use crate::target::{Target, TargetSpecError};
 use crate::telemetry::Observed;
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -53,28 +53,6 @@ pub enum DaemonError {
     Task(&'static str, String),
 }
 
-/// Serves `app` on `listener` until `closed` turns true, with each peer's
-/// address available to handlers (`ConnectInfo`).
-async fn serve<L>(
-    listener: L,
-    addr: SocketAddr,
-    app: axum::Router,
-    mut closed: watch::Receiver<bool>,
-) -> Result<(), DaemonError>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-{
-    axum::serve(
-        listener.tap_io(|_| {}),
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = closed.wait_for(|closed| *closed).await;
-    })
-    .await
-    .map_err(|source| DaemonError::Listen { addr, source })
-}
-
 async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
     TcpListener::bind(addr)
         .await
@@ -91,6 +69,7 @@ pub async fn run(
     reloader: Option<Reloader>,
 ) -> Result<(), DaemonError> {
     let data = settings.data_dir.clone();
+    crate::ingest::listen::raise_open_file_limit(settings.listen_limits.max_connections);
     std::fs::create_dir_all(&data).map_err(|source| DaemonError::Dir {
         path: data.clone(),
         source,
@@ -190,17 +169,13 @@ pub async fn run(
         data_dir: data.clone(),
     }));
     if let Some(metrics_addr) = settings.metrics_listen {
-        let served = serve(
+        tokio::spawn(serve(
             bind(metrics_addr).await?,
-            metrics_addr,
+            None,
             observed.clone(),
+            settings.listen_limits,
             stopped.clone(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = served.await {
-                tracing::error!("the metrics listener stopped: {e}");
-            }
-        });
+        ));
         tracing::info!("metrics, health and readiness also on http://{metrics_addr}");
     }
     if let Some(reloader) = reloader {
@@ -212,6 +187,8 @@ pub async fn run(
     }
     let app = ingest::router(Arc::new(Ingest {
         keys,
+        budget: ingest::budget::Budget::new(settings.max_request_memory, ingest::budget::WAIT),
+        body_timeout: settings.listen_limits.body_timeout,
         committer,
         clock,
         max_skew_ms: settings.max_skew_ms,
@@ -255,24 +232,14 @@ pub async fn run(
         stop_on.await;
         let _ = closing.send(true);
     });
-    let ingest_served = async {
-        match tls {
-            Some(acceptor) => {
-                let tls_listener = crate::ingest::tls::TlsListener::new(listener, acceptor)
-                    .map_err(|source| DaemonError::Listen { addr, source })?;
-                serve(tls_listener, addr, app.clone(), closed.clone()).await
-            }
-            None => serve(listener, addr, app.clone(), closed.clone()).await,
-        }
-    };
+    let limits = settings.listen_limits;
+    let ingest_served = serve(listener, tls, app.clone(), limits, closed.clone());
     let local_served = async {
-        match local {
-            Some(local) => serve(local, local_addr, app.clone(), closed.clone()).await,
-            None => Ok(()),
+        if let Some(local) = local {
+            serve(local, None, app.clone(), limits, closed.clone()).await;
         }
     };
-    let (served, local_served) = tokio::join!(ingest_served, local_served);
-    let served = served.and(local_served);
+    tokio::join!(ingest_served, local_served);
     // The router holds a committer handle: the commit thread ends only once it is gone.
     drop(app);
     tracing::info!("shutting down: no longer accepting lines");
@@ -297,7 +264,6 @@ pub async fn run(
     let _ = sync_task.await;
     let flushed = tokio::task::spawn_blocking(move || spool.make_durable()).await;
     crate::admin::AdminFile::remove(&data);
-    served?;
     if !matches!(joined, Ok(Ok(()))) {
         return Err(DaemonError::Task(
             "commit",

@@ -4,81 +4,186 @@
 //! gives it its ID and receive time. [`ArchivedLine`] is the flat JSON object of
 //! FORMAT.md §2, with its field names and its "when known" rules.
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::clock::EpochMs;
 
-/// A line accepted by a source, before the spool makes it durable.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Line {
-    pub ts: EpochMs,
-    pub line: String,
-    pub truncated: bool,
+/// What every line of one request, or of one read of a file, shares: held
+/// once and pointed to by each line, so a request's fields cost as much for a
+/// million lines as for one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Origin {
+    pub host: Option<String>,
+    pub app: Option<String>,
+    pub file: Option<String>,
+    pub level: Option<String>,
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+    pub tags: Vec<String>,
+    /// What received the lines: `http`, `tail`, ...
+    pub ingester: &'static str,
+}
+
+/// Fields a line gives itself. Most lines have none, so they are boxed: a line
+/// without them costs one pointer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OwnFields {
+    /// Overrides the origin's host, app, file and level.
     pub host: Option<String>,
     pub app: Option<String>,
     pub file: Option<String>,
     pub level: Option<String>,
     pub env: Option<String>,
-    pub ip: Option<String>,
-    pub mac: Option<String>,
-    pub tags: Vec<String>,
     /// The `label` object, as compact JSON text.
     pub label_json: Option<String>,
     /// The `meta` value, as compact JSON text.
     pub meta_json: Option<String>,
-    pub ingester: String,
+}
+
+/// A line accepted by a source, before the spool makes it durable.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Line {
+    pub ts: EpochMs,
+    pub line: String,
+    pub truncated: bool,
+    pub own: Option<Box<OwnFields>>,
+    pub origin: Arc<Origin>,
+}
+
+/// What a stored line costs beyond its own fields' text: its ID, times,
+/// flags, origin number and the framing of each field, rounded up.
+const STORED_OVERHEAD: usize = 64;
+
+impl Origin {
+    /// Bytes the origin takes where it is stored (once per block).
+    pub fn stored_size(&self) -> usize {
+        let len = |s: &Option<String>| s.as_ref().map_or(0, String::len) + 1;
+        len(&self.host)
+            + len(&self.app)
+            + len(&self.file)
+            + len(&self.level)
+            + len(&self.ip)
+            + len(&self.mac)
+            + self.tags.iter().map(|t| t.len() + 1).sum::<usize>()
+            + self.ingester.len()
+            + 2
+    }
+}
+
+impl Line {
+    pub fn new(ts: EpochMs, line: String, origin: Arc<Origin>) -> Self {
+        Self {
+            ts,
+            line,
+            truncated: false,
+            own: None,
+            origin,
+        }
+    }
+
+    /// The line's own fields, made on first use.
+    pub fn own_mut(&mut self) -> &mut OwnFields {
+        self.own.get_or_insert_with(Box::default)
+    }
+
+    fn own_or_origin<'a>(
+        &'a self,
+        own: impl Fn(&'a OwnFields) -> &'a Option<String>,
+        origin: &'a Option<String>,
+    ) -> Option<&'a str> {
+        self.own
+            .as_deref()
+            .and_then(|o| own(o).as_deref())
+            .or(origin.as_deref())
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.own_or_origin(|o| &o.host, &self.origin.host)
+    }
+
+    pub fn app(&self) -> Option<&str> {
+        self.own_or_origin(|o| &o.app, &self.origin.app)
+    }
+
+    pub fn file(&self) -> Option<&str> {
+        self.own_or_origin(|o| &o.file, &self.origin.file)
+    }
+
+    pub fn level(&self) -> Option<&str> {
+        self.own_or_origin(|o| &o.level, &self.origin.level)
+    }
+
+    pub fn env(&self) -> Option<&str> {
+        self.own.as_deref().and_then(|o| o.env.as_deref())
+    }
+
+    pub fn label_json(&self) -> Option<&str> {
+        self.own.as_deref().and_then(|o| o.label_json.as_deref())
+    }
+
+    pub fn meta_json(&self) -> Option<&str> {
+        self.own.as_deref().and_then(|o| o.meta_json.as_deref())
+    }
+
+    /// Bytes the line takes in the spool besides its origin, near enough to
+    /// admit it by.
+    pub fn stored_size(&self) -> usize {
+        self.line.len()
+            + self.own.as_deref().map_or(0, |o| {
+                [
+                    &o.host,
+                    &o.app,
+                    &o.file,
+                    &o.level,
+                    &o.env,
+                    &o.label_json,
+                    &o.meta_json,
+                ]
+                .into_iter()
+                .flatten()
+                .map(String::len)
+                .sum()
+            })
+            + STORED_OVERHEAD
+    }
 }
 
 /// A line the spool has made durable: it now has its ID and receive time.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredLine {
     pub id: String,
     pub received: EpochMs,
     pub line: Line,
 }
 
-/// A stored line read in place from a block's bytes, its text borrowed, not
-/// copied: staging a backlog reads every line once, and copying each string out
-/// cost as much as serializing it. The fields and their order mirror
-/// [`StoredLine`] and [`Line`] exactly, as the spool's encoding is positional.
-#[derive(Debug, Deserialize)]
+/// A stored line read in place from a block's bytes (see the spool's
+/// `block`), every field resolved and borrowed, not copied.
+#[derive(Debug)]
 pub struct StoredLineRef<'a> {
-    #[serde(borrow)]
-    id: &'a str,
-    received: EpochMs,
-    #[serde(borrow)]
-    line: LineRef<'a>,
+    pub id: &'a str,
+    pub received: EpochMs,
+    pub line: LineRef<'a>,
 }
 
-#[derive(Debug, Deserialize)]
-struct LineRef<'a> {
-    ts: EpochMs,
-    #[serde(borrow)]
-    line: &'a str,
-    truncated: bool,
-    #[serde(borrow)]
-    host: Option<&'a str>,
-    #[serde(borrow)]
-    app: Option<&'a str>,
-    #[serde(borrow)]
-    file: Option<&'a str>,
-    #[serde(borrow)]
-    level: Option<&'a str>,
-    #[serde(borrow)]
-    env: Option<&'a str>,
-    #[serde(borrow)]
-    ip: Option<&'a str>,
-    #[serde(borrow)]
-    mac: Option<&'a str>,
-    #[serde(borrow)]
-    tags: Vec<&'a str>,
-    #[serde(borrow)]
-    label_json: Option<&'a str>,
-    #[serde(borrow)]
-    meta_json: Option<&'a str>,
-    #[serde(borrow)]
-    ingester: &'a str,
+#[derive(Debug)]
+pub struct LineRef<'a> {
+    pub ts: EpochMs,
+    pub line: &'a str,
+    pub truncated: bool,
+    pub host: Option<&'a str>,
+    pub app: Option<&'a str>,
+    pub file: Option<&'a str>,
+    pub level: Option<&'a str>,
+    pub env: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub mac: Option<&'a str>,
+    pub tags: &'a [&'a str],
+    pub label_json: Option<&'a str>,
+    pub meta_json: Option<&'a str>,
+    pub ingester: &'a str,
 }
 
 /// FORMAT.md §2, field for field and in that order.
@@ -131,9 +236,10 @@ fn raw(json: Option<&str>) -> Option<&RawValue> {
 }
 
 impl StoredLine {
-    /// The line's fields, borrowed.
-    pub fn view(&self) -> StoredLineRef<'_> {
+    /// The line as one NDJSON record, newline included.
+    pub fn write_ndjson(&self, account: &str, out: &mut Vec<u8>) {
         let l = &self.line;
+        let tags: Vec<&str> = l.origin.tags.iter().map(String::as_str).collect();
         StoredLineRef {
             id: &self.id,
             received: self.received,
@@ -141,24 +247,20 @@ impl StoredLine {
                 ts: l.ts,
                 line: &l.line,
                 truncated: l.truncated,
-                host: l.host.as_deref(),
-                app: l.app.as_deref(),
-                file: l.file.as_deref(),
-                level: l.level.as_deref(),
-                env: l.env.as_deref(),
-                ip: l.ip.as_deref(),
-                mac: l.mac.as_deref(),
-                tags: l.tags.iter().map(String::as_str).collect(),
-                label_json: l.label_json.as_deref(),
-                meta_json: l.meta_json.as_deref(),
-                ingester: &l.ingester,
+                host: l.host(),
+                app: l.app(),
+                file: l.file(),
+                level: l.level(),
+                env: l.env(),
+                ip: l.origin.ip.as_deref(),
+                mac: l.origin.mac.as_deref(),
+                tags: &tags,
+                label_json: l.label_json(),
+                meta_json: l.meta_json(),
+                ingester: l.origin.ingester,
             },
         }
-    }
-
-    /// The line as one NDJSON record, newline included.
-    pub fn write_ndjson(&self, account: &str, out: &mut Vec<u8>) {
-        self.view().write_ndjson(account, out)
+        .write_ndjson(account, out)
     }
 }
 
@@ -177,7 +279,7 @@ impl StoredLineRef<'_> {
             env: l.env,
             ip: l.ip,
             mac: l.mac,
-            tags: &l.tags,
+            tags: l.tags,
             label: raw(l.label_json),
             meta: raw(l.meta_json),
             ingester: l.ingester,
@@ -208,17 +310,19 @@ pub(crate) mod tests {
                 ts: 1764140245123,
                 line: "GET /health 200 3ms".into(),
                 truncated: false,
-                host: Some("edge-17".into()),
-                app: Some("nginx".into()),
-                file: Some("/var/log/nginx/access.log".into()),
-                level: Some("info".into()),
-                env: None,
-                ip: None,
-                mac: None,
-                tags: vec!["edge".into(), "eu-west".into()],
-                label_json: None,
-                meta_json: Some(r#"{"status":200}"#.into()),
-                ingester: "http".into(),
+                own: Some(Box::new(OwnFields {
+                    app: Some("nginx".into()),
+                    file: Some("/var/log/nginx/access.log".into()),
+                    level: Some("info".into()),
+                    meta_json: Some(r#"{"status":200}"#.into()),
+                    ..OwnFields::default()
+                })),
+                origin: Arc::new(Origin {
+                    host: Some("edge-17".into()),
+                    tags: vec!["edge".into(), "eu-west".into()],
+                    ingester: "http",
+                    ..Origin::default()
+                }),
             },
         }
     }
@@ -265,8 +369,11 @@ pub(crate) mod tests {
             ts: 5,
             line: "x".into(),
             truncated: true,
-            ingester: "http".into(),
-            ..Line::default()
+            own: None,
+            origin: Arc::new(Origin {
+                ingester: "http",
+                ..Origin::default()
+            }),
         };
         let mut out = Vec::new();
         l.write_ndjson("a", &mut out);
@@ -281,8 +388,8 @@ pub(crate) mod tests {
     #[test]
     fn string_meta_and_labels_stay_json() {
         let mut l = full();
-        l.line.meta_json = Some(r#""not an object""#.into());
-        l.line.label_json = Some(r#"{"team":"core"}"#.into());
+        l.line.own_mut().meta_json = Some(r#""not an object""#.into());
+        l.line.own_mut().label_json = Some(r#"{"team":"core"}"#.into());
         let mut out = Vec::new();
         l.write_ndjson("a", &mut out);
         let got: serde_json::Value = serde_json::from_slice(&out).unwrap();

@@ -146,21 +146,20 @@ impl Rule {
     }
 
     fn matches(&self, account: &AccountId, line: &Line) -> bool {
-        let same = |want: &Option<String>, have: &Option<String>| {
-            want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+        let same = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
         };
         self.account.as_ref().is_none_or(|a| a == account)
-            && same(&self.host, &line.host)
-            && same(&self.app, &line.app)
-            && self.level.as_ref().is_none_or(|w| {
-                line.level
-                    .as_ref()
-                    .is_some_and(|l| l.eq_ignore_ascii_case(w))
-            })
+            && same(&self.host, line.host())
+            && same(&self.app, line.app())
+            && self
+                .level
+                .as_ref()
+                .is_none_or(|w| line.level().is_some_and(|l| l.eq_ignore_ascii_case(w)))
             && self
                 .file
                 .as_ref()
-                .is_none_or(|g| line.file.as_ref().is_some_and(|f| g.is_match(f)))
+                .is_none_or(|g| line.file().is_some_and(|f| g.is_match(f)))
             && self.regex.as_ref().is_none_or(|r| r.is_match(&line.line))
     }
 }
@@ -289,15 +288,15 @@ mod tests {
     use super::*;
 
     fn line(text: &str) -> Line {
-        Line {
-            line: text.into(),
+        let origin = crate::line::Origin {
             host: Some("edge-1".into()),
             app: Some("nginx".into()),
             level: Some("INFO".into()),
             file: Some("/var/log/nginx/access.log".into()),
-            ingester: "http".into(),
-            ..Line::default()
-        }
+            ingester: "http",
+            ..Default::default()
+        };
+        Line::new(0, text.into(), std::sync::Arc::new(origin))
     }
 
     fn rules(toml_text: &str) -> Result<Rules, RuleError> {
@@ -319,9 +318,9 @@ mod tests {
         )
         .unwrap();
         let mut debug = line("details");
-        debug.level = Some("DEBUG".into());
+        debug.own_mut().level = Some("DEBUG".into());
         let mut other_app = line("GET /health 200");
-        other_app.app = Some("api".into());
+        other_app.own_mut().app = Some("api".into());
         assert_eq!(
             kept(
                 &r,
@@ -349,7 +348,7 @@ mod tests {
     fn include_rules_keep_only_what_they_match() {
         let r = rules("[[include]]\nregex = \"ERROR\"\n[[include]]\nhost = \"edge-9\"\n").unwrap();
         let mut from_nine = line("fine");
-        from_nine.host = Some("edge-9".into());
+        from_nine.own_mut().host = Some("edge-9".into());
         assert_eq!(
             kept(&r, "acme", vec![line("ERROR: x"), line("fine"), from_nine]),
             vec!["ERROR: x", "fine"]
@@ -361,7 +360,7 @@ mod tests {
     fn a_line_without_the_field_does_not_match_a_rule_on_it() {
         let r = rules("[[exclude]]\nfile = \"*.log\"\n").unwrap();
         let mut no_file = line("x");
-        no_file.file = None;
+        std::sync::Arc::make_mut(&mut no_file.origin).file = None;
         assert_eq!(kept(&r, "acme", vec![no_file]), vec!["x"]);
     }
 

@@ -96,6 +96,22 @@ fn describe() {
         "Ingest requests answered, by HTTP status"
     );
     describe_counter!(
+        "larch_connections_refused_total",
+        "Connections refused at once: the listener held its maximum, each with a request in flight"
+    );
+    describe_counter!(
+        "larch_connections_evicted_total",
+        "Waiting connections (no request in flight) closed to make room for a new one at the cap"
+    );
+    describe_counter!(
+        "larch_connections_timed_out_total",
+        "Connections closed for sending a request head, a body or a TLS handshake too slowly, idling, or not reading their answer"
+    );
+    describe_counter!(
+        "larch_ingest_busy_total",
+        "Ingest requests answered 503 because too many bodies were being decoded at once"
+    );
+    describe_counter!(
         "larch_rule_dropped_lines_total",
         "Lines the rules kept out of the spool, by rule"
     );
@@ -159,6 +175,22 @@ pub fn ingested(account: &AccountId, source: Source, lines: usize, bytes: usize)
 
 pub fn answered(status: u16) {
     counter!("larch_http_requests_total", "status" => status.to_string()).increment(1);
+}
+
+pub fn connection_refused() {
+    counter!("larch_connections_refused_total").increment(1);
+}
+
+pub fn connection_evicted() {
+    counter!("larch_connections_evicted_total").increment(1);
+}
+
+pub fn connection_timed_out() {
+    counter!("larch_connections_timed_out_total").increment(1);
+}
+
+pub fn ingest_busy() {
+    counter!("larch_ingest_busy_total").increment(1);
 }
 
 pub fn committed(lines: usize, took: Duration) {

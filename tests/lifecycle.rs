@@ -10,7 +10,7 @@ use std::sync::Arc;
 use larch::account::AccountId;
 use larch::clock::{ManualClock, SharedClock};
 use larch::hour::{object_key, Hour};
-use larch::line::Line;
+use larch::line::{Line, Origin};
 use larch::seal::SealRule;
 use larch::spool::{Along, PartId, PartState, Spool};
 use larch::status::Board;
@@ -61,12 +61,7 @@ impl Rig {
     fn ingest(&self, account: &str, texts: &[&str]) {
         let lines = texts
             .iter()
-            .map(|t| Line {
-                ts: HOUR_START + 60_000,
-                line: t.to_string(),
-                ingester: "test".into(),
-                ..Line::default()
-            })
+            .map(|t| Line::new(HOUR_START + 60_000, t.to_string(), test_origin()))
             .collect();
         let account = AccountId::parse(account).unwrap();
         self.spool()
@@ -130,6 +125,13 @@ impl Rig {
             })
             .collect()
     }
+}
+
+fn test_origin() -> Arc<Origin> {
+    Arc::new(Origin {
+        ingester: "test",
+        ..Origin::default()
+    })
 }
 
 fn part(account: &str, seq: u32) -> PartId {
@@ -324,12 +326,11 @@ async fn an_error_retrying_cannot_fix_pauses_the_part_and_drops_nothing() {
 fn a_backlog_drains_oldest_hour_first() {
     let rig = Rig::new();
     let at = |hours_before: i64, account: &str, text: &str| {
-        let line = Line {
-            ts: HOUR_START - hours_before * 3_600_000,
-            line: text.into(),
-            ingester: "test".into(),
-            ..Line::default()
-        };
+        let line = Line::new(
+            HOUR_START - hours_before * 3_600_000,
+            text.into(),
+            test_origin(),
+        );
         let account = AccountId::parse(account).unwrap();
         rig.spool()
             .append(vec![(account, vec![line], Along::default())])

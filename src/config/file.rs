@@ -58,6 +58,11 @@ pub struct IngestSection {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub insecure_listen: Option<bool>,
+    pub max_connections: Option<usize>,
+    pub header_timeout: Option<HumanDuration>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub body_timeout: Option<HumanDuration>,
+    pub max_request_memory: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

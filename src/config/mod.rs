@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::account::{AccountId, InvalidAccountId};
 use crate::ingest::auth::{KeyError, Keys};
+use crate::ingest::listen::ListenLimits;
 use crate::rules::{RuleError, Rules};
 use crate::seal::SealRule;
 use crate::spool::RoomLimits;
@@ -37,6 +38,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 pub const DEMO_KEY: &str = "larch-demo-key";
 pub const DEMO_ACCOUNT: &str = "demo";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7280";
+/// Memory all ingest requests may hold at once: room for the largest request
+/// and many ordinary ones beside it.
+pub const DEFAULT_MAX_REQUEST_MEMORY: u64 = 128 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,6 +55,10 @@ pub enum ConfigError {
     Override { origin: String, message: String },
     #[error("[{table}] {key}: give a string, a number or true/false")]
     StoreOption { table: &'static str, key: String },
+    #[error(
+        "ingest.max_connections is 0: no client could connect. Give at least 1 (default 1024)."
+    )]
+    NoConnections,
     #[error("ingest.tls_cert and ingest.tls_key go together; give both or neither")]
     HalfTls,
     #[error("refusing to listen on {0} without TLS: ingestion keys would cross the network in clear text. Set ingest.tls_cert and ingest.tls_key, listen on a loopback address, or pass --insecure-listen (ingest.insecure_listen = true) if something else encrypts the link.")]
@@ -79,6 +87,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// TLS on the ingest listener, if configured.
     pub tls: Option<TlsFiles>,
+    /// Connection cap and timeouts of every listener.
+    pub listen_limits: ListenLimits,
+    /// Memory all ingest requests together may hold (a request past it waits, then gets 503).
+    pub max_request_memory: u64,
     /// A second address serving only `/metrics`, `/health` and `/ready`.
     pub metrics_listen: Option<SocketAddr>,
     pub target: TargetConfig,
@@ -155,6 +167,24 @@ impl Settings {
         if tls.is_none() && !listen.ip().is_loopback() && !ingest.insecure_listen.unwrap_or(false) {
             return Err(ConfigError::InsecureListen(listen));
         }
+        let limit_default = ListenLimits::default();
+        let timeout = |d: Option<values::HumanDuration>, default: Duration| {
+            d.map_or(default, |d| d.0.max(Duration::from_millis(100)))
+        };
+        let listen_limits = ListenLimits {
+            max_connections: match ingest.max_connections {
+                Some(0) => return Err(ConfigError::NoConnections),
+                Some(n) => n,
+                None => limit_default.max_connections,
+            },
+            header_timeout: timeout(ingest.header_timeout, limit_default.header_timeout),
+            idle_timeout: timeout(ingest.idle_timeout, limit_default.idle_timeout),
+            body_timeout: timeout(ingest.body_timeout, limit_default.body_timeout),
+        };
+        let max_request_memory = ingest
+            .max_request_memory
+            .map_or(DEFAULT_MAX_REQUEST_MEMORY, |s| s.0)
+            .max(crate::ingest::budget::LARGEST_REQUEST);
         let target_config = TargetConfig {
             url: target
                 .url
@@ -178,6 +208,8 @@ impl Settings {
             data_dir,
             listen,
             tls,
+            listen_limits,
+            max_request_memory,
             metrics_listen: file.metrics.listen.map(|a| a.0),
             target: target_config,
             seal: SealRule {
@@ -258,6 +290,11 @@ mod tests {
             "tls_cert",
             "tls_key",
             "insecure_listen",
+            "max_connections",
+            "header_timeout",
+            "idle_timeout",
+            "body_timeout",
+            "max_request_memory",
             "url",
             "key_prefix",
             "single_writer",

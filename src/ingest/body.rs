@@ -2,13 +2,16 @@
 //! timestamp rules of FORMAT.md §3–4. Everything here is checked before a single
 //! line goes to the spool, so a bad request stores nothing.
 
+use std::fmt;
 use std::io::Read;
+use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use crate::clock::EpochMs;
-use crate::line::Line;
+use crate::line::{Line, Origin, OwnFields};
 
 pub const MAX_BODY: usize = 10 * 1024 * 1024;
 pub const MAX_LINE: usize = 16 * 1024;
@@ -17,8 +20,18 @@ pub const MAX_HOSTNAME: usize = 256;
 pub const MAX_APP: usize = 512;
 pub const MAX_LEVEL: usize = 80;
 pub const MAX_TAG: usize = 80;
+/// Tags of one request: each is stored with every line of the request.
+pub const MAX_TAGS: usize = 32;
+/// A file path, as long as Linux lets one be (PATH_MAX).
+pub const MAX_FILE: usize = 4096;
+pub const MAX_ENV: usize = 80;
+/// The `label` object, serialized.
+pub const MAX_LABEL: usize = 2 * 1024;
 /// Reported problems per request; past this the client has enough to go on.
 const MAX_ERRORS: usize = 10;
+/// The shortest line object, `{"line":""}`, and the comma after it: no body
+/// holds more lines than its length over this.
+const MIN_LINE_JSON: usize = 12;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -44,12 +57,6 @@ pub struct RequestContext {
 }
 
 #[derive(Deserialize)]
-struct Body {
-    lines: Option<Vec<InLine>>,
-    ls: Option<Vec<InLine>>,
-}
-
-#[derive(Deserialize)]
 struct InLine {
     line: Option<String>,
     timestamp: Option<Value>,
@@ -62,14 +69,9 @@ struct InLine {
     label: Option<Value>,
 }
 
-/// Undoes `Content-Encoding: gzip` within the body limit.
-pub fn decode_body(raw: &[u8], gzip: bool) -> Result<Vec<u8>, Rejection> {
-    if raw.len() > MAX_BODY {
-        return Err(too_large());
-    }
-    if !gzip {
-        return Ok(raw.to_vec());
-    }
+/// Undoes `Content-Encoding: gzip` within the body limit, all at once (the
+/// listener does it a step at a time, within its memory budget).
+pub fn gunzip(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(raw)
         .take(MAX_BODY as u64 + 1)
@@ -80,62 +82,220 @@ pub fn decode_body(raw: &[u8], gzip: bool) -> Result<Vec<u8>, Rejection> {
             )])
         })?;
     if out.len() > MAX_BODY {
-        return Err(too_large());
+        return Err(gunzip_too_large());
     }
     Ok(out)
 }
 
-fn too_large() -> Rejection {
+pub fn gunzip_too_large() -> Rejection {
     Rejection::TooLarge(format!(
         "the request body is over the {} MB limit (after gunzip); send fewer lines per request",
         MAX_BODY / (1024 * 1024)
     ))
 }
 
-/// Parses and checks a JSON body into lines ready for the spool.
-pub fn parse(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> {
-    let body: Body = serde_json::from_slice(json).map_err(|e| {
-        Rejection::Malformed(vec![format!(
-            "the body is not valid JSON of the form {{\"lines\":[...]}}: {e}"
-        )])
-    })?;
-    let Some(raw_lines) = body.lines.or(body.ls) else {
-        return Err(Rejection::Malformed(vec![
-            "the body has no \"lines\" array (or \"ls\" array)".into(),
-        ]));
-    };
-    let mut errors = Vec::new();
+/// The fields of the query string every line shares, checked.
+fn origin_of(ctx: &RequestContext, errors: &mut Vec<String>) -> Origin {
     check_len(
-        &mut errors,
+        errors,
         "hostname parameter",
         ctx.hostname.as_deref(),
         MAX_HOSTNAME,
     );
-    for tag in &ctx.tags {
-        check_len(&mut errors, "tag", Some(tag), MAX_TAG);
+    if ctx.tags.len() > MAX_TAGS {
+        errors.push(format!(
+            "tags parameter holds {} tags, over the limit of {MAX_TAGS}",
+            ctx.tags.len()
+        ));
+    } else {
+        for tag in &ctx.tags {
+            check_len(errors, "tag", Some(tag), MAX_TAG);
+        }
+    }
+    if let Some(ip) = &ctx.ip {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            errors.push(format!(
+                "ip parameter {:?} is not an IPv4 or IPv6 address",
+                shown(ip)
+            ));
+        }
+    }
+    if let Some(mac) = &ctx.mac {
+        if !is_mac(mac) {
+            errors.push(format!(
+                "mac parameter {:?} is not a MAC address (like 00:1a:2b:3c:4d:5e)",
+                shown(mac)
+            ));
+        }
+    }
+    Origin {
+        host: ctx.hostname.clone(),
+        ip: ctx.ip.clone(),
+        mac: ctx.mac.clone(),
+        tags: ctx.tags.clone(),
+        ingester: "http",
+        ..Origin::default()
+    }
+}
+
+/// At most the first 40 characters of a bad value, for an error message.
+fn shown(value: &str) -> String {
+    value.chars().take(40).collect()
+}
+
+/// Six hex pairs separated by `:` or `-`, or three groups of four hex digits
+/// separated by `.`.
+fn is_mac(text: &str) -> bool {
+    let hex = |group: &str, len: usize| {
+        group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    let pairs = |sep: char| {
+        let groups: Vec<&str> = text.split(sep).collect();
+        groups.len() == 6 && groups.iter().all(|g| hex(g, 2))
+    };
+    let dotted = || {
+        let groups: Vec<&str> = text.split('.').collect();
+        groups.len() == 3 && groups.iter().all(|g| hex(g, 4))
+    };
+    text.len() <= 17 && (pairs(':') || pairs('-') || dotted())
+}
+
+/// Parses and checks a JSON body into lines ready for the spool. The lines
+/// are built as the array is read, each pointing at one shared [`Origin`]:
+/// memory is the lines' own, never a copy of the request's fields per line.
+pub fn parse(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> {
+    let mut errors = Vec::new();
+    let origin = Arc::new(origin_of(ctx, &mut errors));
+    if !errors.is_empty() {
+        return Err(Rejection::Malformed(errors));
     }
     // A client clock outside the years larch can name is not believed at all.
     let drift = ctx
         .client_now
         .filter(|client| (0..MAX_TS).contains(client))
         .map_or(0, |client| ctx.received.saturating_sub(client));
-    let mut lines = Vec::with_capacity(raw_lines.len());
-    for (i, raw) in raw_lines.into_iter().enumerate() {
-        if errors.len() >= MAX_ERRORS {
-            break;
-        }
-        match convert(raw, ctx, drift) {
-            Ok(line) => lines.push(line),
-            Err(problems) => {
-                errors.extend(problems.into_iter().map(|p| format!("lines[{i}]: {p}")))
-            }
-        }
+    // Sized once, so a million lines never reallocate on the way.
+    let capacity = memchr::memmem::find_iter(json, b"\"line\"")
+        .count()
+        .min(json.len() / MIN_LINE_JSON + 1);
+    let mut reader = Reader {
+        ctx,
+        origin,
+        drift,
+        lines: Vec::with_capacity(capacity),
+        errors: Vec::new(),
+        found: false,
+    };
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let read = BodySeed(&mut reader)
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    if let Err(e) = read {
+        return Err(Rejection::Malformed(vec![format!(
+            "the body is not valid JSON of the form {{\"lines\":[...]}}: {e}"
+        )]));
     }
-    if errors.is_empty() {
-        Ok(lines)
+    if !reader.found {
+        return Err(Rejection::Malformed(vec![
+            "the body has no \"lines\" array (or \"ls\" array)".into(),
+        ]));
+    }
+    if reader.errors.is_empty() {
+        Ok(reader.lines)
     } else {
-        errors.truncate(MAX_ERRORS);
-        Err(Rejection::Malformed(errors))
+        reader.errors.truncate(MAX_ERRORS);
+        Err(Rejection::Malformed(reader.errors))
+    }
+}
+
+/// What reading a body has produced so far.
+struct Reader<'c> {
+    ctx: &'c RequestContext,
+    origin: Arc<Origin>,
+    drift: i64,
+    lines: Vec<Line>,
+    errors: Vec<String>,
+    /// A `lines` (or `ls`) array was read.
+    found: bool,
+}
+
+/// The body object: `lines` (or Mezmo's clients' `ls`) is read line by line;
+/// every other key is skipped. With both, `lines` wins, as documented.
+struct BodySeed<'r, 'c>(&'r mut Reader<'c>);
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object with a \"lines\" array")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut from_lines = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let wanted = match key.as_ref() {
+                "lines" => true,
+                "ls" => !from_lines,
+                _ => false,
+            };
+            if !wanted {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            // A second array replaces what the first gave.
+            self.0.lines.clear();
+            self.0.errors.clear();
+            self.0.found = true;
+            from_lines = key.as_ref() == "lines";
+            map.next_value_seed(LinesSeed(self.0))?;
+        }
+        Ok(())
+    }
+}
+
+struct LinesSeed<'r, 'c>(&'r mut Reader<'c>);
+
+impl<'de> DeserializeSeed<'de> for LinesSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LinesSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of line objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let reader = self.0;
+        let mut i = 0;
+        while reader.errors.len() < MAX_ERRORS {
+            let Some(raw) = seq.next_element::<InLine>()? else {
+                return Ok(());
+            };
+            match convert(raw, reader.ctx, reader.drift, &reader.origin) {
+                Ok(line) => reader.lines.push(line),
+                Err(problems) => reader
+                    .errors
+                    .extend(problems.into_iter().map(|p| format!("lines[{i}]: {p}"))),
+            }
+            i += 1;
+        }
+        // Enough problems to report: the rest is only checked to be JSON.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
     }
 }
 
@@ -148,7 +308,12 @@ fn check_len(errors: &mut Vec<String>, what: &str, value: Option<&str>, max: usi
     }
 }
 
-fn convert(raw: InLine, ctx: &RequestContext, drift: i64) -> Result<Line, Vec<String>> {
+fn convert(
+    raw: InLine,
+    ctx: &RequestContext,
+    drift: i64,
+    origin: &Arc<Origin>,
+) -> Result<Line, Vec<String>> {
     let mut errors = Vec::new();
     let Some(mut text) = raw.line else {
         return Err(vec!["\"line\" is missing".into()]);
@@ -161,6 +326,8 @@ fn convert(raw: InLine, ctx: &RequestContext, drift: i64) -> Result<Line, Vec<St
     );
     check_len(&mut errors, "app", raw.app.as_deref(), MAX_APP);
     check_len(&mut errors, "level", raw.level.as_deref(), MAX_LEVEL);
+    check_len(&mut errors, "file", raw.file.as_deref(), MAX_FILE);
+    check_len(&mut errors, "env", raw.env.as_deref(), MAX_ENV);
     let ts = match resolve_timestamp(raw.timestamp.as_ref(), ctx, drift) {
         Ok(ts) => ts,
         Err(e) => {
@@ -179,7 +346,16 @@ fn convert(raw: InLine, ctx: &RequestContext, drift: i64) -> Result<Line, Vec<St
     }
     let label_json = match raw.label {
         None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v.to_string()),
+        Some(v @ Value::Object(_)) => {
+            let text = v.to_string();
+            if text.len() > MAX_LABEL {
+                errors.push(format!(
+                    "label is {} bytes serialized, over the limit of {MAX_LABEL}",
+                    text.len()
+                ));
+            }
+            Some(text)
+        }
         Some(_) => {
             errors.push("\"label\" must be an object of name → value".into());
             None
@@ -195,23 +371,23 @@ fn convert(raw: InLine, ctx: &RequestContext, drift: i64) -> Result<Line, Vec<St
             cut -= 1;
         }
         text.truncate(cut);
+        text.shrink_to_fit();
     }
-    Ok(Line {
-        ts,
-        line: text,
-        truncated,
-        host: raw.hostname.or_else(|| ctx.hostname.clone()),
+    let mut line = Line::new(ts, text, origin.clone());
+    line.truncated = truncated;
+    let own = OwnFields {
+        host: raw.hostname,
         app: raw.app,
         file: raw.file,
         level: raw.level,
         env: raw.env,
-        ip: ctx.ip.clone(),
-        mac: ctx.mac.clone(),
-        tags: ctx.tags.clone(),
         label_json,
         meta_json,
-        ingester: "http".into(),
-    })
+    };
+    if own != OwnFields::default() {
+        line.own = Some(Box::new(own));
+    }
+    Ok(line)
 }
 
 /// `meta` as an object when it is one, or a string holding one; else as sent.
@@ -289,7 +465,7 @@ mod tests {
         let a = parse_json(json!({"lines":[{"line":"x","app":"nginx"}]})).unwrap();
         let b = parse_json(json!({"e":"ls","ls":[{"line":"x","app":"nginx"}]})).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a[0].app.as_deref(), Some("nginx"));
+        assert_eq!(a[0].app(), Some("nginx"));
         assert_eq!(a[0].ts, NOW);
     }
 
@@ -329,6 +505,101 @@ mod tests {
     }
 
     #[test]
+    fn request_fields_are_checked_and_named() {
+        let body = br#"{"lines":[{"line":"x"}]}"#;
+        let with = |f: &dyn Fn(&mut RequestContext)| {
+            let mut c = ctx();
+            f(&mut c);
+            parse(body, &c)
+        };
+        for ip in ["10.1.2.3", "::1", "fe80::1"] {
+            assert!(with(&|c| c.ip = Some(ip.into())).is_ok(), "{ip}");
+        }
+        assert!(malformed(with(&|c| c.ip = Some("10.1.2".into()))).contains("ip parameter"));
+        for mac in ["00:1a:2b:3c:4d:5e", "00-1A-2B-3C-4D-5E", "001a.2b3c.4d5e"] {
+            assert!(with(&|c| c.mac = Some(mac.into())).is_ok(), "{mac}");
+        }
+        assert!(malformed(with(&|c| c.mac = Some("00:1a:2b".into()))).contains("mac parameter"));
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| i.to_string()).collect();
+        assert!(malformed(with(&|c| c.tags = many.clone())).contains("33 tags"));
+        let long = |n| "f".repeat(n);
+        assert!(parse_json(
+            json!({"lines":[{"line":"x","file":long(MAX_FILE),"env":long(MAX_ENV)}]})
+        )
+        .is_ok());
+        assert!(malformed(parse_json(
+            json!({"lines":[{"line":"x","file":long(MAX_FILE + 1)}]})
+        ))
+        .contains("file"));
+        assert!(malformed(parse_json(
+            json!({"lines":[{"line":"x","env":long(MAX_ENV + 1)}]})
+        ))
+        .contains("env"));
+        assert!(malformed(parse_json(
+            json!({"lines":[{"line":"x","label":{"k":long(MAX_LABEL)}}]})
+        ))
+        .contains("label"));
+    }
+
+    #[test]
+    fn lines_of_a_request_share_one_origin() {
+        let mut c = ctx();
+        c.tags = vec!["a".into(), "b".into()];
+        c.hostname = Some("edge-3".into());
+        let lines = parse(
+            br#"{"lines":[{"line":"x"},{"line":"y","hostname":"own"},{"line":"z"}]}"#,
+            &c,
+        )
+        .unwrap();
+        assert!(lines
+            .iter()
+            .all(|l| Arc::ptr_eq(&l.origin, &lines[0].origin)));
+        assert_eq!(lines[0].origin.tags, ["a", "b"]);
+        assert_eq!(lines[0].host(), Some("edge-3"));
+        assert_eq!(lines[1].host(), Some("own"));
+        assert!(
+            lines[0].own.is_none(),
+            "a line with no fields of its own holds none"
+        );
+    }
+
+    #[test]
+    fn lines_wins_over_ls_and_other_keys_are_skipped() {
+        let l = parse(br#"{"e":"ls","ls":[{"line":"from ls"}],"lines":[{"line":"from lines"}],"x":{"y":[1]}}"#, &ctx()).unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].line, "from lines");
+    }
+
+    #[test]
+    fn deep_meta_and_broken_text_are_refused() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let body = format!(r#"{{"lines":[{{"line":"x","meta":{deep}}}]}}"#);
+        assert!(malformed(parse(body.as_bytes(), &ctx())).contains("not valid JSON"));
+        let mut bad = br#"{"lines":[{"line":"x"#.to_vec();
+        bad.extend_from_slice(&[0xff, 0xfe]);
+        bad.extend_from_slice(br#""}]}"#);
+        assert!(malformed(parse(&bad, &ctx())).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn the_budget_covers_what_the_shortest_lines_hold() {
+        let mut body = String::from(r#"{"lines":["#);
+        for _ in 0..100_000 {
+            body.push_str(r#"{"line":"x"},"#);
+        }
+        body.pop();
+        body.push_str("]}");
+        let lines = parse(body.as_bytes(), &ctx()).unwrap();
+        assert_eq!(lines.capacity(), lines.len(), "sized once, never grown");
+        let held = crate::ingest::budget::held_by(&lines, lines.capacity());
+        assert!(
+            held <= body.len() * crate::ingest::budget::PARSED_PER_BYTE,
+            "{held} bytes held for a body of {}",
+            body.len()
+        );
+    }
+
+    #[test]
     fn meta_over_32k_is_400_and_under_is_kept() {
         let big = "m".repeat(40 * 1024);
         assert!(
@@ -336,14 +607,14 @@ mod tests {
                 .contains("meta")
         );
         let ok = parse_json(json!({"lines":[{"line":"x","meta":{"status":200}}]})).unwrap();
-        assert_eq!(ok[0].meta_json.as_deref(), Some(r#"{"status":200}"#));
+        assert_eq!(ok[0].meta_json(), Some(r#"{"status":200}"#));
     }
 
     #[test]
     fn meta_as_a_json_string_becomes_an_object() {
         let l = parse_json(json!({"lines":[{"line":"x","meta":"{\"a\":1,\"b\":[2]}"},{"line":"y","meta":"plain"}]})).unwrap();
-        assert_eq!(l[0].meta_json.as_deref(), Some(r#"{"a":1,"b":[2]}"#));
-        assert_eq!(l[1].meta_json.as_deref(), Some(r#""plain""#));
+        assert_eq!(l[0].meta_json(), Some(r#"{"a":1,"b":[2]}"#));
+        assert_eq!(l[1].meta_json(), Some(r#""plain""#));
     }
 
     #[test]
@@ -399,20 +670,13 @@ mod tests {
     #[test]
     fn gzip_bodies_are_checked() {
         assert!(matches!(
-            decode_body(b"plain text", true),
+            gunzip(b"plain text"),
             Err(Rejection::Malformed(_))
         ));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &vec![b' '; MAX_BODY + 10]).unwrap();
         let bomb = gz.finish().unwrap();
-        assert!(matches!(
-            decode_body(&bomb, true),
-            Err(Rejection::TooLarge(_))
-        ));
-        assert!(matches!(
-            decode_body(&vec![0; MAX_BODY + 1], false),
-            Err(Rejection::TooLarge(_))
-        ));
+        assert!(matches!(gunzip(&bomb), Err(Rejection::TooLarge(_))));
     }
 
     #[test]
@@ -452,8 +716,8 @@ mod fuzz {
                 "ts {} ahead of the allowed skew",
                 l.ts
             );
-            assert!(l.meta_json.as_ref().is_none_or(|m| m.len() <= MAX_META));
-            assert!(l.app.as_ref().is_none_or(|a| a.chars().count() <= MAX_APP));
+            assert!(l.meta_json().is_none_or(|m| m.len() <= MAX_META));
+            assert!(l.app().is_none_or(|a| a.chars().count() <= MAX_APP));
         }
     }
 
@@ -530,7 +794,8 @@ mod fuzz {
         #[test]
         fn fuzz_ingest_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), gzip: bool) {
             let ctx = RequestContext { received: NOW, max_skew_ms: 300_000, ..RequestContext::default() };
-            if let Ok(json) = decode_body(&bytes, gzip) {
+            let json = if gzip { gunzip(&bytes) } else { Ok(bytes) };
+            if let Ok(json) = json {
                 if let Ok(lines) = parse(&json, &ctx) {
                     check(&lines, &ctx);
                 }

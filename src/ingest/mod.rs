@@ -1,8 +1,14 @@
 //! The HTTP front door: Mezmo-compatible `POST /logs/ingest`, plus `/status`. A request is answered 200 only after the committer says its
 //! lines are durable; every refusal uses FORMAT.md's error body.
+//!
+//! A request's memory comes from one shared [`budget`] before it is used, and
+//! gunzip, JSON parsing and the rules run on blocking threads, so a large or
+//! hostile body neither fills memory nor stalls the listeners.
 
 pub mod auth;
 pub mod body;
+pub mod budget;
+pub mod listen;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -17,14 +23,19 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::clock::SharedClock;
+use crate::line::Line;
 use crate::rules::LiveRules;
 use crate::spool::{CommitError, Committer, NoRoom, Spool};
 use crate::status::Board;
 pub use auth::{Keys, LiveKeys};
 use body::{Rejection, RequestContext};
+use budget::{Budget, Busy, Share};
 
 pub struct Ingest {
     pub keys: LiveKeys,
+    pub budget: Budget,
+    /// A request body must arrive whole within this.
+    pub body_timeout: std::time::Duration,
     pub committer: Committer,
     pub clock: SharedClock,
     pub max_skew_ms: i64,
@@ -103,13 +114,28 @@ async fn answer(
             );
         }
     }
-    let raw = match read_body(body).await {
+    let mut share = ingest.budget.share();
+    let length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let raw = match read_body(body, length, &mut share, ingest.body_timeout).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             return rejection(Rejection::TooLarge(format!(
                 "the request body is over the {} MB limit; send fewer lines per request",
                 body::MAX_BODY / (1024 * 1024)
             )))
+        }
+        Err(BodyError::Busy) => return busy(),
+        Err(BodyError::Slow) => {
+            return not_ok(
+                StatusCode::REQUEST_TIMEOUT,
+                vec![format!(
+                    "the request body did not arrive within {} (ingest.body_timeout); send smaller requests or check the link",
+                    humantime::format_duration(ingest.body_timeout)
+                )],
+            )
         }
         Err(BodyError::Read(e)) => {
             return not_ok(
@@ -122,6 +148,15 @@ async fn answer(
         .get(axum::http::header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let json = if gzip {
+        match gunzip(raw, &mut share).await {
+            Ok(json) => json,
+            Err(Refused::Busy) => return busy(),
+            Err(Refused::Rejected(r)) => return rejection(r),
+        }
+    } else {
+        raw
+    };
     let ctx = RequestContext {
         hostname: param("hostname").map(str::to_owned),
         mac: param("mac").map(str::to_owned),
@@ -142,13 +177,33 @@ async fn answer(
         received: ingest.clock.now_ms(),
         max_skew_ms: ingest.max_skew_ms,
     };
-    let mut lines = match body::decode_body(&raw, gzip).and_then(|json| body::parse(&json, &ctx)) {
-        Ok(lines) => lines,
-        Err(r) => return rejection(r),
+    if share
+        .grow(json.len() * budget::PARSED_PER_BYTE)
+        .await
+        .is_err()
+    {
+        return busy();
+    }
+    let rules = ingest.rules.load_full();
+    let for_rules = account.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        let mut lines = body::parse(&json, &ctx)?;
+        rules.retain(&for_rules, &mut lines);
+        Ok::<_, Rejection>(lines)
+    })
+    .await;
+    let lines: Vec<Line> = match parsed {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(r)) => return rejection(r),
+        Err(e) => {
+            return not_ok(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                vec![format!("parsing the request failed: {e}")],
+            )
+        }
     };
-    ingest.rules.load().retain(&account, &mut lines);
-    // The parsed lines are all that is needed now; the body need not wait for the commit.
-    drop(raw);
+    // The body is gone; the lines are what is held until they are stored.
+    share.shrink_to(budget::held_by(&lines, lines.capacity()));
     match ingest.committer.commit(account, lines).await {
         Ok(batch_id) => (
             StatusCode::OK,
@@ -184,6 +239,21 @@ async fn answer(
             )],
         ),
     }
+}
+
+fn busy() -> Response {
+    crate::telemetry::ingest_busy();
+    let mut response = not_ok(
+        StatusCode::SERVICE_UNAVAILABLE,
+        vec![format!(
+            "{Busy}; nothing of this request was stored, retry shortly"
+        )],
+    );
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// A refusal the client should retry after a while.
@@ -231,26 +301,131 @@ const DRAIN_MAX: usize = 4 * body::MAX_BODY;
 
 enum BodyError {
     TooLarge,
+    Busy,
+    /// Not whole within the body timeout.
+    Slow,
     Read(axum::Error),
 }
 
-/// The request body, up to the limit; past it, the rest is drained and dropped.
-async fn read_body(body: axum::body::Body) -> Result<Bytes, BodyError> {
+/// The request body, up to the limit, its buffer taken from the request's
+/// share of the budget before it grows (at once when the client said its
+/// length); past the limit, the rest is drained and dropped. All of it within
+/// `timeout`.
+async fn read_body(
+    body: axum::body::Body,
+    length: Option<usize>,
+    share: &mut Share,
+    timeout: std::time::Duration,
+) -> Result<Bytes, BodyError> {
     use futures::StreamExt;
-    let mut stream = body.into_data_stream();
-    let mut kept = bytes::BytesMut::new();
-    let mut total = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(BodyError::Read)?;
-        total += chunk.len();
-        if total <= body::MAX_BODY {
-            kept.extend_from_slice(&chunk);
-        } else if total > DRAIN_MAX {
-            break;
+    let read = async {
+        // A said length sizes the buffer, but only what has arrived is held
+        // beyond a first MiB: a client that announces 10 MB and sends slowly
+        // holds little of the budget.
+        let announced = length.unwrap_or(body::MAX_BODY).min(body::MAX_BODY);
+        let mut kept: Vec<u8> = Vec::new();
+        if let Some(n) = length.filter(|n| *n <= body::MAX_BODY) {
+            if n > budget::LARGE {
+                share.large().await.map_err(|_| BodyError::Busy)?;
+            }
+            let first = n.min(1 << 20);
+            share.grow(first).await.map_err(|_| BodyError::Busy)?;
+            kept.reserve_exact(first);
+        }
+        let mut stream = body.into_data_stream();
+        let mut total = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(BodyError::Read)?;
+            total += chunk.len();
+            if total <= body::MAX_BODY {
+                let wanted = kept.len() + chunk.len();
+                if wanted > budget::LARGE {
+                    share.large().await.map_err(|_| BodyError::Busy)?;
+                }
+                if wanted > kept.capacity() {
+                    let grown = wanted.max((2 * kept.capacity()).min(announced));
+                    share
+                        .grow(grown.saturating_sub(share.held()))
+                        .await
+                        .map_err(|_| BodyError::Busy)?;
+                    kept.reserve_exact(grown - kept.len());
+                }
+                kept.extend_from_slice(&chunk);
+            } else if total > DRAIN_MAX {
+                break;
+            }
+        }
+        if total > body::MAX_BODY {
+            return Err(BodyError::TooLarge);
+        }
+        Ok(Bytes::from(kept))
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::Slow))
+}
+
+enum Refused {
+    Busy,
+    Rejected(Rejection),
+}
+
+/// Decompressed output taken from the budget per step.
+const GUNZIP_STEP: usize = 1 << 20;
+
+/// Undoes `Content-Encoding: gzip` on a blocking thread, a step at a time,
+/// each step's output taken from the request's share first.
+async fn gunzip(raw: Bytes, share: &mut Share) -> Result<Bytes, Refused> {
+    use bytes::Buf;
+    use std::io::Read;
+    // The gzip trailer gives the (last member's) size; a body that says it
+    // is large, or turns out so, waits for the large requests' turn.
+    let said = raw
+        .len()
+        .checked_sub(4)
+        .and_then(|at| raw.get(at..))
+        .and_then(|t| <[u8; 4]>::try_from(t).ok())
+        .map_or(0, |t| u32::from_le_bytes(t) as usize);
+    if said > budget::LARGE || raw.len() > budget::LARGE {
+        share.large().await.map_err(|_| Refused::Busy)?;
+    }
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw.reader());
+    // Sized once by the trailer when it is believable; a step at a time past it.
+    let mut out: Vec<u8> = Vec::new();
+    let first = said.clamp(1, body::MAX_BODY + 1);
+    share.grow(first).await.map_err(|_| Refused::Busy)?;
+    out.reserve_exact(first);
+    loop {
+        if out.len() >= budget::LARGE {
+            share.large().await.map_err(|_| Refused::Busy)?;
+        }
+        if out.len() == out.capacity() {
+            share.grow(GUNZIP_STEP).await.map_err(|_| Refused::Busy)?;
+            out.reserve_exact(GUNZIP_STEP);
+        }
+        let stepped = tokio::task::spawn_blocking(move || {
+            let room = (out.capacity() - out.len()) as u64;
+            let read = (&mut decoder).take(room).read_to_end(&mut out);
+            let ended = read.as_ref().is_ok_and(|n| (*n as u64) < room);
+            (decoder, out, read, ended)
+        })
+        .await;
+        let (back, filled, read, ended) = stepped.map_err(|e| {
+            Refused::Rejected(Rejection::Malformed(vec![format!(
+                "decompressing the body failed: {e}"
+            )]))
+        })?;
+        (decoder, out) = (back, filled);
+        if let Err(e) = read {
+            return Err(Refused::Rejected(Rejection::Malformed(vec![format!(
+                "the body says Content-Encoding: gzip but is not valid gzip ({e})"
+            )])));
+        }
+        if out.len() > body::MAX_BODY {
+            return Err(Refused::Rejected(body::gunzip_too_large()));
+        }
+        if ended {
+            return Ok(Bytes::from(out));
         }
     }
-    if total > body::MAX_BODY {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(kept.freeze())
 }

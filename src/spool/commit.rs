@@ -100,8 +100,9 @@ impl Committer {
     ) -> Result<String, CommitError> {
         let count = lines.len();
         let text_bytes: usize = lines.iter().map(|l| l.line.len()).sum();
-        // What a line costs in the spool, roughly: its text and its record.
-        let bytes = text_bytes + 64 * count;
+        // Admitted by what the lines take in the spool, every field counted as
+        // stored, so fields a request shares cannot overrun the quota.
+        let bytes = super::stored_bytes(&lines);
         // Refused before anything is stored; a position alone always goes through.
         if count > 0 {
             self.room.admit(&account, bytes as u64)?;

@@ -7,6 +7,7 @@
 //! their references in one atomic sled batch; [`Spool::make_durable`] flushes and
 //! fsyncs sled, and only after that may anything be acknowledged (see `commit`).
 
+pub(crate) mod block;
 mod codec;
 mod commit;
 mod durable;
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::account::AccountId;
 use crate::clock::{EpochMs, SharedClock};
 use crate::hour::Hour;
-use crate::line::{Line, StoredLine, StoredLineRef};
+use crate::line::{Line, StoredLineRef};
 use crate::seal::SealRule;
 
 pub use commit::{Along, CommitError, Committer};
@@ -41,8 +42,11 @@ pub use positions::{FileKey, FilePosition, PositionUpdate};
 pub use reserve::Reserve;
 pub use room::{NoRoom, Room, RoomLimits, RoomStatus};
 
-/// Bumped when the on-disk layout changes incompatibly.
-const FORMAT_VERSION: u32 = 2;
+/// Bumped when the on-disk layout changes incompatibly: 3 writes blocks that
+/// store each origin once, which a larch reading 2 would set aside as damaged.
+const FORMAT_VERSION: u32 = 3;
+/// Older layouts this larch still reads, and moves up to [`FORMAT_VERSION`].
+const READS_FORMATS: &[u64] = &[2];
 /// Lines per sled value are capped by size so values stay well inside sled's
 /// inline limit and a block decodes in little memory.
 const BLOCK_BYTES: usize = 60 * 1024;
@@ -120,19 +124,6 @@ fn remove_unfinished_snapshots(dir: &Path) -> bool {
     removed
 }
 
-/// Written as a whole; read back as a [`BlockView`].
-#[derive(Debug, Serialize)]
-struct Block {
-    lines: Vec<StoredLine>,
-}
-
-/// A [`Block`] read in place, its lines' text borrowed from the block's bytes.
-#[derive(Deserialize)]
-pub(crate) struct BlockView<'a> {
-    #[serde(borrow)]
-    lines: Vec<StoredLineRef<'a>>,
-}
-
 /// What one group commit staged, so it can be undone if it never became durable.
 pub struct Staged {
     pub batch_ids: Vec<String>,
@@ -174,28 +165,20 @@ struct OpenPart {
     record: PartRecord,
 }
 
-/// Consecutive lines of one request that go to the same part.
+/// Consecutive lines of one request that go to the same part: where they
+/// are, not the lines, so a group's lines stay in place until written.
 struct Run {
-    part: PartId,
-    lines: Vec<(u64, StoredLine)>,
-    bytes: u64,
+    request: usize,
+    lines: std::ops::Range<usize>,
+    /// The spool's line number of the run's first line.
+    first_seq: u64,
 }
 
-impl Run {
-    fn finish(
-        self,
-        touched: &mut HashMap<(AccountId, Hour), OpenPart>,
-        lines_by_part: &mut HashMap<PartId, Vec<(u64, StoredLine)>>,
-    ) {
-        if let Some(open) = touched.get_mut(&(self.part.account.clone(), self.part.hour)) {
-            open.record.lines += self.lines.len() as u64;
-            open.record.bytes += self.bytes;
-        }
-        lines_by_part
-            .entry(self.part)
-            .or_default()
-            .extend(self.lines);
-    }
+/// Lines of a request as the spool takes them, with what goes with them.
+struct Taken {
+    lines: Vec<Line>,
+    /// IDs the source chose, one per line.
+    ids: Option<Vec<String>>,
 }
 
 struct Index {
@@ -254,6 +237,17 @@ impl Spool {
                 )?;
             }
             Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(older) if READS_FORMATS.contains(&older) => {
+                tracing::info!(
+                    "the spool in {} moves from format version {older} to {FORMAT_VERSION}; \
+                     the larch that wrote it can no longer open it",
+                    path.display()
+                );
+                db.insert(
+                    keys::meta("version"),
+                    &u64::from(FORMAT_VERSION).to_be_bytes(),
+                )?;
+            }
             Some(found) => {
                 return Err(SpoolError::Incompatible {
                     path,
@@ -323,86 +317,77 @@ impl Spool {
         let mut next_line = index.next_line;
         let mut follow_ups = 0;
         let mut touched: HashMap<(AccountId, Hour), OpenPart> = HashMap::new();
-        let mut lines_by_part: HashMap<PartId, Vec<(u64, StoredLine)>> = HashMap::new();
+        let mut runs_by_part: HashMap<PartId, Vec<Run>> = HashMap::new();
         let mut batch_ids = Vec::with_capacity(requests.len());
         let mut positions = Vec::new();
+        let mut taken = Vec::with_capacity(requests.len());
 
-        for (account, lines, along) in requests {
+        for (request, (account, lines, along)) in requests.into_iter().enumerate() {
             positions.extend(along.positions);
-            let mut given_ids = along.ids.map(Vec::into_iter);
-            let mut first_id = None;
+            let request_seq = next_line;
             // Lines of a request mostly share an hour: look the part up once per run of them.
-            let mut run: Option<Run> = None;
-            for line in lines {
-                let hour = Hour::of(line.ts);
-                if run.as_ref().is_none_or(|r| r.part.hour != hour) {
-                    if let Some(done) = run.take() {
-                        done.finish(&mut touched, &mut lines_by_part);
+            let mut start = 0;
+            while start < lines.len() {
+                let hour = Hour::of(lines[start].ts);
+                let end = lines[start..]
+                    .iter()
+                    .position(|l| Hour::of(l.ts) != hour)
+                    .map_or(lines.len(), |n| start + n);
+                let slot = (account.clone(), hour);
+                let part = match touched.entry(slot) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let part = match index.open.get(e.key()) {
+                            Some(p) => OpenPart {
+                                seq: p.seq,
+                                record: p.record.clone(),
+                            },
+                            None => {
+                                let part = self.new_part(&account, hour, now)?;
+                                follow_ups += usize::from(part.seq > 0);
+                                part
+                            }
+                        };
+                        e.insert(part)
                     }
-                    let slot = (account.clone(), hour);
-                    let seq = match touched.get(&slot) {
-                        Some(p) => p.seq,
-                        None => {
-                            let part = match index.open.get(&slot) {
-                                Some(p) => OpenPart {
-                                    seq: p.seq,
-                                    record: p.record.clone(),
-                                },
-                                None => {
-                                    let part = self.new_part(&account, hour, now)?;
-                                    follow_ups += usize::from(part.seq > 0);
-                                    part
-                                }
-                            };
-                            let seq = part.seq;
-                            touched.insert(slot, part);
-                            seq
-                        }
-                    };
-                    run = Some(Run {
-                        part: PartId {
-                            account: account.clone(),
-                            hour,
-                            seq,
-                        },
-                        lines: Vec::new(),
-                        bytes: 0,
-                    });
-                }
-                let Some(current) = run.as_mut() else {
-                    continue;
                 };
-                let seq = next_line;
-                next_line += 1;
-                let id = match given_ids.as_mut().and_then(Iterator::next) {
-                    Some(id) => id,
-                    None => line_id(now, self.instance, seq),
+                part.record.lines += (end - start) as u64;
+                part.record.bytes += lines[start..end]
+                    .iter()
+                    .map(|l| l.line.len() as u64)
+                    .sum::<u64>();
+                let id = PartId {
+                    account: account.clone(),
+                    hour,
+                    seq: part.seq,
                 };
-                first_id.get_or_insert_with(|| id.clone());
-                current.bytes += line.line.len() as u64;
-                current.lines.push((
-                    seq,
-                    StoredLine {
-                        id,
-                        received: now,
-                        line,
-                    },
-                ));
+                runs_by_part.entry(id).or_default().push(Run {
+                    request,
+                    lines: start..end,
+                    first_seq: request_seq + start as u64,
+                });
+                start = end;
             }
-            if let Some(done) = run.take() {
-                done.finish(&mut touched, &mut lines_by_part);
-            }
-            batch_ids.push(first_id.unwrap_or_else(|| line_id(now, self.instance, next_line)));
+            next_line += lines.len() as u64;
+            let first_id = match along.ids.as_ref().and_then(|ids| ids.first()) {
+                Some(id) => id.clone(),
+                None => line_id(now, self.instance, request_seq),
+            };
+            batch_ids.push(first_id);
+            taken.push(Taken {
+                lines,
+                ids: along.ids,
+            });
         }
 
         let mut batch = sled::Batch::default();
         let mut block_keys = Vec::new();
         // The blocks are on disk before sled learns where they are.
         let mut writer = self.segments.lock();
-        for (part_id, lines) in lines_by_part {
-            for (first_seq, block) in into_blocks(lines) {
+        for (part_id, runs) in runs_by_part {
+            for (first_seq, block) in self.blocks(&taken, &runs, now) {
                 let key = keys::block(&part_id, first_seq);
-                let at = writer.append(&codec::encode(&block))?;
+                let at = writer.append(&block)?;
                 batch.insert(key.clone(), &at.encode()[..]);
                 block_keys.push(key);
             }
@@ -460,6 +445,55 @@ impl Spool {
     /// Flushes and fsyncs everything staged so far.
     pub fn make_durable(&self) -> Result<(), SpoolError> {
         Ok(self.durability.flush(&self.db)?)
+    }
+
+    /// A part's lines of one group, encoded as blocks of about [`BLOCK_BYTES`],
+    /// each with the spool's line number of its first line. Lines are encoded
+    /// from where they lie; only one block's IDs are held at a time.
+    fn blocks<'a>(
+        &'a self,
+        taken: &'a [Taken],
+        runs: &'a [Run],
+        now: EpochMs,
+    ) -> impl Iterator<Item = (u64, Vec<u8>)> + 'a {
+        let mut lines = runs.iter().flat_map(move |run| {
+            let request = &taken[run.request];
+            run.lines.clone().map(move |i| {
+                let seq = run.first_seq + (i - run.lines.start) as u64;
+                let given = request.ids.as_ref().and_then(|ids| ids.get(i));
+                (seq, &request.lines[i], given)
+            })
+        });
+        let mut pending = lines.next();
+        std::iter::from_fn(move || {
+            let (first_seq, ..) = pending?;
+            let mut ids = Vec::new();
+            let mut members = Vec::new();
+            let mut size = 0;
+            while let Some((seq, line, given)) = pending {
+                let line_size = block_weight(line);
+                if !members.is_empty() && size + line_size > BLOCK_BYTES {
+                    break;
+                }
+                size += line_size;
+                ids.push(match given {
+                    Some(id) => id.clone(),
+                    None => line_id(now, self.instance, seq),
+                });
+                members.push(line);
+                pending = lines.next();
+            }
+            let block: Vec<block::ToWrite> = ids
+                .iter()
+                .zip(members)
+                .map(|(id, line)| block::ToWrite {
+                    id,
+                    received: now,
+                    line,
+                })
+                .collect();
+            Some((first_seq, block::encode(&block)))
+        })
     }
 
     /// A part for an (account, hour) that has none open: the first part of the
@@ -634,8 +668,8 @@ impl Spool {
                 }
                 Err(e) => return Err(SpoolError::from(e).into()),
             };
-            match codec::decode_borrowed::<BlockView>(bytes) {
-                Ok(block) => each(&block.lines)?,
+            match block::decode(bytes) {
+                Ok(block) => each(&block.lines())?,
                 Err(e) => self.quarantine(&key, bytes, &format!("block of {id}: {e}"))?,
             }
         }
@@ -761,41 +795,34 @@ fn read_u64(db: &sled::Db, name: &str) -> Result<Option<u64>, SpoolError> {
         .map(u64::from_be_bytes))
 }
 
+/// How much of a block a line fills: blocks close at [`BLOCK_BYTES`] of this.
+fn block_weight(line: &Line) -> usize {
+    line.line.len() + line.meta_json().map_or(0, str::len) + 128
+}
+
+/// What lines take in the spool: their own fields, and each origin once per
+/// block its lines fill. Admission counts this, so fields a request shares
+/// are counted as stored, never more, never less.
+pub(crate) fn stored_bytes(lines: &[Line]) -> usize {
+    let own: usize = lines.iter().map(Line::stored_size).sum();
+    let blocks = lines.iter().map(block_weight).sum::<usize>() / BLOCK_BYTES + 1;
+    let mut origins = 0;
+    let mut last: Option<&std::sync::Arc<crate::line::Origin>> = None;
+    for line in lines {
+        if !last.is_some_and(|o| std::sync::Arc::ptr_eq(o, &line.origin)) {
+            origins += line.origin.stored_size();
+            last = Some(&line.origin);
+        }
+    }
+    own + origins * blocks
+}
+
 /// A ULID-shaped line ID: receive time (ms), this spool's instance, and the
 /// spool's line counter, which never repeats even if the clock steps back.
 fn line_id(now: EpochMs, instance: u32, seq: u64) -> String {
     let ms = (now.max(0) as u128) & ((1 << 48) - 1);
     let value = (ms << 80) | (u128::from(instance) << 48) | u128::from(seq & ((1 << 48) - 1));
     ulid::Ulid(value).to_string()
-}
-
-fn into_blocks(lines: Vec<(u64, StoredLine)>) -> Vec<(u64, Block)> {
-    let mut blocks = Vec::new();
-    let mut current: Vec<StoredLine> = Vec::new();
-    let mut first_seq = 0;
-    let mut size = 0;
-    for (seq, line) in lines {
-        let line_size =
-            line.line.line.len() + line.line.meta_json.as_ref().map_or(0, String::len) + 128;
-        if !current.is_empty() && size + line_size > BLOCK_BYTES {
-            blocks.push((
-                first_seq,
-                Block {
-                    lines: std::mem::take(&mut current),
-                },
-            ));
-            size = 0;
-        }
-        if current.is_empty() {
-            first_seq = seq;
-        }
-        size += line_size;
-        current.push(line);
-    }
-    if !current.is_empty() {
-        blocks.push((first_seq, Block { lines: current }));
-    }
-    blocks
 }
 
 #[cfg(test)]
@@ -846,31 +873,5 @@ mod tests {
         .unwrap();
         open().expect("the spool opens");
         assert!(!spool_dir.join("snap.FFFFFFFFFFFFFFF0.generating").exists());
-    }
-
-    #[test]
-    fn a_block_read_in_place_prints_the_same_lines_as_the_stored_ones() {
-        let mut sparse = crate::line::tests::full();
-        sparse.line = Line {
-            ts: 9,
-            line: "only the line \"quoted\"\n".into(),
-            ingester: "file".into(),
-            ..Line::default()
-        };
-        let block = Block {
-            lines: vec![crate::line::tests::full(), sparse],
-        };
-        let bytes = codec::encode(&block);
-        let view: BlockView = codec::decode_borrowed(&bytes).unwrap();
-        assert_eq!(view.lines.len(), 2);
-        for (stored, read) in block.lines.iter().zip(&view.lines) {
-            let (mut want, mut got) = (Vec::new(), Vec::new());
-            stored.write_ndjson("acme", &mut want);
-            read.write_ndjson("acme", &mut got);
-            assert_eq!(
-                String::from_utf8(got).unwrap(),
-                String::from_utf8(want).unwrap()
-            );
-        }
     }
 }

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::clock::SharedClock;
-use crate::line::Line;
+use crate::line::{Line, Origin};
 use crate::rules::LiveRules;
 use crate::spool::{Along, Committer, FileKey, FilePosition, PositionUpdate, Spool};
 use crate::telemetry::Source;
@@ -426,24 +426,27 @@ impl SourceRun {
 
     fn lines_of(&self, t: &Tailed, read: &[file::ReadLine]) -> (Vec<Line>, Vec<String>) {
         let now = self.shared.clock.now_ms();
-        let path = t.path.to_string_lossy().into_owned();
-        let host = self.source.host.as_ref().or(self.default_host.as_ref());
+        let origin = Arc::new(Origin {
+            host: self
+                .source
+                .host
+                .clone()
+                .or_else(|| self.default_host.clone()),
+            app: self.source.app.clone(),
+            file: Some(t.path.to_string_lossy().into_owned()),
+            level: self.source.level.clone(),
+            tags: self.source.tags.clone(),
+            ingester: "tail",
+            ..Origin::default()
+        });
         let mut lines = Vec::with_capacity(read.len());
         let mut ids = Vec::with_capacity(read.len());
         for r in read {
-            let line = Line {
-                ts: now,
-                line: r.text.clone(),
-                truncated: r.truncated,
-                host: host.cloned(),
-                app: self.source.app.clone(),
-                file: Some(path.clone()),
-                level: self.source.level.clone(),
-                tags: self.source.tags.clone(),
-                meta_json: r.partial.then(|| PARTIAL_META.to_owned()),
-                ingester: "tail".into(),
-                ..Line::default()
-            };
+            let mut line = Line::new(now, r.text.clone(), origin.clone());
+            line.truncated = r.truncated;
+            if r.partial {
+                line.own_mut().meta_json = Some(PARTIAL_META.to_owned());
+            }
             if !self.shared.rules.load().keeps(&self.source.account, &line) {
                 continue;
             }

@@ -1,0 +1,452 @@
+//! Every listener's guard: the ingest address (plain or TLS), the loopback
+//! address of local tools and the metrics address all accept through [`serve`].
+//!
+//! A connection costs a descriptor and a task, so no client, honest, slow or
+//! hostile, may hold one for free: open connections are capped, and each
+//! stage of a connection's life has a clock. At the cap, the connection that
+//! has waited longest without a request in flight (a slow head, an idle
+//! keep-alive) is closed to make room; only when every connection is busy
+//! with a request is a new one refused, at once, with a 503.
+//! A new connection must send its first request head within `header_timeout`
+//! (a TLS handshake gets as long again); a kept-alive connection may wait
+//! `idle_timeout` for its next request, whose head must then arrive within
+//! `header_timeout` of its first byte. The
+//! ingest handler bounds reading a body by `body_timeout` itself, and an answer
+//! the client does not read is given up after `idle_timeout`. hyper's own
+//! header timer would count the idle wait of a kept-alive connection as header
+//! time, so the clocks live here, in an I/O wrapper that knows the stage from
+//! the service around the router.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// How long a listener may hold a connection in each stage, and how many it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenLimits {
+    /// Open connections at once; past this a new one is closed at once.
+    pub max_connections: usize,
+    /// From a connection's start (or a later request's first byte) to a whole
+    /// request head; a TLS handshake gets as long.
+    pub header_timeout: Duration,
+    /// Between requests on a kept-alive connection.
+    pub idle_timeout: Duration,
+    /// To receive a whole request body (the ingest handler enforces it).
+    pub body_timeout: Duration,
+}
+
+impl Default for ListenLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The largest request head (request line with its query, and headers) read.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Where a connection is in its life, which decides its reading clock.
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+
+/// The stage of one connection, shared by its I/O wrapper and its service.
+struct Stage {
+    stage: AtomicU8,
+    /// When the current stage began.
+    since: Mutex<Instant>,
+    /// A read left waiting while a request was answered: hyper polls the
+    /// socket then only to notice a close, and does not poll it again once
+    /// the answer is out, so the idle clock would never start. Woken when the
+    /// stage changes, it starts.
+    waiting_read: Mutex<Option<Waker>>,
+    /// Asks the connection to close, to make room for a new one.
+    evict: Notify,
+}
+
+impl Stage {
+    /// A new connection owes its first request head at once.
+    fn new() -> Self {
+        Self {
+            stage: AtomicU8::new(HEAD),
+            since: Mutex::new(Instant::now()),
+            waiting_read: Mutex::new(None),
+            evict: Notify::new(),
+        }
+    }
+
+    /// Whether the connection only waits (for a request, or its head), so
+    /// closing it loses nothing.
+    fn waiting(&self) -> bool {
+        self.stage.load(Ordering::Acquire) != BUSY
+    }
+
+    /// Returns once the connection is asked to close while it only waits.
+    async fn evicted(&self) {
+        loop {
+            self.evict.notified().await;
+            if self.waiting() {
+                return;
+            }
+        }
+    }
+
+    fn enter(&self, stage: u8) {
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.stage.store(stage, Ordering::Release);
+        let waiting = self
+            .waiting_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
+    }
+
+    fn wait_for_change(&self, waker: &Waker) {
+        *self.waiting_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
+    }
+
+    fn since(&self) -> Instant {
+        *self.since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A connection's byte stream, timed by its stage.
+struct Guarded<IO> {
+    inner: IO,
+    stage: Arc<Stage>,
+    limits: ListenLimits,
+    read_timer: Option<Pin<Box<Sleep>>>,
+    write_timer: Option<(Instant, Pin<Box<Sleep>>)>,
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
+}
+
+/// Arms `timer` for `deadline`; true once the deadline has passed.
+fn expired(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) -> bool {
+    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if sleep.deadline() != deadline {
+        sleep.as_mut().reset(deadline);
+    }
+    sleep.as_mut().poll(cx).is_ready()
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && this.stage.stage.load(Ordering::Acquire) == IDLE {
+                    this.stage.enter(HEAD);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                // While a request is being answered, the handler keeps its own clock.
+                let deadline = match this.stage.stage.load(Ordering::Acquire) {
+                    IDLE => this.stage.since() + this.limits.idle_timeout,
+                    HEAD => this.stage.since() + this.limits.header_timeout,
+                    _ => {
+                        this.stage.wait_for_change(cx.waker());
+                        return Poll::Pending;
+                    }
+                };
+                if expired(&mut this.read_timer, deadline, cx) {
+                    crate::telemetry::connection_timed_out();
+                    return Poll::Ready(Err(timed_out(
+                        "the client sent no complete request in time",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, data) {
+            Poll::Pending => {
+                // A client that does not read its answer is given up after a while.
+                let idle = this.limits.idle_timeout;
+                let (_, sleep) = this.write_timer.get_or_insert_with(|| {
+                    let deadline = Instant::now() + idle;
+                    (deadline, Box::pin(tokio::time::sleep_until(deadline)))
+                });
+                if sleep.as_mut().poll(cx).is_ready() {
+                    crate::telemetry::connection_timed_out();
+                    return Poll::Ready(Err(timed_out("the client does not read its answer")));
+                }
+                Poll::Pending
+            }
+            ready => {
+                this.write_timer = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // One slice at a time keeps the write clock in one place.
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        self.as_mut().poll_write(cx, first)
+    }
+}
+
+/// Descriptors larch needs besides its connections: the spool, segment
+/// files, tailed files, store connections.
+const OTHER_DESCRIPTORS: u64 = 512;
+
+/// Raises the soft open-file limit to the hard one, so the connection cap
+/// (not the shell's default of 1,024) is what bounds connections, and warns
+/// when the cap leaves too few descriptors for everything else.
+pub fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("cannot raise the open-file limit: {e}");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if let Some(files) = now {
+        if (max_connections as u64).saturating_add(OTHER_DESCRIPTORS) > files {
+            tracing::warn!(
+                "ingest.max_connections is {max_connections} but larch may open only {files} files; \
+                 lower ingest.max_connections or raise the limit (LimitNOFILE= in the systemd unit, ulimit -n)"
+            );
+        }
+    }
+}
+
+/// Accepts on `tcp` (with TLS when `tls` is given) and serves `app` on every
+/// connection within `limits`, until `closed` turns true; then stops
+/// accepting and lets the requests in flight finish.
+pub async fn serve(
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: axum::Router,
+    limits: ListenLimits,
+    mut closed: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Open::default());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = tcp.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait rather than spin.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = async { closed.wait_for(|closed| *closed).await.is_ok() } => break,
+        };
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => match open.make_room(&slots).await {
+                Some(slot) => slot,
+                None => {
+                    crate::telemetry::connection_refused();
+                    refuse(stream);
+                    continue;
+                }
+            },
+        };
+        let (app, tls, open) = (app.clone(), tls.clone(), open.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stage = Arc::new(Stage::new());
+            let id = open.add(stage.clone());
+            let served = tokio::select! {
+                served = serve_one(stream, peer, tls, app, stage.clone(), limits, watcher) => served,
+                _ = stage.evicted() => {
+                    crate::telemetry::connection_evicted();
+                    Ok(())
+                }
+            };
+            open.remove(id);
+            if let Err(e) = served {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(tcp);
+    // Requests in flight are answered; idle connections close now.
+    graceful.shutdown().await;
+}
+
+/// The open connections of one listener, so that one which only waits can be
+/// closed when a new one finds every slot taken.
+#[derive(Default)]
+struct Open {
+    next: std::sync::atomic::AtomicU64,
+    stages: Mutex<std::collections::HashMap<u64, Arc<Stage>>>,
+}
+
+impl Open {
+    fn add(&self, stage: Arc<Stage>) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, stage);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<Stage>>> {
+        self.stages.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At the cap: asks the connection that has waited longest (for its
+    /// request head, or idle between requests) to close, and takes its slot.
+    /// None when every connection is busy with a request.
+    async fn make_room(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        let longest_waiting = self
+            .lock()
+            .values()
+            .filter(|s| s.waiting())
+            .min_by_key(|s| s.since())
+            .cloned()?;
+        longest_waiting.evict.notify_one();
+        tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// How long a new connection waits for the slot of one asked to close.
+const EVICTION_WAIT: Duration = Duration::from_millis(20);
+
+/// One accepted connection: its TLS handshake, if any, then HTTP.
+async fn serve_one(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: axum::Router,
+    stage: Arc<Stage>,
+    limits: ListenLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error> {
+    let Some(acceptor) = tls else {
+        return connection(stream, peer, app, stage, limits, watcher).await;
+    };
+    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            stage.enter(HEAD);
+            connection(tls, peer, app, stage, limits, watcher).await
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            Ok(())
+        }
+        Err(_) => {
+            crate::telemetry::connection_timed_out();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            Ok(())
+        }
+    }
+}
+
+/// A connection over the cap: closed before anything is read, so it costs nothing.
+fn refuse(stream: TcpStream) {
+    // A best-effort answer; a client that sent nothing yet sees it as the reason.
+    let _ = stream.try_write(
+        b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 0\r\n\r\n",
+    );
+    drop(stream);
+}
+
+async fn connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    app: axum::Router,
+    stage: Arc<Stage>,
+    limits: ListenLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let guarded = Guarded {
+        inner: io,
+        stage: stage.clone(),
+        limits,
+        read_timer: None,
+        write_timer: None,
+    };
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let (app, stage) = (app.clone(), stage.clone());
+        stage.enter(BUSY);
+        async move {
+            let answer = app.oneshot(request.map(axum::body::Body::new)).await;
+            stage.enter(IDLE);
+            answer
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The stage clocks above replace hyper's header timer (which needs a timer
+    // to run at all); a request head is held to a size as well as a time.
+    builder.max_buf_size(MAX_HEAD);
+    let connection = builder.serve_connection(TokioIo::new(guarded), service);
+    watcher.watch(connection).await
+}
