@@ -70,6 +70,7 @@ pub struct TargetSection {
     pub retry_max_delay: Option<HumanDuration>,
     pub upload_rate_limit: Option<ByteRate>,
     pub ledger_keep: Option<HumanDuration>,
+    pub local_group_read: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

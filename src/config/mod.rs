@@ -164,6 +164,7 @@ impl Settings {
             azure: store_options("azure", file.azure)?,
             single_writer: target.single_writer.unwrap_or(false),
             upload_rate_limit: target.upload_rate_limit.map(|r| r.0),
+            local_group_read: target.local_group_read.unwrap_or(false),
         };
         let millis =
             |d: Option<values::HumanDuration>, default: i64| d.map_or(default, |d| d.millis());
@@ -237,6 +238,7 @@ mod tests {
         assert_eq!(PathBuf::from(&s.target.url), PathBuf::from("data/archive"));
         assert!(!s.target.single_writer);
         assert_eq!(s.target.upload_rate_limit, None);
+        assert!(!s.target.local_group_read);
         assert_eq!(s.log_format, LogFormat::Text);
     }
 
@@ -265,6 +267,7 @@ mod tests {
             "retry_max_delay",
             "upload_rate_limit",
             "ledger_keep",
+            "local_group_read",
             "level",
             "format",
             "[keys]",

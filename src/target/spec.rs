@@ -30,6 +30,9 @@ pub struct TargetConfig {
     pub single_writer: bool,
     /// Bytes per second all uploads together may send (cloud targets).
     pub upload_rate_limit: Option<u64>,
+    /// A local archive's objects readable by the group (0640 in 0750
+    /// directories) instead of larch's user alone (0600 in 0700).
+    pub local_group_read: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -224,7 +224,15 @@ struct SendArgs {
 
 fn main() -> ExitCode {
     larch::memory::limit_allocator_arenas();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(
+        command,
+        Command::Run(_) | Command::Drain(_) | Command::Verify(_)
+    ) {
+        // These may open the spool, and sled creates files of its own there.
+        larch::files::private_umask();
+    }
+    let result = match command {
         Command::Run(args) => run(args),
         Command::Validate {
             config,
