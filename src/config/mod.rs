@@ -2,7 +2,8 @@
 //! `LARCH_<SECTION>_<KEY>` environment variables, then by flags ([`layers`]).
 //! Everything is checked here, before anything starts; `larch validate` runs
 //! exactly this. [`DEFAULT_CONFIG`] (`larch config --default`) documents every
-//! setting.
+//! setting. Secrets (ingestion keys, store credentials) are never shown, in
+//! output or in errors ([`redact`]).
 //!
 //! `target.single_writer = true` lets larch use a store that cannot refuse to
 //! overwrite an object: it then checks for an object before each write, which
@@ -10,6 +11,7 @@
 
 pub mod file;
 pub mod layers;
+pub mod redact;
 pub mod values;
 
 use std::collections::BTreeMap;

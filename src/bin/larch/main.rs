@@ -367,6 +367,7 @@ fn print_config(config: ConfigArgs, default: bool) -> anyhow::Result<()> {
     let loaded = config.load(Vec::new())?;
     Settings::resolve(loaded.config.clone())?;
     let mut table = loaded.table.clone();
+    larch::config::redact::redact_store_secrets(&mut table);
     println!("# {}", loaded.describe());
     if let Some(toml::Value::Table(keys)) = table.remove("keys") {
         let accounts: std::collections::BTreeSet<_> =
