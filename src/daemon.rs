@@ -70,7 +70,10 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let data = settings.data_dir.clone();
     crate::ingest::listen::raise_open_file_limit(settings.listen_limits.max_connections);
-    std::fs::create_dir_all(&data).map_err(|source| DaemonError::Dir {
+    // The default archive lives in here, so archive readers may need to pass
+    // through it; what larch keeps in it is private either way.
+    let archive_modes = crate::files::Modes::archive(settings.target.local_group_read);
+    crate::files::create_dirs(&data, archive_modes.dir).map_err(|source| DaemonError::Dir {
         path: data.clone(),
         source,
     })?;
@@ -321,7 +324,8 @@ impl Archiving {
         // user named must exist already: creating it could write to the wrong disk.
         if let Some(dir) = target.local_dir() {
             if dir.starts_with(&data) {
-                std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+                let mode = crate::files::Modes::archive(settings.target.local_group_read).dir;
+                crate::files::create_dirs(dir, mode).map_err(|source| DaemonError::Dir {
                     path: dir.to_owned(),
                     source,
                 })?;

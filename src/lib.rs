@@ -15,7 +15,8 @@
 //! - [`sync`] turns sealed parts into gzip NDJSON objects and uploads them exactly once;
 //! - [`target`] is where objects go (a local directory by default);
 //! - [`restore`] reads archives back, [`verify`] checks them against the ledger, and
-//!   [`drain`] empties a spool into the target, with a running daemon through [`admin`].
+//!   [`drain`] empties a spool into the target, with a running daemon through [`admin`];
+//! - [`files`] keeps what larch writes private (file and directory modes).
 
 pub mod account;
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod drain;
 pub mod fault;
+pub mod files;
 pub mod hour;
 pub mod ingest;
 pub mod line;

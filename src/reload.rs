@@ -100,7 +100,7 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
             ("ingest.max_clock_skew", format!("{:?}", s.max_skew_ms)),
             ("metrics.listen", format!("{:?}", s.metrics_listen)),
             (
-                "target (url, store options, single_writer, upload_rate_limit)",
+                "target (url, store options, single_writer, upload_rate_limit, local_group_read)",
                 format!("{:?}", s.target),
             ),
             ("target.key_prefix", format!("{:?}", s.key_prefix)),
@@ -176,13 +176,13 @@ mod tests {
         let old = settings("[keys]\nk = \"acme\"\n");
         let new = settings(
             "[keys]\nk2 = \"beta\"\n[spool]\nlate_window = \"1h\"\n\
-             [target]\ngzip_level = 9\nupload_rate_limit = \"1MiB/s\"\n",
+             [target]\ngzip_level = 9\nupload_rate_limit = \"1MiB/s\"\nlocal_group_read = true\n",
         );
         assert_eq!(
             needs_restart(&old, &new),
             [
                 "spool.late_window / follow_up_after",
-                "target (url, store options, single_writer, upload_rate_limit)",
+                "target (url, store options, single_writer, upload_rate_limit, local_group_read)",
                 "target.gzip_level",
             ]
         );

@@ -130,6 +130,105 @@ fn validate_names_the_line_of_an_unknown_key_and_of_a_bad_duration() {
     refused(&good, &open, &[], &["--insecure-listen"]);
 }
 
+/// Secrets of the tests below: none of them may ever be printed.
+const SECRETS: [&str; 7] = [
+    "wJalrXUtnFEMIK7MDENGbPxRfiCYzEXAMPLEKEY",
+    "FwoGZXIvYXdzEXAMPLESESSIONTOKEN",
+    "sv=2024-01-01&sig=EXAMPLESASSIGNATURE",
+    "QUNDT1VOVEtFWUVYQU1QTEVYWFg=",
+    "clientSECRETexample42",
+    "MIIEvQIBADANBgkqhkiGEXAMPLEPRIVATEKEY",
+    "bearerTOKENexample99",
+];
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{what} printed {secret:?}: {text}");
+    }
+}
+
+#[test]
+fn larch_config_shows_store_secrets_as_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let [s3_secret, s3_token, sas, account_key, client_secret, sa_key, bearer] = SECRETS;
+    let cfg = write(
+        &dir.path().join("larch.toml"),
+        &format!(
+            "[s3]\nregion = \"eu-west-1\"\naccess_key_id = \"AKIAEXAMPLEID\"\n\
+             secret_access_key = \"{s3_secret}\"\nsession_token = \"{s3_token}\"\n\
+             [azure]\naccount_name = \"acct\"\naccess_key = \"{account_key}\"\n\
+             sas_token = \"{sas}\"\nclient_secret = \"{client_secret}\"\n\
+             [gcs]\nservice_account_key = '{{\"private_key\":\"{sa_key}\"}}'\n"
+        ),
+    );
+    let env = [("LARCH_AZURE_BEARER_TOKEN", bearer)];
+    let (ok, out, err) = larch(&["config", "--config", &cfg], &env);
+    assert!(ok, "{err}");
+    assert_no_secret("larch config", &out);
+    let table: toml::Table = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let shown = |section: &str, key: &str| table[section][key].as_str().unwrap().to_owned();
+    for (section, key) in [
+        ("s3", "secret_access_key"),
+        ("s3", "session_token"),
+        ("azure", "access_key"),
+        ("azure", "sas_token"),
+        ("azure", "client_secret"),
+        ("azure", "bearer_token"),
+        ("gcs", "service_account_key"),
+    ] {
+        assert_eq!(shown(section, key), "<redacted>", "{section}.{key}");
+    }
+    // What is not secret stays readable.
+    assert_eq!(shown("s3", "region"), "eu-west-1");
+    assert_eq!(shown("s3", "access_key_id"), "AKIAEXAMPLEID");
+    assert_eq!(shown("azure", "account_name"), "acct");
+}
+
+#[test]
+fn config_errors_name_the_line_but_never_echo_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let [s3_secret, _, _, _, _, _, key] = SECRETS;
+    let cases = [
+        (
+            "a line that does not parse, in [s3]",
+            format!("[s3]\nregion = \"eu-west-1\"\nsecret_access_key = {s3_secret}\n"),
+            "line 3",
+        ),
+        (
+            "an inline store table that does not parse",
+            format!("s3 = {{ secret_access_key = \"{s3_secret}\" region = \"x\" }}\n"),
+            "line 1",
+        ),
+        (
+            "a bad value in [keys], whose keys are the secrets",
+            format!("[keys]\n\"{key}\" = 42\n"),
+            "line 2",
+        ),
+        (
+            "a key given twice",
+            format!("[keys]\n\"{key}\" = \"acme\"\n\"{key}\" = \"beta\"\n"),
+            "line 3",
+        ),
+        (
+            "a key in the wrong section",
+            format!("[spool]\ndir = \"data\"\n\"{key}\" = \"acme\"\n"),
+            "line 3",
+        ),
+    ];
+    for (what, text, line) in cases {
+        let cfg = write(&dir.path().join("bad.toml"), &text);
+        for command in ["validate", "config", "run"] {
+            let (ok, out, err) = larch(&[command, "--config", &cfg], &[]);
+            assert!(!ok, "{what}: larch {command} passed");
+            assert!(
+                err.contains(line),
+                "{what}: larch {command} does not say {line}: {err}"
+            );
+            assert_no_secret(&format!("{what}: larch {command}"), &format!("{out}{err}"));
+        }
+    }
+}
+
 /// The scraped samples, by metric name and labels.
 fn scrape(addr: &str) -> Vec<prometheus_parse::Sample> {
     let mut r = agent()

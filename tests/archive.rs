@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::{hours_ago, read_archive, Daemon};
@@ -180,4 +181,140 @@ fn an_archive_directory_on_another_filesystem_gets_whole_objects() {
     let area = archive.path().join(".larch-upload");
     let left = std::fs::read_dir(&area).map_or(0, |e| e.count());
     assert_eq!(left, 0, "temporary copies left in {}", area.display());
+    // A copy is as private as a link (the archive directory itself is the user's).
+    for (path, mode, is_dir) in modes_under(archive.path()).into_iter().skip(1) {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+}
+
+/// Every file and directory under `root` with its permission bits, `root` included.
+fn modes_under(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32, bool)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        out.push((
+            path.clone(),
+            meta.permissions().mode() & 0o7777,
+            meta.is_dir(),
+        ));
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Sends one line into the hour before last and waits until it is archived.
+fn archive_one_line(d: &Daemon) {
+    let (s, body) = d.ingest_json(
+        "k",
+        &json!({"lines":[{"timestamp": hours_ago(1, 0), "line":"private line"}]}),
+    );
+    assert_eq!(s, 200, "{body}");
+    d.wait_drained(Duration::from_secs(30));
+}
+
+#[test]
+fn spool_staging_admin_and_archive_files_are_readable_by_larch_user_only() {
+    // The umask most hosts have: without explicit modes every file is world-readable.
+    unsafe { libc::umask(0o022) };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut d = Daemon::start(&data, &["--late-window", "0s", "--key", "k=acme"]);
+    archive_one_line(&d);
+    let (day, name) = hour_name(hours_ago(1, 0));
+    let object = data
+        .join("archive")
+        .join(&day)
+        .join(format!("acme.{name}.json.gz"));
+    let segment = std::fs::read_dir(data.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("no segment file");
+    let named = [
+        data.join("spool"),
+        data.join("spool/db"),
+        data.join("segments"),
+        segment,
+        data.join("staging"),
+        data.join("admin.json"),
+        data.join("archive"),
+        object,
+    ];
+    for path in &named {
+        assert!(path.exists(), "{} is missing", path.display());
+    }
+    // sled's own files included: everything larch keeps is its user's alone.
+    for (path, mode, is_dir) in modes_under(&data) {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+    assert!(d.terminate().success());
+}
+
+#[test]
+fn archive_readers_get_group_read_when_asked_and_directories_larch_did_not_make_stay_as_they_are() {
+    unsafe { libc::umask(0o022) };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let archive = dir.path().join("archive");
+    let open = std::fs::Permissions::from_mode(0o755);
+    // The user's own directories, and the spool directories as an earlier larch left them.
+    for made in [&data, &archive, &data.join("spool"), &data.join("segments")] {
+        std::fs::create_dir_all(made).unwrap();
+        std::fs::set_permissions(made, open.clone()).unwrap();
+    }
+    let target = archive.display().to_string();
+    let mut d = Daemon::start(
+        &data,
+        &[
+            "--late-window",
+            "0s",
+            "--key",
+            "k=acme",
+            "--target",
+            &target,
+            "--set",
+            "target.local_group_read=true",
+        ],
+    );
+    archive_one_line(&d);
+    assert_eq!(mode_of(&data), 0o755, "the user's data directory");
+    assert_eq!(mode_of(&archive), 0o755, "the user's archive directory");
+    let (day, name) = hour_name(hours_ago(1, 0));
+    let mut dir_made = archive.clone();
+    for part in day.split('/') {
+        dir_made.push(part);
+        assert_eq!(mode_of(&dir_made), 0o750, "{}", dir_made.display());
+    }
+    assert_eq!(
+        mode_of(&dir_made.join(format!("acme.{name}.json.gz"))),
+        0o640
+    );
+    // The spool is never opened to the group; larch's own directories are tightened.
+    for (path, mode, is_dir) in modes_under(&data.join("spool"))
+        .into_iter()
+        .chain(modes_under(&data.join("segments")))
+        .chain(modes_under(&data.join("staging")))
+    {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+    assert_eq!(mode_of(&data.join("admin.json")), 0o600);
+    assert!(d.terminate().success());
 }

@@ -462,6 +462,69 @@ fn a_corrupt_object_is_named_and_skipped_and_the_rest_restored() {
     assert_eq!(lines.len(), 50);
 }
 
+/// Runs `larch` to its end with its output in files; its exit code, output
+/// and peak resident memory in bytes (the child's own `ru_maxrss`).
+fn larch_measured(args: &[&str], dir: &Path) -> (Run, u64) {
+    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
+    // Reaped by wait4 below rather than Child::wait, for its resource usage.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(env!("CARGO_BIN_EXE_larch"))
+        .args(args)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("cannot run larch");
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(waited, child.id() as i32, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status),
+        "larch did not exit by itself: {status}"
+    );
+    let run = Run {
+        code: libc::WEXITSTATUS(status),
+        stdout: std::fs::read_to_string(out_path).unwrap(),
+        stderr: std::fs::read_to_string(err_path).unwrap(),
+    };
+    (run, usage.ru_maxrss as u64 * 1024)
+}
+
+#[test]
+fn restore_skips_an_object_whose_line_has_no_end_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    let good: Vec<Value> = (0..3)
+        .map(|i| json!({"_id": format!("good{i}"), "_account": "acme", "_ts": hours_ago(3, i), "_line": "kept"}))
+        .collect();
+    plant(&root, &format!("{}.json.gz", name_of("", "acme", 3)), &good);
+    // 200 MiB of 'a' and no newline, from a few hundred KiB: one gzip member
+    // of 1 MiB repeated (gzip readers read consecutive members as one stream).
+    let member = gzip(&vec![b'a'; 1 << 20]);
+    let bomb_key = format!("{}.json.gz", name_of("", "acme", 2));
+    std::fs::create_dir_all(root.join(&bomb_key).parent().unwrap()).unwrap();
+    std::fs::write(root.join(&bomb_key), member.repeat(200)).unwrap();
+
+    let target = root.display().to_string();
+    let (run, peak) = larch_measured(
+        &["restore", "--target", &target, "--account", "acme"],
+        dir.path(),
+    );
+    assert!(peak < 100 << 20, "restore peaked at {} MiB", peak >> 20);
+    assert_eq!(run.code, 3, "a skipped object exits 3: {}", run.stderr);
+    let printed: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ids(&printed), ids(&good));
+    assert!(
+        run.stderr
+            .contains(&format!("skipped {bomb_key}: line 1 is longer than")),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn a_mezmo_wrapped_archive_restores_as_flat_lines() {
     let dir = tempfile::tempdir().unwrap();

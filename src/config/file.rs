@@ -12,6 +12,9 @@ use super::values::{
 use crate::rules::RulesConfig;
 use crate::tail::SourcesConfig;
 
+/// The option tables of the stores, passed to `object_store` as given.
+pub const STORE_SECTIONS: &[&str] = &["s3", "gcs", "azure"];
+
 /// The sections whose settings environment variables (`LARCH_<SECTION>_<KEY>`) can set.
 pub const ENV_SECTIONS: &[&str] = &[
     "spool", "ingest", "target", "metrics", "log", "s3", "gcs", "azure",
@@ -75,6 +78,7 @@ pub struct TargetSection {
     pub retry_max_delay: Option<HumanDuration>,
     pub upload_rate_limit: Option<ByteRate>,
     pub ledger_keep: Option<HumanDuration>,
+    pub local_group_read: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

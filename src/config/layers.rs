@@ -51,11 +51,22 @@ impl Override {
 
     /// `--set SECTION.KEY=VALUE`.
     pub fn parse_set(text: &str) -> Result<Self, ConfigError> {
-        let (path, value) = text.split_once('=').ok_or_else(|| ConfigError::Override {
-            origin: "--set".into(),
-            message: format!(
-                "{text:?} is not of the form SECTION.KEY=VALUE (e.g. spool.late_window=2h)"
-            ),
+        let (path, value) = text.split_once('=').ok_or_else(|| {
+            // Quoted only when it cannot be a secret given with the wrong separator.
+            let shown = if text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b"0123456789_.".contains(&b))
+            {
+                format!("{text:?}")
+            } else {
+                "a --set".to_owned()
+            };
+            ConfigError::Override {
+                origin: "--set".into(),
+                message: format!(
+                    "{shown} is not of the form SECTION.KEY=VALUE (e.g. spool.late_window=2h)"
+                ),
+            }
         })?;
         Ok(Self::flag(&format!("--set {path}"), path.trim(), value))
     }
@@ -126,7 +137,7 @@ impl Loaded {
         let config = FileConfig::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
             ConfigError::Parse {
                 path: path.clone().unwrap_or_default(),
-                message: e.to_string(),
+                message: super::redact::safe_message(e.message(), false),
             }
         })?;
         Ok(Self {
@@ -154,18 +165,19 @@ impl Loaded {
     }
 }
 
-/// The file as a table, checked against the schema first so that errors carry line numbers.
+/// The file as a table, checked against the schema first so that errors carry
+/// line numbers. Errors never quote the file: its lines can hold secrets.
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     })?;
-    let parse_error = |message: String| ConfigError::Parse {
+    let parse_error = |e: toml::de::Error| ConfigError::Parse {
         path: path.to_owned(),
-        message,
+        message: super::redact::parse_error(&text, &e),
     };
-    toml::from_str::<FileConfig>(&text).map_err(|e| parse_error(e.to_string()))?;
-    toml::from_str::<toml::Table>(&text).map_err(|e| parse_error(e.to_string()))
+    toml::from_str::<FileConfig>(&text).map_err(parse_error)?;
+    toml::from_str::<toml::Table>(&text).map_err(parse_error)
 }
 
 /// Sets one override into `table`, after checking it alone against the schema.

@@ -2,7 +2,8 @@
 //! `LARCH_<SECTION>_<KEY>` environment variables, then by flags ([`layers`]).
 //! Everything is checked here, before anything starts; `larch validate` runs
 //! exactly this. [`DEFAULT_CONFIG`] (`larch config --default`) documents every
-//! setting.
+//! setting. Secrets (ingestion keys, store credentials) are never shown, in
+//! output or in errors ([`redact`]).
 //!
 //! `target.single_writer = true` lets larch use a store that cannot refuse to
 //! overwrite an object: it then checks for an object before each write, which
@@ -10,6 +11,7 @@
 
 pub mod file;
 pub mod layers;
+pub mod redact;
 pub mod values;
 
 use std::collections::BTreeMap;
@@ -194,6 +196,7 @@ impl Settings {
             azure: store_options("azure", file.azure)?,
             single_writer: target.single_writer.unwrap_or(false),
             upload_rate_limit: target.upload_rate_limit.map(|r| r.0),
+            local_group_read: target.local_group_read.unwrap_or(false),
         };
         let millis =
             |d: Option<values::HumanDuration>, default: i64| d.map_or(default, |d| d.millis());
@@ -269,6 +272,7 @@ mod tests {
         assert_eq!(PathBuf::from(&s.target.url), PathBuf::from("data/archive"));
         assert!(!s.target.single_writer);
         assert_eq!(s.target.upload_rate_limit, None);
+        assert!(!s.target.local_group_read);
         assert_eq!(s.log_format, LogFormat::Text);
     }
 
@@ -302,6 +306,7 @@ mod tests {
             "retry_max_delay",
             "upload_rate_limit",
             "ledger_keep",
+            "local_group_read",
             "level",
             "format",
             "[keys]",

@@ -8,8 +8,9 @@
 //! all its parts are in: sorted by `_ts`, each line ID once, from the earliest
 //! part that has it (see `sort`). Memory is bounded: readers run a few batches
 //! ahead, and an hour's lines past a budget spill to temporary files. An object
-//! that does not read to its end (not gzip, cut short, a line that is not JSON)
-//! is skipped whole and named in the report; the rest is still restored.
+//! that does not read to its end (not gzip, cut short, a line that is not JSON
+//! or longer than [`MAX_LINE_BYTES`]) is skipped whole and named in the report;
+//! the rest is still restored.
 
 mod filter;
 mod record;
@@ -44,6 +45,12 @@ const HOUR_MEMORY: usize = 64 << 20;
 const BATCH_BYTES: usize = 1 << 20;
 /// ... and a reader runs at most this many batches ahead.
 const BATCHES_AHEAD: usize = 2;
+/// The longest line restore reads from an object. FORMAT.md caps a line's text
+/// at 16 KB and its `meta` at 32 KB; with the other fields and JSON escaping
+/// (six bytes for a control character) an archived line stays well below this.
+/// A longer one means a damaged or crafted object (a gzip bomb without a
+/// newline would otherwise be read into memory whole), so it is skipped.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
 
 /// What to restore.
 pub struct Restore {
@@ -351,13 +358,19 @@ fn decode(
     let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
     loop {
         buf.clear();
-        let n = gz
-            .read_until(b'\n', &mut buf)
+        let read = read_line(&mut gz, &mut buf, MAX_LINE_BYTES)
             .map_err(|e| format!("not a whole gzip stream ({e})"))?;
-        if n == 0 {
-            break;
+        match read {
+            LineRead::End => break,
+            LineRead::Line => lines += 1,
+            LineRead::TooLong => {
+                return Err(format!(
+                    "line {} is longer than {} MiB, far past any archived line; the object is damaged or not a larch archive",
+                    lines + 1,
+                    MAX_LINE_BYTES >> 20
+                ))
+            }
         }
-        lines += 1;
         let text = std::str::from_utf8(buf.strip_suffix(b"\n").unwrap_or(&buf))
             .map_err(|_| format!("line {lines} is not UTF-8"))?;
         if text.trim().is_empty() {
@@ -394,6 +407,47 @@ fn decode(
         return Ok(None);
     }
     Ok(Some(News::Done { bytes, lines }))
+}
+
+enum LineRead {
+    /// A line is in the buffer, with its `\n` unless the object ended first.
+    Line,
+    /// The object ended: the buffer is empty.
+    End,
+    /// The line goes on past the cap; what was read of it is in the buffer.
+    TooLong,
+}
+
+/// Reads up to and including the next `\n` into `buf`, but never more than
+/// `max` bytes of one line, so an object without newlines cannot fill memory.
+fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<LineRead> {
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::End
+            } else {
+                LineRead::Line
+            });
+        }
+        let (take, ends) = match available.iter().position(|b| *b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (available.len(), false),
+        };
+        let text_len = buf.len() + take - usize::from(ends);
+        if text_len > max {
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if ends {
+            return Ok(LineRead::Line);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -435,6 +489,43 @@ mod tests {
         assert!(decoded(b"plain text\n").is_err());
         let err = decoded(&gz("{\"_id\":\"a\"}\nnot json\n")).unwrap_err();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_line_past_the_cap_fails_its_object_without_being_read_whole() {
+        let longest = format!("{{\"_id\":\"a\",\"_line\":\"{}\"}}", "x".repeat(100));
+        let mut reader = io::Cursor::new(format!("{longest}\n{longest}"));
+        let mut buf = Vec::new();
+        let cap = longest.len();
+        assert!(matches!(
+            read_line(&mut reader, &mut buf, cap).unwrap(),
+            LineRead::Line
+        ));
+        assert_eq!(buf, format!("{longest}\n").as_bytes());
+        buf.clear();
+        assert!(matches!(
+            read_line(&mut reader, &mut buf, cap).unwrap(),
+            LineRead::Line
+        ));
+        assert_eq!(buf, longest.as_bytes(), "a last line without its newline");
+        buf.clear();
+        assert!(matches!(
+            read_line(&mut reader, &mut buf, cap).unwrap(),
+            LineRead::End
+        ));
+        let mut reader = io::Cursor::new(format!("{longest}x\n"));
+        assert!(matches!(
+            read_line(&mut reader, &mut buf, cap).unwrap(),
+            LineRead::TooLong
+        ));
+
+        let endless = gz(&"a".repeat(MAX_LINE_BYTES * 3));
+        let err = decoded(&endless).unwrap_err();
+        assert!(err.starts_with("line 1 is longer than 1 MiB"), "{err}");
+        let mut two = gz("{\"_id\":\"a\",\"_ts\":1}\n");
+        two.extend(endless);
+        let err = decoded(&two).unwrap_err();
+        assert!(err.starts_with("line 2 is longer than"), "{err}");
     }
 
     #[test]

@@ -210,7 +210,8 @@ impl Spool {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&path).map_err(|e| open_err(e.into()))?;
+        // sled makes its own files in here; the directory keeps them private.
+        crate::files::own_dir(&path).map_err(|e| open_err(e.into()))?;
         let config = sled::Config::new()
             .path(&path)
             .cache_capacity(cache_bytes)

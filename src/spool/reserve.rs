@@ -10,7 +10,7 @@
 //! holds the reserve again once the disk has room for it above
 //! `min_free_space`; until then the missing reserve counts as used space.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -57,11 +57,7 @@ impl Reserve {
     pub fn hold(&self) -> io::Result<()> {
         let partial = self.path.with_extension("partial");
         let result = (|| {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(&partial)?;
+            let mut file = crate::files::create_private(&partial)?;
             allocate(&mut file, RESERVE_BYTES)?;
             file.sync_all()?;
             std::fs::rename(&partial, &self.path)

@@ -10,7 +10,7 @@
 //! are not on disk. A segment is deleted once no reference points into it.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -76,7 +76,7 @@ fn parse_name(name: &str) -> Option<u64> {
 }
 
 fn create(dir: &Path, id: u64) -> io::Result<File> {
-    OpenOptions::new()
+    crate::files::private_options()
         .create_new(true)
         .read(true)
         .append(true)
@@ -87,7 +87,7 @@ impl Segments {
     /// Opens the segment directory. Writing always starts a new segment: the
     /// tail of the last one may hold bytes of a commit that never finished.
     pub fn open(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        crate::files::own_dir(dir)?;
         let newest = Self::ids(dir)?.into_iter().max().unwrap_or(0);
         let id = newest + 1;
         let file = create(dir, id)?;

@@ -103,7 +103,7 @@ impl Syncer {
         if settings.staging_dir.exists() {
             std::fs::remove_dir_all(&settings.staging_dir)?;
         }
-        std::fs::create_dir_all(&settings.staging_dir)?;
+        crate::files::own_dir(&settings.staging_dir)?;
         Ok(Self {
             spool,
             target,

@@ -75,7 +75,7 @@ pub fn stage(spool: &Spool, id: &PartId, level: u32, dir: &Path) -> Result<Stage
         path: partial.clone(),
         source,
     };
-    let file = File::create(&partial).map_err(io_err)?;
+    let file = crate::files::create_private(&partial).map_err(io_err)?;
     let mut out = Hashing {
         inner: BufWriter::with_capacity(256 * 1024, file),
         hasher: Sha256::new(),

@@ -7,25 +7,39 @@
 //! right after the spool let go of a part's lines cannot take its object too.
 //! A staging directory on another filesystem falls back to a copy, which is
 //! linked into place the same way.
+//!
+//! Objects hold every archived line, so they and the directories made for them
+//! get the archive's [`Modes`]: larch's user alone by default, its group too
+//! with `target.local_group_read`. The mode is set on the staged file (inside
+//! the private staging directory) before it is linked, so an object never
+//! appears with a wider mode, not even for a moment.
 
 use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{Created, TargetError, UPLOAD_AREA};
+use crate::files::{create_dirs, set_mode, Modes};
 use crate::spool::sync_dir;
 
 /// Creates `root/key` holding the bytes of `staged`, unless `key` exists.
-pub fn create(root: &Path, key: &str, staged: &Path) -> Result<Created, TargetError> {
+pub fn create(root: &Path, key: &str, staged: &Path, modes: Modes) -> Result<Created, TargetError> {
     let dest = root.join(key);
     let fail = |what: &str, path: &Path, e: io::Error| error(what, path, e);
-    let created_dirs =
-        create_parents(root, &dest).map_err(|e| fail("create a directory for", &dest, e))?;
+    let created_dirs = match dest.parent() {
+        Some(parent) => {
+            create_dirs(parent, modes.dir).map_err(|e| fail("create a directory for", &dest, e))?
+        }
+        None => Vec::new(),
+    };
+    set_mode(staged, modes.file).map_err(|e| fail("set the mode of", staged, e))?;
     File::open(staged)
         .and_then(|f| f.sync_all())
         .map_err(|e| fail("fsync the staged object", staged, e))?;
     let linked = match std::fs::hard_link(staged, &dest) {
-        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => copy_then_link(root, staged, &dest),
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
+            copy_then_link(root, staged, &dest, modes)
+        }
         other => other,
     };
     match linked {
@@ -44,35 +58,18 @@ pub fn create(root: &Path, key: &str, staged: &Path) -> Result<Created, TargetEr
     Ok(Created::Created)
 }
 
-/// Creates the directories between `root` and `dest`, returning those it made,
-/// deepest first.
-fn create_parents(root: &Path, dest: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut missing = Vec::new();
-    let mut dir = dest.parent();
-    while let Some(d) = dir {
-        if d == root || d.is_dir() {
-            break;
-        }
-        missing.push(d.to_owned());
-        dir = d.parent();
-    }
-    if let Some(deepest) = missing.first() {
-        std::fs::create_dir_all(deepest)?;
-    }
-    Ok(missing)
-}
-
 /// Copies `staged` into the target's upload area (on the target's own
 /// filesystem), fsyncs it and links it to `dest`.
-fn copy_then_link(root: &Path, staged: &Path, dest: &Path) -> io::Result<()> {
+fn copy_then_link(root: &Path, staged: &Path, dest: &Path, modes: Modes) -> io::Result<()> {
     let area = root.join(UPLOAD_AREA);
-    std::fs::create_dir_all(&area)?;
+    create_dirs(&area, modes.dir)?;
     let name = staged
         .file_name()
         .map_or_else(|| "object".into(), |n| n.to_string_lossy().into_owned());
     let temp = area.join(format!("{name}.{:016x}", rand::random::<u64>()));
     let result = std::fs::copy(staged, &temp)
-        .and_then(|_| File::open(&temp)?.sync_all())
+        .and_then(|_| set_mode(&temp, modes.file))
+        .and_then(|()| File::open(&temp)?.sync_all())
         .and_then(|()| std::fs::hard_link(&temp, dest));
     let _ = std::fs::remove_file(&temp);
     result

@@ -30,6 +30,9 @@ pub struct TargetConfig {
     pub single_writer: bool,
     /// Bytes per second all uploads together may send (cloud targets).
     pub upload_rate_limit: Option<u64>,
+    /// A local archive's objects readable by the group (0640 in 0750
+    /// directories) instead of larch's user alone (0600 in 0700).
+    pub local_group_read: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,42 @@ pub enum Location {
     S3 { bucket: String, prefix: String },
     Gcs { bucket: String, prefix: String },
     Azure { container: String, prefix: String },
+}
+
+/// Shown instead of a secret store option's value.
+pub const REDACTED: &str = "<redacted>";
+
+/// Words of an option name (split at `_`) that make its value a secret:
+/// `secret_access_key`, `session_token`, `sas_token`, `access_key` and
+/// `account_key` (Azure), `client_secret`, `service_account_key` (a service
+/// account's JSON), `sse_customer_key_base64`, `bearer_token`, `password`, ...
+const SECRET_WORDS: &[&str] = &[
+    "secret",
+    "key",
+    "token",
+    "password",
+    "passwd",
+    "credential",
+    "credentials",
+    "sas",
+];
+
+/// Last words of names that only point at or identify a secret: `access_key_id`,
+/// `sse_kms_key_id`, `web_identity_token_file`, `sse_bucket_key_enabled`,
+/// `container_credentials_relative_uri`, `fabric_token_service_url`.
+const NOT_SECRET_LAST_WORDS: &[&str] = &["id", "file", "path", "enabled", "url", "uri"];
+
+/// Whether a store option's value must never be shown, by its name; a value
+/// that is a URL with a password in it (a `proxy_url`, say) never is either.
+/// Errs on the side of hiding: an unknown name with a secret word is hidden.
+pub fn is_secret_option(name: &str, value: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let words: Vec<&str> = name.split(['_', '-', '.']).collect();
+    let names_a_secret = words.iter().any(|w| SECRET_WORDS.contains(w))
+        && !words
+            .last()
+            .is_some_and(|last| NOT_SECRET_LAST_WORDS.contains(last));
+    names_a_secret || url::Url::parse(value).is_ok_and(|u| u.password().is_some())
 }
 
 /// Server-side encryption asked of S3 unless the config says otherwise.
@@ -422,6 +461,48 @@ mod tests {
         let in_config: BTreeMap<String, String> = [("region".into(), "ap-south-1".into())].into();
         let b = with_profile_keys(AmazonS3Builder::new(), &in_config, profile);
         assert_eq!(value(&b, AmazonS3ConfigKey::Region), None);
+    }
+
+    #[test]
+    fn options_holding_secrets_are_known_by_name() {
+        for secret in [
+            "secret_access_key",
+            "aws_secret_access_key",
+            "session_token",
+            "token",
+            "access_key",
+            "account_key",
+            "azure_storage_master_key",
+            "sas_token",
+            "sas_key",
+            "client_secret",
+            "bearer_token",
+            "service_account_key",
+            "sse_customer_key_base64",
+            "encryption_key",
+            "fabric_session_token",
+            "application_credentials",
+            "SECRET_ACCESS_KEY",
+        ] {
+            assert!(is_secret_option(secret, "x"), "{secret}");
+        }
+        for plain in [
+            "region",
+            "endpoint",
+            "access_key_id",
+            "sse_kms_key_id",
+            "sse_bucket_key_enabled",
+            "web_identity_token_file",
+            "container_credentials_relative_uri",
+            "account_name",
+            "service_account",
+            "skip_signature",
+            "proxy_url",
+        ] {
+            assert!(!is_secret_option(plain, "x"), "{plain}");
+        }
+        assert!(is_secret_option("proxy_url", "http://me:pw@proxy:3128"));
+        assert!(!is_secret_option("endpoint", "http://127.0.0.1:9000"));
     }
 
     #[test]

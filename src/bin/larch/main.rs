@@ -224,7 +224,15 @@ struct SendArgs {
 
 fn main() -> ExitCode {
     larch::memory::limit_allocator_arenas();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(
+        command,
+        Command::Run(_) | Command::Drain(_) | Command::Verify(_)
+    ) {
+        // These may open the spool, and sled creates files of its own there.
+        larch::files::private_umask();
+    }
+    let result = match command {
         Command::Run(args) => run(args),
         Command::Validate {
             config,
@@ -359,6 +367,7 @@ fn print_config(config: ConfigArgs, default: bool) -> anyhow::Result<()> {
     let loaded = config.load(Vec::new())?;
     Settings::resolve(loaded.config.clone())?;
     let mut table = loaded.table.clone();
+    larch::config::redact::redact_store_secrets(&mut table);
     println!("# {}", loaded.describe());
     if let Some(toml::Value::Table(keys)) = table.remove("keys") {
         let accounts: std::collections::BTreeSet<_> =
