@@ -271,6 +271,7 @@ mod tests {
             "[s3]",
             "[[rules.exclude]]",
             "[[sources.files]]",
+            "follow_symlinks",
         ] {
             assert!(DEFAULT_CONFIG.contains(key), "{key} is not documented");
         }
