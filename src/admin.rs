@@ -8,7 +8,16 @@
 //!
 //! - `POST /admin/drain`: seals every open part now, wakes the sync loop, and
 //!   answers the status (`larch drain` calls it until the spool is empty);
-//! - `GET /admin/ledger`: the spool's ledger of uploaded objects.
+//! - `GET /admin/ledger`: the spool's ledger of uploaded objects;
+//! - `GET /admin/hello?nonce=N` (no token): HMAC-SHA256(token, N) as proof
+//!   that the daemon holds the token.
+//!
+//! A daemon that was killed leaves its admin.json behind, and whatever
+//! listens on its address later would be handed the token and believed. So a
+//! client sends the token (or trusts an answer) only after the address has
+//! proven, through `hello`, that it knows the token: a fresh random nonce each
+//! time, so a recorded proof is worth nothing. (A pid in the file would not
+//! do: pids are reused, and a live pid says nothing about who holds the port.)
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,12 +25,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 use crate::rules::LiveRules;
@@ -29,6 +41,24 @@ use crate::spool::{LedgerEntry, Spool};
 use crate::status::{Board, Status};
 
 pub const ADMIN_FILE: &str = "admin.json";
+
+/// Mixed into every proof, so that it proves this and nothing else.
+const PROOF_CONTEXT: &[u8] = b"larch admin proof v1\n";
+/// How long a client waits for a proof: a daemon answers at once.
+const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HMAC-SHA256(token, context + nonce), in hex: what only the token's holder can answer.
+fn proof(token: &str, nonce: &str) -> Option<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).ok()?;
+    mac.update(PROOF_CONTEXT);
+    mac.update(nonce.as_bytes());
+    Some(crate::target::hex(&mac.finalize().into_bytes()))
+}
+
+/// A nonce worth answering: 32 to 128 hex digits.
+fn good_nonce(nonce: &str) -> bool {
+    (32..=128).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// What a client needs to reach the daemon of a data directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,11 +132,12 @@ pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/admin/drain", post(drain))
         .route("/admin/ledger", get(ledger))
-        .route("/admin/ping", get(ping))
         .route_layer(axum::middleware::from_fn_with_state(
             admin.clone(),
             authorize,
         ))
+        .route("/admin/hello", get(hello))
+        .route_layer(axum::middleware::from_fn(loopback_only))
         .with_state(admin)
 }
 
@@ -118,51 +149,77 @@ fn refuse(status: StatusCode, why: &str) -> Response {
         .into_response()
 }
 
-/// Lets through only loopback requests that carry the token.
-async fn authorize(
-    State(admin): State<Arc<Admin>>,
+/// Lets through only loopback requests.
+async fn loopback_only(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match refusal(&admin, peer, request.headers()) {
-        Some(refused) => refused,
-        None => next.run(request).await,
+    if peer.ip().is_loopback() {
+        next.run(request).await
+    } else {
+        refuse(
+            StatusCode::FORBIDDEN,
+            "the admin API answers loopback clients only",
+        )
     }
 }
 
-/// Why a request may not use the admin API, if it may not.
-fn refusal(admin: &Admin, peer: SocketAddr, headers: &HeaderMap) -> Option<Response> {
-    if !peer.ip().is_loopback() {
-        return Some(refuse(
-            StatusCode::FORBIDDEN,
-            "the admin API answers loopback clients only",
-        ));
+/// Lets through only requests that carry the token.
+async fn authorize(
+    State(admin): State<Arc<Admin>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if carries_token(&admin, request.headers()) {
+        next.run(request).await
+    } else {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "wrong or missing admin token; larch drain and larch verify read it from the data directory's admin.json",
+        )
     }
+}
+
+fn carries_token(admin: &Admin, headers: &HeaderMap) -> bool {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Compared in full whatever the first difference, so timing tells nothing.
-    let matches = given.is_some_and(|g| {
-        g.len() == admin.token.len()
-            && g.bytes()
-                .zip(admin.token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if matches {
-        None
-    } else {
-        Some(refuse(
-            StatusCode::UNAUTHORIZED,
-            "wrong or missing admin token; larch drain and larch verify read it from the data directory's admin.json",
-        ))
-    }
+    // Constant time, so the time taken tells nothing about the token.
+    given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(admin.token.as_bytes())))
 }
 
-async fn ping(State(admin): State<Arc<Admin>>) -> Response {
-    Json(serde_json::json!({"instance": admin.spool.instance_hex()})).into_response()
+#[derive(Debug, Deserialize)]
+struct HelloQuery {
+    nonce: String,
+}
+
+/// The answer to `hello`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    instance: String,
+    proof: String,
+}
+
+async fn hello(State(admin): State<Arc<Admin>>, Query(query): Query<HelloQuery>) -> Response {
+    if !good_nonce(&query.nonce) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the nonce must be 32 to 128 hex digits",
+        );
+    }
+    match proof(&admin.token, &query.nonce) {
+        Some(proof) => Json(Hello {
+            instance: admin.spool.instance_hex(),
+            proof,
+        })
+        .into_response(),
+        None => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot compute the proof",
+        ),
+    }
 }
 
 /// Runs spool work off the async runtime; a failure is answered with `failed`.
@@ -230,9 +287,16 @@ pub enum AdminError {
     },
     #[error("the larch at {addr} stopped answering: {why}")]
     Lost { addr: String, why: String },
+    #[error("no larch daemon answers at {addr} (is {} stale? a larch that was killed leaves it behind): {why}. Start larch on this data directory, or use --addr for one that runs elsewhere.", file.display())]
+    Stale {
+        addr: String,
+        file: PathBuf,
+        why: String,
+    },
 }
 
-/// The client side, used by `larch drain` and `larch verify`.
+/// The client side, used by `larch status`, `larch drain` and `larch verify`.
+/// One exists only once its address has proven that it holds the token.
 pub struct AdminClient {
     file: AdminFile,
     agent: ureq::Agent,
@@ -240,9 +304,19 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// The daemon of `data`, if one is running and answering: `None` if none
-    /// ever started there or the one that did no longer listens (it stopped or
+    /// ever started there or the one that did no longer answers (it stopped or
     /// was killed).
     pub fn connect(data: &Path) -> Result<Option<Self>, AdminError> {
+        match Self::proven(data) {
+            Err(AdminError::Stale { .. }) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// The daemon of `data`: `None` if no admin.json is there, an
+    /// [`AdminError::Stale`] if nothing at its address proves that it holds
+    /// the token. The token is sent nowhere before that proof.
+    pub fn proven(data: &Path) -> Result<Option<Self>, AdminError> {
         let Some(file) = AdminFile::read(data)? else {
             return Ok(None);
         };
@@ -252,11 +326,44 @@ impl AdminClient {
             .build()
             .into();
         let client = Self { file, agent };
-        // A daemon that was killed leaves its file behind; something else may
-        // listen on its address now. Only the token's owner answers this.
-        match client.call::<serde_json::Value>(false, "/admin/ping") {
-            Ok(_) => Ok(Some(client)),
-            Err(_) => Ok(None),
+        client.check_proof().map_err(|why| AdminError::Stale {
+            addr: client.file.addr.clone(),
+            file: data.join(ADMIN_FILE),
+            why,
+        })?;
+        Ok(Some(client))
+    }
+
+    /// Asks the address for HMAC(token, a fresh nonce) and checks it; the
+    /// request carries no token.
+    fn check_proof(&self) -> Result<(), String> {
+        let nonce = crate::target::hex(&rand::random::<[u8; 32]>());
+        let mut response = self
+            .agent
+            .get(format!("{}?nonce={nonce}", self.url("/admin/hello")))
+            .config()
+            .timeout_global(Some(PROOF_TIMEOUT))
+            .build()
+            .call()
+            .map_err(|e| format!("nothing answers there ({e})"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .map_err(|e| format!("its answer could not be read ({e})"))?;
+        if status != 200 {
+            return Err(format!("what answers there is not a larch of this version (it answered {status} to the proof request)"));
+        }
+        let hello: Hello = serde_json::from_str(&body)
+            .map_err(|_| "what answers there is not a larch: it gave no proof".to_owned())?;
+        let expected =
+            proof(&self.file.token, &nonce).ok_or_else(|| "cannot compute the proof".to_owned())?;
+        if bool::from(expected.as_bytes().ct_eq(hello.proof.as_bytes())) {
+            Ok(())
+        } else {
+            Err("what answers there does not hold the token (its proof is wrong)".into())
         }
     }
 
@@ -268,6 +375,7 @@ impl AdminClient {
         format!("http://{}{path}", self.file.addr)
     }
 
+    /// A request to the proven daemon, with the token.
     fn call<T: serde::de::DeserializeOwned>(
         &self,
         post: bool,
@@ -314,5 +422,28 @@ impl AdminClient {
 
     pub fn ledger(&self) -> Result<LedgerReply, AdminError> {
         self.call(false, "/admin/ledger")
+    }
+
+    /// What `/status` says.
+    pub fn status(&self) -> Result<Status, AdminError> {
+        self.call(false, "/status")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proof_depends_on_the_token_and_the_nonce() {
+        let nonce = "00112233445566778899aabbccddeeff";
+        let p = proof("token-a", nonce).unwrap();
+        assert_eq!(p.len(), 64);
+        assert_eq!(Some(p.clone()), proof("token-a", nonce));
+        assert_ne!(Some(p.clone()), proof("token-b", nonce));
+        assert_ne!(Some(p), proof("token-a", &nonce.replace('0', "1")));
+        assert!(good_nonce(nonce));
+        assert!(!good_nonce("abc"));
+        assert!(!good_nonce(&"g".repeat(32)));
     }
 }

@@ -1,7 +1,9 @@
 //! `SIGHUP`: re-reads the configuration and applies what can change while
 //! lines flow: ingestion keys, rules and file sources. Everything else is
 //! compared with what is running and named if it changed, since it takes a
-//! restart. A configuration that does not load leaves the running one in force.
+//! restart. A configuration that does not load leaves the running one in
+//! force, and so does one that would leave no ingestion key: falling back to
+//! the public demo key on a reload would open the door to anyone.
 //!
 //! Keys and rules are swapped whole between two requests (a request sees the
 //! old set or the new, never a mix). File sources whose configuration changed
@@ -29,16 +31,20 @@ pub struct Reloadable {
 }
 
 impl Reloadable {
-    /// Applies `new`; returns a line saying what changed.
-    pub fn apply(&self, new: Settings) -> String {
+    /// Applies `new`; returns a line saying what changed, or why nothing was.
+    pub fn apply(&self, new: Settings) -> Result<String, String> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if new.demo_key && !current.demo_key {
+            return Err(format!(
+                "it configures no ingestion keys ([keys], LARCH_KEYS or --key), and larch does not fall back to the public demo key {:?} on a reload; the {} running key(s) stay. Put the keys back, or restart larch to run on the demo key.",
+                crate::config::DEMO_KEY,
+                current.keys.len()
+            ));
+        }
         let mut applied = Vec::new();
         if new.keys != current.keys {
             self.keys.store(Arc::new(new.keys.clone()));
             applied.push(format!("{} ingestion key(s)", new.keys.len()));
-            if new.demo_key {
-                tracing::warn!("no ingestion keys configured: accepting the demo key again");
-            }
         }
         if !new.rules.same_as(&current.rules) {
             new.rules.carry_counts_from(&self.rules.load());
@@ -75,11 +81,11 @@ impl Reloadable {
             ..current.clone()
         };
         *current = kept;
-        if applied.is_empty() {
+        Ok(if applied.is_empty() {
             "no change to keys, rules or file sources".into()
         } else {
             format!("now in force: {}", applied.join(", "))
-        }
+        })
     }
 }
 
@@ -142,11 +148,9 @@ pub async fn on_hangup(
             }
             tracing::info!("SIGHUP: reloading the configuration");
             let (reloadable, reloader) = (reloadable.clone(), reloader.clone());
-            let outcome = tokio::task::spawn_blocking(move || match reloader() {
-                Ok(settings) => Ok(reloadable.apply(settings)),
-                Err(e) => Err(e),
-            })
-            .await;
+            let outcome =
+                tokio::task::spawn_blocking(move || reloader().and_then(|s| reloadable.apply(s)))
+                    .await;
             match outcome {
                 Ok(Ok(what)) => tracing::info!("configuration reloaded; {what}"),
                 Ok(Err(e)) => tracing::error!(

@@ -229,6 +229,110 @@ fn config_errors_name_the_line_but_never_echo_a_secret() {
     }
 }
 
+/// The demo key is printed in the README: on a network address, with no keys
+/// configured, it would let anyone write lines. larch refuses to start instead.
+#[test]
+fn a_network_listener_without_keys_refuses_to_start_rather_than_take_the_demo_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyless = write(&dir.path().join("keyless.toml"), "");
+    let listen = format!("0.0.0.0:{}", free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_larch"))
+        .args([
+            "run",
+            "--config",
+            &keyless,
+            "--insecure-listen",
+            "--listen",
+            &listen,
+        ])
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        if Instant::now() > deadline {
+            let local = listen.replace("0.0.0.0", "127.0.0.1");
+            let demo = agent()
+                .post(format!("http://{local}/logs/ingest"))
+                .header("apikey", "larch-demo-key")
+                .header("Content-Type", "application/json")
+                .send(r#"{"lines":[{"line":"anyone"}]}"#)
+                .map(|r| r.status().as_u16());
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("larch runs on {listen} with no keys; the demo key got {demo:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!exit.success());
+    for needle in ["with no ingestion keys configured", "[keys]", "--key"] {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+    // validate says the same, and keys from anywhere put it right.
+    let flags = [
+        "--set",
+        &format!("ingest.listen={listen}"),
+        "--set",
+        "ingest.insecure_listen=true",
+    ];
+    refused(&keyless, &flags, &[], &["demo key"]);
+    let mut args = vec!["validate", "--config", &keyless];
+    args.extend_from_slice(&flags);
+    let (ok, out, err) = larch(&args, &[("LARCH_KEYS", "k=acme")]);
+    assert!(ok, "{out}{err}");
+}
+
+/// A reload whose configuration lost its keys (an edit gone wrong, a secret
+/// not mounted) must not fall back to the public demo key.
+#[test]
+fn a_reload_that_would_leave_no_keys_is_refused_and_the_running_keys_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("larch.toml");
+    let cfg = write(&cfg_path, "[keys]\nk1 = \"acme\"\n");
+    let d = Daemon::start(&dir.path().join("data"), &["--config", &cfg]);
+    let line = json!({"lines": [{"line": "hello"}]});
+    assert_eq!(d.ingest_json("k1", &line).0, 200);
+    assert_eq!(d.ingest_json("larch-demo-key", &line).0, 401);
+
+    write(&cfg_path, "[spool]\nlate_window = \"6h\"\n");
+    let hup = Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log().contains("configuration reloaded") && !d.log().contains("not reloaded") {
+        assert!(Instant::now() < deadline, "no reload: {}", d.log_tail(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        d.log().contains("not reloaded") && d.log().contains("demo key"),
+        "{}",
+        d.log_tail(10)
+    );
+    assert_eq!(
+        d.ingest_json("k1", &line).0,
+        200,
+        "the running key stays: {}",
+        d.log_tail(10)
+    );
+    assert_eq!(d.ingest_json("larch-demo-key", &line).0, 401);
+}
+
 /// The scraped samples, by metric name and labels.
 fn scrape(addr: &str) -> Vec<prometheus_parse::Sample> {
     let mut r = agent()

@@ -542,3 +542,76 @@ fn a_file_missing_from_one_listing_is_not_read_again() {
     let archived = rig.finish();
     assert_eq!(sorted(texts(&archived)), sorted([lines, more].concat()));
 }
+
+/// Waits until the spool holds at least `n` lines, then two more rescans, so
+/// that anything else the source would read is stored too.
+fn wait_settled(rig: &Rig, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = rig.daemon().status();
+        if s["lines_waiting"].as_u64().unwrap_or(0) >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected {n} lines stored: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+}
+
+/// Whoever may write into a tailed directory must not get larch (which may run
+/// as root, or in a group that reads other services' logs) to archive a file
+/// they cannot read themselves: a link named like a log, or a linked
+/// directory under a `**` glob, is skipped and the log says how to allow it.
+#[test]
+fn a_symlink_planted_in_a_tailed_directory_is_not_followed() {
+    let rig = Rig::start("**/*.log", "");
+    let outside = rig.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let secret = outside.join("shadow");
+    append(&secret, &["root:SECRET-HASH:19000:0:99999:7:::".to_owned()]);
+    append(
+        &outside.join("other-service.log"),
+        &["another service's SECRET line".to_owned()],
+    );
+    std::os::unix::fs::symlink(&secret, rig.path("planted.log")).unwrap();
+    std::os::unix::fs::symlink(&outside, rig.path("linked")).unwrap();
+    let app = numbered("app", 0..20);
+    append(&rig.path("app.log"), &app);
+    wait_settled(&rig, 20);
+    let log = rig.daemon().log();
+    let (planted, linked) = (rig.path("planted.log"), rig.path("linked"));
+    let lines = rig.finish();
+    assert_eq!(texts(&lines), app, "only the regular file is archived");
+    for skipped in [planted, linked] {
+        let named = log.lines().any(|l| {
+            l.contains("follow_symlinks = true") && l.contains(&*skipped.to_string_lossy())
+        });
+        assert!(
+            named,
+            "{} is not named as skipped:\n{log}",
+            skipped.display()
+        );
+    }
+}
+
+#[test]
+fn with_follow_symlinks_a_linked_file_is_tailed_but_not_around_an_exclude() {
+    let rig = Rig::start(
+        "*.log",
+        "follow_symlinks = true\nexclude = [\"/**/private-*.log\"]\n",
+    );
+    let outside = rig.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let target = outside.join("target.txt");
+    let followed = numbered("followed", 0..5);
+    append(&target, &followed);
+    // An excluded file stays excluded when reached through a link.
+    append(&rig.path("private-1.log"), &["private line".to_owned()]);
+    std::os::unix::fs::symlink(&target, rig.path("planted.log")).unwrap();
+    std::os::unix::fs::symlink(rig.path("private-1.log"), rig.path("alias.log")).unwrap();
+    let app = numbered("app", 0..5);
+    append(&rig.path("app.log"), &app);
+    wait_settled(&rig, 10);
+    let lines = rig.finish();
+    assert_eq!(sorted(texts(&lines)), sorted([app, followed].concat()));
+}

@@ -65,6 +65,8 @@ pub enum ConfigError {
     HalfTls,
     #[error("refusing to listen on {0} without TLS: ingestion keys would cross the network in clear text. Set ingest.tls_cert and ingest.tls_key, listen on a loopback address, or pass --insecure-listen (ingest.insecure_listen = true) if something else encrypts the link.")]
     InsecureListen(SocketAddr),
+    #[error("refusing to listen on {0} with no ingestion keys configured: the demo key {DEMO_KEY:?} is public, so anyone who reaches {0} could write lines with it. Configure keys in [keys] (\"a-long-random-key\" = \"account\"), LARCH_KEYS=\"KEY=ACCOUNT\" or --key KEY=ACCOUNT; the demo key is only for a loopback listener.")]
+    DemoKeyOffLoopback(SocketAddr),
     #[error("{0}")]
     Account(#[from] InvalidAccountId),
     #[error("{0}")]
@@ -108,7 +110,8 @@ pub struct Settings {
     /// When the spool refuses new lines.
     pub room: RoomLimits,
     pub keys: Keys,
-    /// Whether the demo key is in use because none was configured.
+    /// Whether the demo key is in use because none was configured (only ever
+    /// with a loopback listener).
     pub demo_key: bool,
     /// Which lines are archived at all, shared by every source.
     pub rules: Arc<Rules>,
@@ -207,6 +210,11 @@ impl Settings {
                 .map_or(RoomLimits::default().min_free_bytes, |s| s.0),
         };
         let (keys, demo_key) = keys_of(file.keys)?;
+        // The demo key is printed in every README: fine for trying larch on
+        // this machine, an open door on any other address.
+        if demo_key && !listen.ip().is_loopback() {
+            return Err(ConfigError::DemoKeyOffLoopback(listen));
+        }
         Ok(Self {
             data_dir,
             listen,
@@ -313,6 +321,7 @@ mod tests {
             "[s3]",
             "[[rules.exclude]]",
             "[[sources.files]]",
+            "follow_symlinks",
         ] {
             assert!(DEFAULT_CONFIG.contains(key), "{key} is not documented");
         }
@@ -420,7 +429,7 @@ mod tests {
 
     #[test]
     fn a_network_listener_needs_tls_or_an_explicit_opt_out() {
-        let open = "[ingest]\nlisten = \"0.0.0.0:7280\"\n";
+        let open = "[keys]\nk = \"acme\"\n[ingest]\nlisten = \"0.0.0.0:7280\"\n";
         let err = with_file(open, &[], vec![]).unwrap_err();
         assert!(matches!(err, ConfigError::InsecureListen(_)), "{err}");
         assert!(with_file(
@@ -440,5 +449,23 @@ mod tests {
             with_file(&half, &[], vec![]).unwrap_err(),
             ConfigError::HalfTls
         ));
+    }
+
+    #[test]
+    fn the_demo_key_is_for_a_loopback_listener_only() {
+        let keyless = "[ingest]\nlisten = \"0.0.0.0:7280\"\ninsecure_listen = true\n";
+        let err = with_file(keyless, &[], vec![]).unwrap_err();
+        assert!(matches!(err, ConfigError::DemoKeyOffLoopback(_)), "{err}");
+        assert!(err.to_string().contains("[keys]"), "{err}");
+        let tls = "[ingest]\nlisten = \"[::]:7280\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        assert!(matches!(
+            with_file(tls, &[], vec![]).unwrap_err(),
+            ConfigError::DemoKeyOffLoopback(_)
+        ));
+        let keyed = with_file(keyless, &[("LARCH_KEYS", "k=acme")], vec![]).unwrap();
+        assert!(!keyed.demo_key);
+        assert!(keyed.keys.account(DEMO_KEY).is_none());
+        let local = with_file("[ingest]\nlisten = \"[::1]:7280\"\n", &[], vec![]).unwrap();
+        assert!(local.demo_key);
     }
 }

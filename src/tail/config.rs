@@ -1,6 +1,7 @@
 //! `[[sources.files]]`: which files a file source tails and what it stamps on
 //! their lines, checked before anything starts.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use globset::GlobMatcher;
@@ -37,6 +38,9 @@ pub struct FileSourceConfig {
     pub start: Option<String>,
     /// A last line without its newline is stored after the file was idle this long.
     pub partial_line_after: Option<String>,
+    /// Tail files reached through symbolic links. Off by default: whoever may
+    /// write into a tailed directory could otherwise link any file larch may read.
+    pub follow_symlinks: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +100,7 @@ pub struct FileSource {
     pub level: Option<String>,
     pub start: StartAt,
     pub partial_line_after: Duration,
+    pub follow_symlinks: bool,
 }
 
 impl FileSource {
@@ -175,6 +180,7 @@ impl FileSource {
             level: c.level,
             start,
             partial_line_after,
+            follow_symlinks: c.follow_symlinks.unwrap_or(false),
         })
     }
 
@@ -196,5 +202,35 @@ impl FileSource {
 
     pub fn excluded(&self, path: &str) -> bool {
         self.exclude.iter().any(|g| g.is_match(path))
+    }
+}
+
+/// The directory part of a glob before its first wildcard (or its file name):
+/// the part the operator wrote out, which larch trusts as it is. What lies
+/// below it was named by whoever writes there.
+pub fn leading_dir(pattern: &str) -> PathBuf {
+    let mut dir = PathBuf::from("/");
+    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if last || part.contains(['*', '?', '[', '{']) {
+            break;
+        }
+        dir.push(part);
+    }
+    dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_leading_directory_stops_at_the_first_wildcard_or_the_file_name() {
+        assert_eq!(leading_dir("/var/log/app/*.log"), Path::new("/var/log/app"));
+        assert_eq!(leading_dir("/var/log/app.log"), Path::new("/var/log"));
+        assert_eq!(leading_dir("/var/*/x/*.log"), Path::new("/var"));
+        assert_eq!(leading_dir("/var/log/**/*.log"), Path::new("/var/log"));
     }
 }

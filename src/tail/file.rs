@@ -7,6 +7,13 @@
 //! waits for it, unless the file stays idle (or larch stops), and then it is
 //! stored marked as partial. A line longer than the line limit is cut there
 //! and the rest of it skipped, as HTTP lines are.
+//!
+//! Files are opened so that what is read is what was checked: without
+//! `follow_symlinks`, no symbolic link below the glob's leading directory is
+//! followed (each step is opened with `O_NOFOLLOW`, relative to the one
+//! before, so a link swapped in after the listing is refused too), nothing
+//! but a regular file is read, and a file's device and inode are always taken
+//! from the opened descriptor.
 
 use std::fs::File;
 use std::io;
@@ -44,6 +51,10 @@ pub struct Tailed {
     pub seen_size: u64,
     /// The path no longer leads to this file (rotated away or deleted).
     pub orphaned_since: Option<Instant>,
+    /// The glob's leading directory the path was found under, and whether
+    /// links below it may be followed: how the file is opened again.
+    pub root: PathBuf,
+    pub follow_symlinks: bool,
 }
 
 /// A line read from a file, with the offset it starts at.
@@ -65,9 +76,8 @@ impl Tailed {
     /// must still lead to this very file.
     pub fn open(&mut self) -> io::Result<&File> {
         if self.file.is_none() {
-            let file = File::open(&self.path)?;
-            let meta = file.metadata()?;
-            if (meta.dev(), meta.ino()) != (self.dev, self.ino) {
+            let file = open_regular(&self.path, &self.root, self.follow_symlinks)?;
+            if identity_of(&file)? != (self.dev, self.ino) {
                 return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     "the path now leads to another file",
@@ -213,8 +223,106 @@ fn line_of(bytes: &[u8], offset: u64, partial: bool) -> ReadLine {
     }
 }
 
-/// Device and inode of a path (following links), if it is a regular file.
-pub fn identity(path: &Path) -> Option<(u64, u64, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    meta.is_file().then(|| (meta.dev(), meta.ino(), meta.len()))
+/// Device and inode of what a listing found at `path`, if it is a regular
+/// file: the link's target with `follow_symlinks`, else the entry itself (so a
+/// link is not a file). Only for recognising files already known; a file is
+/// read only through [`open_regular`], whose descriptor has the last word.
+pub fn identity(path: &Path, follow_symlinks: bool) -> Option<(u64, u64)> {
+    let meta = if follow_symlinks {
+        std::fs::metadata(path)
+    } else {
+        std::fs::symlink_metadata(path)
+    }
+    .ok()?;
+    meta.is_file().then(|| (meta.dev(), meta.ino()))
 }
+
+/// Device and inode of an open file, from the descriptor itself.
+pub fn identity_of(file: &File) -> io::Result<(u64, u64)> {
+    let meta = file.metadata()?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Opens the regular file at `path` (found under `root`) for reading.
+///
+/// With `follow_symlinks` the path is opened as the system resolves it.
+/// Without, `root` (written out by the operator) is opened as it is, and each
+/// component below it with `O_NOFOLLOW`, relative to the directory opened
+/// before: a link anywhere below `root` fails the open, even one planted
+/// after the listing. Either way the open does not block (a FIFO named like a
+/// log would hang it) and anything but a regular file is refused.
+pub fn open_regular(path: &Path, root: &Path, follow_symlinks: bool) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    let read = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = if follow_symlinks {
+        rustix::fs::openat(CWD, path, read, Mode::empty())?
+    } else {
+        let below = path.strip_prefix(root).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not under {}", path.display(), root.display()),
+            )
+        })?;
+        let mut names = Vec::new();
+        for part in below.components() {
+            match part {
+                std::path::Component::Normal(name) => names.push(name),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "{} holds '.' or '..' below {}",
+                            path.display(),
+                            root.display()
+                        ),
+                    ))
+                }
+            }
+        }
+        let Some((file_name, dirs)) = names.split_last() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} names no file", path.display()),
+            ));
+        };
+        let refused_link = |e: rustix::io::Errno| {
+            if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a symbolic link or lies under one; file sources follow links only with follow_symlinks = true",
+                        path.display()
+                    ),
+                )
+            } else {
+                io::Error::from(e)
+            }
+        };
+        let mut dir = rustix::fs::openat(CWD, root, DIR_STEP, Mode::empty())?;
+        for name in dirs {
+            dir = rustix::fs::openat(&dir, *name, DIR_STEP | OFlags::NOFOLLOW, Mode::empty())
+                .map_err(refused_link)?;
+        }
+        rustix::fs::openat(&dir, *file_name, read | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(refused_link)?
+    };
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// How a directory on the way to a file is opened: only to look up the next
+/// name in it (`O_PATH` where there is one, which needs no read permission).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const DIR_STEP: rustix::fs::OFlags = rustix::fs::OFlags::PATH
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::CLOEXEC);
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const DIR_STEP: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::CLOEXEC);

@@ -17,6 +17,15 @@
 //! A line's ID is derived from its file and offset, so it is the same however
 //! often the line is read. Idle files are closed (and reopened on change) to
 //! bound open descriptors.
+//!
+//! Symbolic links are not followed unless a source says `follow_symlinks =
+//! true`: larch may read files that whoever writes into a tailed directory
+//! may not (it may run as root, or in a group that reads other services'
+//! logs), and a link named like a log would hand them over. The listing then
+//! walks the directories itself without entering linked ones, a link it
+//! meets is skipped and named in the log, and files are opened without
+//! following links (see [`file::open_regular`]). With links followed, an
+//! exclude glob is matched against the path a link resolves to as well.
 
 pub mod config;
 mod file;
@@ -24,7 +33,7 @@ mod watch;
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -38,8 +47,9 @@ use crate::line::{Line, Origin};
 use crate::rules::LiveRules;
 use crate::spool::{Along, Committer, FileKey, FilePosition, PositionUpdate, Spool};
 use crate::telemetry::Source;
+use config::leading_dir;
 pub use config::{FileSource, FileSourceConfig, SourceError, SourcesConfig, StartAt};
-use file::{fingerprint, identity, Tailed, FINGERPRINT_BYTES};
+use file::{fingerprint, identity, identity_of, open_regular, Tailed, FINGERPRINT_BYTES};
 
 /// How often a source looks at its files when no event woke it.
 const RESCAN: Duration = Duration::from_secs(1);
@@ -134,6 +144,14 @@ struct SourceRun {
     paused: bool,
     /// A commit failed (a full disk, say): no file is read again before this.
     store_retry_at: Cell<Option<Instant>>,
+    /// Links the last listing skipped, each reported once while it stays.
+    skipped_links: HashSet<PathBuf>,
+}
+
+/// A file a listing found: its path, and the glob's leading directory it was found under.
+struct Found {
+    path: PathBuf,
+    root: PathBuf,
 }
 
 impl SourceRun {
@@ -159,6 +177,7 @@ impl SourceRun {
             stop,
             paused: false,
             store_retry_at: Cell::new(None),
+            skipped_links: HashSet::new(),
         }
     }
 
@@ -217,14 +236,14 @@ impl SourceRun {
         let now = Instant::now();
         let mut seen = HashSet::new();
         let mut open = self.files.values().filter(|t| t.file.is_some()).count();
-        for path in self.matching_paths() {
-            let Some((dev, ino, _)) = identity(&path) else {
+        for found in self.matching_paths() {
+            let Some((dev, ino)) = identity(&found.path, self.source.follow_symlinks) else {
                 continue;
             };
             if !seen.insert((dev, ino)) {
                 continue;
             }
-            self.track(path, dev, ino, &mut open);
+            self.track(found, dev, ino, &mut open);
         }
         // A directory listing can miss a file being renamed while it is read,
         // so a stored position goes only once its file has been missing from
@@ -282,37 +301,71 @@ impl SourceRun {
         more
     }
 
-    fn matching_paths(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
+    /// The files the include globs match, minus the excluded ones.
+    fn matching_paths(&mut self) -> Vec<Found> {
+        let mut found = Vec::new();
+        let mut links = HashSet::new();
         for pattern in &self.source.include {
-            let Ok(paths) = glob::glob(pattern) else {
-                continue;
-            };
-            for path in paths.flatten() {
-                if !self.source.excluded(&path.to_string_lossy()) {
-                    out.push(path);
+            let root = leading_dir(pattern);
+            if self.source.follow_symlinks {
+                let Ok(paths) = glob::glob(pattern) else {
+                    continue;
+                };
+                for path in paths.flatten() {
+                    found.push(Found {
+                        path,
+                        root: root.clone(),
+                    });
                 }
+            } else {
+                list_without_links(pattern, root, &mut found, &mut links);
             }
         }
-        out
+        found.retain(|f| !self.excluded(&f.path));
+        for link in &links {
+            if !self.skipped_links.contains(link) && !self.excluded(link) {
+                tracing::warn!(source = %self.source.name, path = %link.display(), "skipping a symbolic link: file sources do not follow links, since one planted in a tailed directory could hand over any file larch may read; set follow_symlinks = true on this [[sources.files]] to tail files through links");
+            }
+        }
+        self.skipped_links = links;
+        found
     }
 
-    /// Takes note of the file at `path`: a known one (perhaps truncated), one
-    /// with a stored position, or a new one.
-    fn track(&mut self, path: PathBuf, dev: u64, ino: u64, open: &mut usize) {
+    /// Whether an exclude glob matches the path, or (when links are followed)
+    /// the path it resolves to: a link must not get around an exclude.
+    fn excluded(&self, path: &Path) -> bool {
+        if self.source.excluded(&path.to_string_lossy()) {
+            return true;
+        }
+        self.source.follow_symlinks
+            && std::fs::canonicalize(path)
+                .is_ok_and(|real| real != path && self.source.excluded(&real.to_string_lossy()))
+    }
+
+    /// Takes note of the file a listing found as (`dev`, `ino`): a known one
+    /// (perhaps truncated), one with a stored position, or a new one.
+    fn track(&mut self, found: Found, dev: u64, ino: u64, open: &mut usize) {
+        let Found { path, root } = found;
         if let Some(t) = self.files.get_mut(&(dev, ino)) {
             t.path = path;
+            t.root = root;
             t.orphaned_since = None;
             return;
         }
         let name = &self.source.name;
-        let file = match std::fs::File::open(&path) {
+        let file = match open_regular(&path, &root, self.source.follow_symlinks) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(source = %name, path = %path.display(), "cannot open file, will try again: {e}");
                 return;
             }
         };
+        // What was opened is what counts: a path swapped between the listing
+        // and the open is looked at again in the next pass.
+        match identity_of(&file) {
+            Ok(opened) if opened == (dev, ino) => {}
+            _ => return,
+        }
         let Ok(size) = file.metadata().map(|m| m.len()) else {
             return;
         };
@@ -363,6 +416,8 @@ impl SourceRun {
                 last_growth: Instant::now(),
                 seen_size: size,
                 orphaned_since: None,
+                root,
+                follow_symlinks: self.source.follow_symlinks,
             },
         );
         if start_at_end && size > 0 {
@@ -535,6 +590,63 @@ impl SourceRun {
         match self.commit(Vec::new(), None, updates) {
             Ok(_) => tracing::info!(source = %self.source.name, "forgot {n} file(s) that are gone"),
             Err(e) => tracing::warn!("cannot forget files that are gone: {e}"),
+        }
+    }
+}
+
+/// Adds the regular files below `root` that `pattern` matches to `found`, and
+/// the links met on the way to `links`: those that match, and those the glob
+/// would have entered as directories. Linked directories are not entered, so
+/// a link loop cannot make the listing endless either.
+fn list_without_links(
+    pattern: &str,
+    root: PathBuf,
+    found: &mut Vec<Found>,
+    links: &mut HashSet<PathBuf>,
+) {
+    let Ok(matcher) = glob::Pattern::new(pattern) else {
+        return;
+    };
+    if glob::Pattern::escape(pattern) == pattern {
+        // One file named outright: no directory to list.
+        let path = PathBuf::from(pattern);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links.insert(path);
+            }
+            Ok(meta) if meta.is_file() => found.push(Found { path, root }),
+            _ => {}
+        }
+        return;
+    }
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..glob::MatchOptions::new()
+    };
+    let depth = if pattern.contains("**") {
+        usize::MAX
+    } else {
+        let named = pattern.split('/').filter(|p| !p.is_empty()).count();
+        named.saturating_sub(root.components().count().saturating_sub(1))
+    };
+    let walk = walkdir::WalkDir::new(&root)
+        .min_depth(1)
+        .max_depth(depth)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walk.into_iter().flatten() {
+        let kind = entry.file_type();
+        if kind.is_symlink() {
+            let matches = matcher.matches_path_with(entry.path(), options);
+            let entered = entry.depth() < depth && entry.path().is_dir();
+            if matches || entered {
+                links.insert(entry.into_path());
+            }
+        } else if kind.is_file() && matcher.matches_path_with(entry.path(), options) {
+            found.push(Found {
+                path: entry.into_path(),
+                root: root.clone(),
+            });
         }
     }
 }

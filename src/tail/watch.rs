@@ -12,6 +12,7 @@ use std::sync::mpsc::Sender;
 
 use notify::{RecursiveMode, Watcher as _};
 
+use super::config::leading_dir;
 use super::FileSource;
 
 pub struct Watcher {
@@ -79,33 +80,5 @@ impl Watcher {
                 Err(e) => tracing::debug!("cannot watch {}: {e}", target.display()),
             }
         }
-    }
-}
-
-/// The directory part of a glob before its first wildcard.
-fn leading_dir(pattern: &str) -> PathBuf {
-    let mut dir = PathBuf::from("/");
-    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        let last = i + 1 == parts.len();
-        if last || part.contains(['*', '?', '[', '{']) {
-            break;
-        }
-        dir.push(part);
-    }
-    dir
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    #[test]
-    fn the_leading_directory_stops_at_the_first_wildcard_or_the_file_name() {
-        assert_eq!(leading_dir("/var/log/app/*.log"), Path::new("/var/log/app"));
-        assert_eq!(leading_dir("/var/log/app.log"), Path::new("/var/log"));
-        assert_eq!(leading_dir("/var/*/x/*.log"), Path::new("/var"));
-        assert_eq!(leading_dir("/var/log/**/*.log"), Path::new("/var/log"));
     }
 }

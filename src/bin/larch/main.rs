@@ -240,10 +240,7 @@ fn main() -> ExitCode {
         } => validate(config, check_target),
         Command::Config { config, default } => print_config(config, default),
         Command::CheckTarget { config, target } => check_target(config, target),
-        Command::Status { addr, config, json } => {
-            let addr = addr.unwrap_or_else(|| local_addr(&config));
-            status(&addr, json)
-        }
+        Command::Status { addr, config, json } => status(addr, &config, json),
         Command::Restore(args) => match readback::restore(args) {
             Ok(0) => Ok(()),
             Ok(code) => return ExitCode::from(code),
@@ -450,16 +447,25 @@ fn probe_target(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// Where local tools reach the larch of the configured spool directory.
-fn local_addr(config: &ConfigArgs) -> String {
-    config
-        .settings(Vec::new())
-        .ok()
-        .and_then(|(_, s)| larch::admin::AdminFile::read(&s.data_dir).ok().flatten())
-        .map_or_else(|| DEFAULT_LISTEN.to_owned(), |f| f.addr)
+/// The status of the larch at `addr`, else of the configured spool
+/// directory's larch (through its admin.json, once it has proven that it is
+/// that larch), else of the one at the default address.
+fn status(addr: Option<String>, config: &ConfigArgs, json: bool) -> anyhow::Result<()> {
+    let local = match &addr {
+        Some(_) => None,
+        None => match config.settings(Vec::new()) {
+            Ok((_, settings)) => larch::admin::AdminClient::proven(&settings.data_dir)?,
+            Err(_) => None,
+        },
+    };
+    let status = match local {
+        Some(client) => client.status()?,
+        None => status_at(addr.as_deref().unwrap_or(DEFAULT_LISTEN))?,
+    };
+    print_status(&status, json)
 }
 
-fn status(addr: &str, json: bool) -> anyhow::Result<()> {
+fn status_at(addr: &str) -> anyhow::Result<Status> {
     let url = format!("http://{addr}/status");
     let mut response = ureq::get(&url)
         .call()
@@ -468,10 +474,12 @@ fn status(addr: &str, json: bool) -> anyhow::Result<()> {
         .body_mut()
         .read_to_string()
         .context("cannot read the status reply")?;
-    let status: Status =
-        serde_json::from_str(&text).with_context(|| format!("unexpected status reply: {text}"))?;
+    serde_json::from_str(&text).with_context(|| format!("unexpected status reply: {text}"))
+}
+
+fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        println!("{}", serde_json::to_string_pretty(status)?);
         return Ok(());
     }
     let s = &status.spool;
