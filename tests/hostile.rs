@@ -433,3 +433,111 @@ fn archived_lines(dir: &std::path::Path, account: &str) -> HashSet<String> {
     }
     found
 }
+
+/// Reads one answer on `stream`: until its body is complete, larch closes the
+/// connection, or `limit` passes.
+fn answer_of(stream: &mut TcpStream, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+        let answer = String::from_utf8_lossy(&text);
+        if let Some((head, body)) = answer.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if length.is_some_and(|n| body.len() >= n) {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[test]
+fn a_body_that_trickles_past_the_body_timeout_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &[
+            "--key",
+            &format!("{KEY}=acme"),
+            "--set",
+            "ingest.body_timeout=2s",
+        ],
+    );
+    let mut slow = TcpStream::connect(&d.addr).unwrap();
+    let started = Instant::now();
+    slow.write_all(
+        format!(
+            "POST /logs/ingest HTTP/1.1\r\nHost: larch\r\napikey: {KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"lines\":["
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let answer = answer_of(&mut slow, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn at_the_cap_the_connection_waiting_longest_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &dir.path().join("data"),
+        &["--set", "ingest.max_connections=3"],
+    );
+    // Three connections that say nothing hold every slot.
+    let mut silent: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let s = TcpStream::connect(&d.addr).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A new one is served, and the oldest silent one is gone.
+    let mut fresh = TcpStream::connect(&d.addr).unwrap();
+    fresh
+        .write_all(b"GET /health HTTP/1.1\r\nHost: larch\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let answer = answer_of(&mut fresh, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        answer_of(&mut silent[0], Duration::from_secs(2)),
+        "",
+        "closed, unanswered"
+    );
+    silent[2]
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(silent[2].read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the newest silent connection stays"
+    );
+}

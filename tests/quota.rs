@@ -370,3 +370,41 @@ fn a_start_on_a_full_disk_without_its_reserve_clears_staged_leftovers_to_open() 
     setup.d.start_again();
     setup.archives_every_held_line();
 }
+
+/// Lines are admitted by what they take in the spool, every field counted:
+/// lines of one byte each carrying 30 KB of `meta` cannot slip past the quota
+/// because their text is short.
+#[test]
+fn admission_counts_every_stored_field_not_just_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "[spool]\nmax_size = \"8MiB\"\nmin_free_space = \"1MiB\"",
+    );
+    let d = Daemon::start(&dir.path().join("data"), &["--config", &cfg]);
+    let meta = json!({"k": "m".repeat(30_000)});
+    let lines: Vec<Value> = (0..100)
+        .map(|_| json!({"line": "x", "meta": meta, "timestamp": hours_ago(2, 1000)}))
+        .collect();
+    let body = json!({ "lines": lines });
+    let mut acked = 0;
+    let mut refused = None;
+    for _ in 0..20 {
+        match d.ingest_json("ka", &body) {
+            (200, _) => acked += 1,
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    // Each request stores about 3 MB: the 8 MiB quota lets in three, and a
+    // fourth only if the spool looked emptier than it was.
+    let (status, body) = refused.expect("the quota never refused");
+    println!("admission: {acked} requests of about 3 MB acked before {status}");
+    assert_eq!(status, 507, "{body}");
+    assert!(
+        acked <= 4,
+        "{acked} requests of about 3 MB each got into an 8 MiB spool"
+    );
+}

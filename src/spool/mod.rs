@@ -831,6 +831,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_spool_of_the_previous_format_opens_and_moves_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock =
+            std::sync::Arc::new(crate::clock::ManualClock::new(3_600_000 * 100));
+        let open = || Spool::open(dir.path(), clock.clone(), SealRule::default(), 1 << 20);
+        let spool = open().unwrap();
+        spool
+            .db
+            .insert(keys::meta("version"), &2u64.to_be_bytes())
+            .unwrap();
+        spool.make_durable().unwrap();
+        drop(spool);
+        let spool = open().expect("a larch reads the format before its own");
+        assert_eq!(
+            read_u64(&spool.db, "version").unwrap(),
+            Some(u64::from(FORMAT_VERSION)),
+            "and marks it as its own, so an older larch refuses it"
+        );
+    }
+
+    #[test]
     fn a_spool_of_another_format_version_is_refused_not_misread() {
         let dir = tempfile::tempdir().unwrap();
         let clock: SharedClock =
