@@ -55,14 +55,14 @@ fn hot_paths(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("parse 1000 lines", |b| {
-        b.iter(|| parse(&raw, &ctx()).expect("valid body"))
+        b.iter(|| parse(&raw, &ctx(), &mut |_| Ok(())).expect("valid body"))
     });
 
     std::fs::create_dir_all("data").expect("data dir");
     let dir = tempfile::tempdir_in("data").expect("temp dir");
     let spool = open_spool(dir.path());
     let account = AccountId::parse("bench").expect("valid account");
-    let lines = parse(&raw, &ctx()).expect("valid body");
+    let lines = parse(&raw, &ctx(), &mut |_| Ok(())).expect("valid body");
     g.bench_function("append 1000 lines durably", |b| {
         b.iter_batched(
             || vec![(account.clone(), lines.clone(), Along::default())],

@@ -43,6 +43,23 @@ pub struct OwnFields {
     pub meta_json: Option<String>,
 }
 
+impl OwnFields {
+    /// Every field that is set.
+    pub fn texts(&self) -> impl Iterator<Item = &String> {
+        [
+            &self.host,
+            &self.app,
+            &self.file,
+            &self.level,
+            &self.env,
+            &self.label_json,
+            &self.meta_json,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// A line accepted by a source, before the spool makes it durable.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Line {
@@ -128,25 +145,26 @@ impl Line {
         self.own.as_deref().and_then(|o| o.meta_json.as_deref())
     }
 
+    /// Memory the line holds beyond its own slot: its text and its own
+    /// fields, each with what an allocation costs besides its bytes.
+    pub fn heap_size(&self) -> usize {
+        const ALLOCATION: usize = 32;
+        let own = self.own.as_deref().map_or(0, |o| {
+            std::mem::size_of::<OwnFields>()
+                + ALLOCATION
+                + o.texts().map(|s| s.capacity() + ALLOCATION).sum::<usize>()
+        });
+        self.line.capacity() + ALLOCATION + own
+    }
+
     /// Bytes the line takes in the spool besides its origin, near enough to
     /// admit it by.
     pub fn stored_size(&self) -> usize {
         self.line.len()
-            + self.own.as_deref().map_or(0, |o| {
-                [
-                    &o.host,
-                    &o.app,
-                    &o.file,
-                    &o.level,
-                    &o.env,
-                    &o.label_json,
-                    &o.meta_json,
-                ]
-                .into_iter()
-                .flatten()
-                .map(String::len)
-                .sum()
-            })
+            + self
+                .own
+                .as_deref()
+                .map_or(0, |o| o.texts().map(String::len).sum())
             + STORED_OVERHEAD
     }
 }

@@ -309,11 +309,7 @@ fn a_reload_that_would_leave_no_keys_is_refused_and_the_running_keys_stay() {
     assert_eq!(d.ingest_json("larch-demo-key", &line).0, 401);
 
     write(&cfg_path, "[spool]\nlate_window = \"6h\"\n");
-    let hup = Command::new("kill")
-        .args(["-HUP", &d.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    d.hangup();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !d.log().contains("configuration reloaded") && !d.log().contains("not reloaded") {
         assert!(Instant::now() < deadline, "no reload: {}", d.log_tail(10));
@@ -492,11 +488,7 @@ fn sighup_adds_an_ingestion_key_without_a_restart_or_a_lost_line() {
     };
     std::thread::sleep(Duration::from_millis(500));
     write(&cfg_path, "[keys]\nk1 = \"acme\"\nk2 = \"beta\"\n");
-    let hup = Command::new("kill")
-        .args(["-HUP", &d.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    d.hangup();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, _) = d.ingest_json(
@@ -586,6 +578,8 @@ fn ingest_over_tls_with_a_certificate_made_here() {
             &key,
             "--key",
             "k=acme",
+            "--set",
+            "ingest.header_timeout=2s",
         ])
         .arg("--data")
         .arg(&data)
@@ -624,6 +618,20 @@ fn ingest_over_tls_with_a_certificate_made_here() {
     let response = https_request(&addr, &made.cert, &request);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"status\":\"ok\""), "{response}");
+
+    // A client that never starts its handshake is let go after the header timeout.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = matches!(silent.read(&mut buf), Ok(0) | Err(_));
+    assert!(
+        closed && started.elapsed() < Duration::from_secs(6),
+        "a silent TLS client held its connection for {:?}",
+        started.elapsed()
+    );
 
     // Plain HTTP on the TLS port gets no answer.
     let plain = agent().get(format!("http://{addr}/health")).call();

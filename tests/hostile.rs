@@ -74,7 +74,7 @@ fn honest_client(addr: String, client: usize, stop: Arc<AtomicBool>, seen: Arc<M
             std::thread::sleep(Duration::from_millis(100));
         }
         batch += 1;
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(150));
     }
 }
 

@@ -223,5 +223,7 @@ fn invalid_account_ids_stop_start_up_with_a_clear_error() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid account ID \"has space\""));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[keys] entry #1: invalid account ID"), "{err}");
+    assert!(!err.contains("has space"), "the value may be a key: {err}");
 }

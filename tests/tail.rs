@@ -575,14 +575,19 @@ fn a_symlink_planted_in_a_tailed_directory_is_not_followed() {
     );
     std::os::unix::fs::symlink(&secret, rig.path("planted.log")).unwrap();
     std::os::unix::fs::symlink(&outside, rig.path("linked")).unwrap();
+    std::fs::hard_link(outside.join("other-service.log"), rig.path("hard.log")).unwrap();
     let app = numbered("app", 0..20);
     append(&rig.path("app.log"), &app);
     wait_settled(&rig, 20);
     let log = rig.daemon().log();
-    let (planted, linked) = (rig.path("planted.log"), rig.path("linked"));
+    let (planted, linked, hard) = (
+        rig.path("planted.log"),
+        rig.path("linked"),
+        rig.path("hard.log"),
+    );
     let lines = rig.finish();
     assert_eq!(texts(&lines), app, "only the regular file is archived");
-    for skipped in [planted, linked] {
+    for skipped in [planted, linked, hard] {
         let named = log.lines().any(|l| {
             l.contains("follow_symlinks = true") && l.contains(&*skipped.to_string_lossy())
         });

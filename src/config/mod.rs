@@ -69,6 +69,8 @@ pub enum ConfigError {
     DemoKeyOffLoopback(SocketAddr),
     #[error("{0}")]
     Account(#[from] InvalidAccountId),
+    #[error("[keys] entry #{0}: invalid account ID: use 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'; entries are \"KEY\" = \"ACCOUNT\" (the value is not shown: it may be a key)")]
+    KeyAccount(usize),
     #[error("{0}")]
     Key(#[from] KeyError),
     #[error("{0}")]
@@ -146,8 +148,11 @@ fn store_options(
 /// Ingestion keys from `[keys]`, or the demo key when there are none.
 fn keys_of(keys: Option<BTreeMap<String, String>>) -> Result<(Keys, bool), ConfigError> {
     let mut pairs = Vec::new();
-    for (key, account) in keys.unwrap_or_default() {
-        pairs.push((key, AccountId::parse(&account)?));
+    for (n, (key, account)) in keys.unwrap_or_default().into_iter().enumerate() {
+        // A key and its account written the wrong way round would put the
+        // key in this message: the entry is named by its place instead.
+        let account = AccountId::parse(&account).map_err(|_| ConfigError::KeyAccount(n + 1))?;
+        pairs.push((key, account));
     }
     let demo_key = pairs.is_empty();
     if demo_key {
@@ -420,11 +425,13 @@ mod tests {
     fn bad_accounts_stop_start_up() {
         let err = with_file("[keys]\nk = \"../etc\"\n", &[], vec![]).unwrap_err();
         assert!(
-            err.to_string().contains("invalid account ID \"../etc\""),
+            err.to_string().contains("[keys] entry #1")
+                && err.to_string().contains("invalid account ID")
+                && !err.to_string().contains("../etc"),
             "{err}"
         );
         let err = with_file("", &[], vec![Override::flag("--key", "keys", "k=a.b")]).unwrap_err();
-        assert!(matches!(err, ConfigError::Account(_)));
+        assert!(matches!(err, ConfigError::KeyAccount(1)), "{err}");
     }
 
     #[test]
@@ -449,6 +456,15 @@ mod tests {
             with_file(&half, &[], vec![]).unwrap_err(),
             ConfigError::HalfTls
         ));
+    }
+
+    #[test]
+    fn a_key_written_where_its_account_goes_is_not_printed() {
+        let err = with_file("[keys]\nacme = \"a secret key with spaces\"\n", &[], vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[keys] entry #1"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

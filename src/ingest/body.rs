@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::clock::EpochMs;
 use crate::line::{Line, Origin, OwnFields};
@@ -39,7 +39,16 @@ pub enum Rejection {
     Malformed(Vec<String>),
     /// 413: the body is over the size limit.
     TooLarge(String),
+    /// 503: its lines found no room in the memory budget in time.
+    Busy,
 }
+
+/// Takes memory for the lines read so far (bytes in all), before more are
+/// read; refuses when there is none.
+pub type Reserve<'r> = &'r mut dyn FnMut(usize) -> Result<(), Rejection>;
+
+/// Lines read between two calls of [`Reserve`].
+const RESERVE_EVERY: usize = 4096;
 
 /// What the query string says about every line of the request.
 #[derive(Debug, Default, Clone)]
@@ -56,38 +65,115 @@ pub struct RequestContext {
     pub max_skew_ms: i64,
 }
 
+/// One line object as sent. The JSON-valued fields stay the text they were
+/// sent as, borrowed from the body: built into values, a flat array of a few
+/// bytes per element would take tens of times the body's size.
 #[derive(Deserialize)]
-struct InLine {
+struct InLine<'a> {
     line: Option<String>,
-    timestamp: Option<Value>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
     app: Option<String>,
     level: Option<String>,
     file: Option<String>,
     env: Option<String>,
     hostname: Option<String>,
-    meta: Option<Value>,
-    label: Option<Value>,
+    #[serde(borrow)]
+    meta: Option<&'a RawValue>,
+    #[serde(borrow)]
+    label: Option<&'a RawValue>,
 }
 
-/// Undoes `Content-Encoding: gzip` within the body limit, all at once (the
-/// listener does it a step at a time, within its memory budget).
-pub fn gunzip(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(raw)
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| {
-            Rejection::Malformed(vec![format!(
-                "the body says Content-Encoding: gzip but is not valid gzip ({e})"
-            )])
-        })?;
-    if out.len() > MAX_BODY {
-        return Err(gunzip_too_large());
+/// JSON nested deeper than this is refused: archive readers (serde_json,
+/// `larch restore` among them) stop at 128 levels.
+pub const MAX_DEPTH: usize = 128;
+
+/// `Content-Encoding: gzip` undone a step at a time, into room the caller
+/// reserves first (and takes from its memory budget), never past one byte
+/// over the body limit.
+pub struct Gunzip {
+    decoder: flate2::read::MultiGzDecoder<bytes::buf::Reader<bytes::Bytes>>,
+    out: Vec<u8>,
+}
+
+impl Gunzip {
+    pub fn new(raw: bytes::Bytes) -> Self {
+        use bytes::Buf;
+        Self {
+            decoder: flate2::read::MultiGzDecoder::new(raw.reader()),
+            out: Vec::new(),
+        }
     }
-    Ok(out)
+
+    /// The size the body's gzip trailer gives (of its last member; 0 if it
+    /// has none). A hint only: a client may lie.
+    pub fn said_size(raw: &[u8]) -> usize {
+        raw.len()
+            .checked_sub(4)
+            .and_then(|at| raw.get(at..))
+            .and_then(|t| <[u8; 4]>::try_from(t).ok())
+            .map_or(0, |t| u32::from_le_bytes(t) as usize)
+    }
+
+    /// Bytes of text so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Room for the next step, if it needs some: how many bytes more the
+    /// caller must take (0 when there is room left).
+    pub fn room_wanted(&self, step: usize) -> usize {
+        if self.out.len() < self.out.capacity() {
+            return 0;
+        }
+        step.min(MAX_BODY + 1 - self.out.len().min(MAX_BODY + 1))
+    }
+
+    /// Makes room for exactly `bytes` more.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.out.reserve_exact(bytes);
+    }
+
+    /// Decompresses into the room reserved; true once the body has ended.
+    pub fn step(&mut self) -> Result<bool, Rejection> {
+        let room = (self.out.capacity() - self.out.len()) as u64;
+        let read = (&mut self.decoder)
+            .take(room)
+            .read_to_end(&mut self.out)
+            .map_err(|e| {
+                Rejection::Malformed(vec![format!(
+                    "the body says Content-Encoding: gzip but is not valid gzip ({e})"
+                )])
+            })?;
+        if self.out.len() > MAX_BODY {
+            return Err(gunzip_too_large());
+        }
+        Ok((read as u64) < room)
+    }
+
+    pub fn into_text(self) -> Vec<u8> {
+        self.out
+    }
 }
 
-pub fn gunzip_too_large() -> Rejection {
+/// A whole body through [`Gunzip`], in the listener's steps.
+#[cfg(test)]
+fn gunzip(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
+    let mut body = Gunzip::new(bytes::Bytes::copy_from_slice(raw));
+    loop {
+        let room = body.room_wanted(1 << 20);
+        body.reserve(room);
+        if body.step()? {
+            return Ok(body.into_text());
+        }
+    }
+}
+
+fn gunzip_too_large() -> Rejection {
     Rejection::TooLarge(format!(
         "the request body is over the {} MB limit (after gunzip); send fewer lines per request",
         MAX_BODY / (1024 * 1024)
@@ -162,8 +248,13 @@ fn is_mac(text: &str) -> bool {
 
 /// Parses and checks a JSON body into lines ready for the spool. The lines
 /// are built as the array is read, each pointing at one shared [`Origin`]:
-/// memory is the lines' own, never a copy of the request's fields per line.
-pub fn parse(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> {
+/// memory is the lines' own, never a copy of the request's fields per line,
+/// and `reserve` is asked for it as it grows.
+pub fn parse(
+    json: &[u8],
+    ctx: &RequestContext,
+    reserve: Reserve<'_>,
+) -> Result<Vec<Line>, Rejection> {
     let mut errors = Vec::new();
     let origin = Arc::new(origin_of(ctx, &mut errors));
     if !errors.is_empty() {
@@ -178,6 +269,8 @@ pub fn parse(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> 
     let capacity = memchr::memmem::find_iter(json, b"\"line\"")
         .count()
         .min(json.len() / MIN_LINE_JSON + 1);
+    let held = capacity * std::mem::size_of::<Line>();
+    reserve(held)?;
     let mut reader = Reader {
         ctx,
         origin,
@@ -185,11 +278,18 @@ pub fn parse(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> 
         lines: Vec::with_capacity(capacity),
         errors: Vec::new(),
         found: false,
+        held,
+        reserve,
+        refused: None,
     };
     let mut de = serde_json::Deserializer::from_slice(json);
     let read = BodySeed(&mut reader)
         .deserialize(&mut de)
         .and_then(|()| de.end());
+    if let Some(refused) = reader.refused {
+        return Err(refused);
+    }
+    (reader.reserve)(reader.held)?;
     if let Err(e) = read {
         return Err(Rejection::Malformed(vec![format!(
             "the body is not valid JSON of the form {{\"lines\":[...]}}: {e}"
@@ -217,6 +317,11 @@ struct Reader<'c> {
     errors: Vec<String>,
     /// A `lines` (or `ls`) array was read.
     found: bool,
+    /// Memory the lines hold so far.
+    held: usize,
+    reserve: Reserve<'c>,
+    /// Why reading stopped early, if `reserve` said no.
+    refused: Option<Rejection>,
 }
 
 /// The body object: `lines` (or Mezmo's clients' `ls`) is read line by line;
@@ -252,6 +357,7 @@ impl<'de> Visitor<'de> for BodySeed<'_, '_> {
             }
             // A second array replaces what the first gave.
             self.0.lines.clear();
+            self.0.held = self.0.lines.capacity() * std::mem::size_of::<Line>();
             self.0.errors.clear();
             self.0.found = true;
             from_lines = key.as_ref() == "lines";
@@ -282,11 +388,24 @@ impl<'de> Visitor<'de> for LinesSeed<'_, '_> {
         let reader = self.0;
         let mut i = 0;
         while reader.errors.len() < MAX_ERRORS {
-            let Some(raw) = seq.next_element::<InLine>()? else {
+            let Some(raw) = seq.next_element::<InLine<'de>>()? else {
                 return Ok(());
             };
+            if i % RESERVE_EVERY == RESERVE_EVERY - 1 {
+                if let Err(refused) = (reader.reserve)(reader.held) {
+                    reader.refused = Some(refused);
+                    return Err(serde::de::Error::custom("no memory for more lines"));
+                }
+            }
             match convert(raw, reader.ctx, reader.drift, &reader.origin) {
-                Ok(line) => reader.lines.push(line),
+                Ok(line) => {
+                    if reader.lines.len() == reader.lines.capacity() {
+                        // The estimate fell short: the vector doubles.
+                        reader.held += reader.lines.capacity().max(4) * std::mem::size_of::<Line>();
+                    }
+                    reader.held += line.heap_size();
+                    reader.lines.push(line);
+                }
                 Err(problems) => reader
                     .errors
                     .extend(problems.into_iter().map(|p| format!("lines[{i}]: {p}"))),
@@ -309,7 +428,7 @@ fn check_len(errors: &mut Vec<String>, what: &str, value: Option<&str>, max: usi
 }
 
 fn convert(
-    raw: InLine,
+    raw: InLine<'_>,
     ctx: &RequestContext,
     drift: i64,
     origin: &Arc<Origin>,
@@ -328,14 +447,20 @@ fn convert(
     check_len(&mut errors, "level", raw.level.as_deref(), MAX_LEVEL);
     check_len(&mut errors, "file", raw.file.as_deref(), MAX_FILE);
     check_len(&mut errors, "env", raw.env.as_deref(), MAX_ENV);
-    let ts = match resolve_timestamp(raw.timestamp.as_ref(), ctx, drift) {
+    let ts = match resolve_timestamp(raw.timestamp, ctx, drift) {
         Ok(ts) => ts,
         Err(e) => {
             errors.push(e);
             ctx.received
         }
     };
-    let meta_json = raw.meta.map(meta_text);
+    let meta_json = match raw.meta.map(meta_text).transpose() {
+        Ok(meta) => meta,
+        Err(e) => {
+            errors.push(format!("meta {e}"));
+            None
+        }
+    };
     if let Some(m) = &meta_json {
         if m.len() > MAX_META {
             errors.push(format!(
@@ -344,18 +469,22 @@ fn convert(
             ));
         }
     }
-    let label_json = match raw.label {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => {
-            let text = v.to_string();
-            if text.len() > MAX_LABEL {
+    let label_json = match raw.label.map(RawValue::get) {
+        None | Some("null") => None,
+        Some(text) if text.starts_with('{') => match compact(text) {
+            Ok(text) if text.len() > MAX_LABEL => {
                 errors.push(format!(
                     "label is {} bytes serialized, over the limit of {MAX_LABEL}",
                     text.len()
                 ));
+                None
             }
-            Some(text)
-        }
+            Ok(text) => Some(text),
+            Err(e) => {
+                errors.push(format!("label {e}"));
+                None
+            }
+        },
         Some(_) => {
             errors.push("\"label\" must be an object of name → value".into());
             None
@@ -391,13 +520,52 @@ fn convert(
 }
 
 /// `meta` as an object when it is one, or a string holding one; else as sent.
-fn meta_text(meta: Value) -> String {
-    if let Value::String(s) = &meta {
-        if let Ok(inner @ Value::Object(_)) = serde_json::from_str::<Value>(s) {
-            return inner.to_string();
+fn meta_text(meta: &RawValue) -> Result<String, String> {
+    let text = meta.get();
+    if text.starts_with('"') {
+        if let Ok(inner) = serde_json::from_str::<String>(text) {
+            if let Ok(object) = serde_json::from_str::<&RawValue>(&inner) {
+                if object.get().starts_with('{') {
+                    return compact(object.get());
+                }
+            }
         }
     }
-    meta.to_string()
+    compact(text)
+}
+
+/// Valid JSON text without the white space between its tokens (as a value
+/// serialized again would be, with numbers and escapes kept as sent), no
+/// deeper than [`MAX_DEPTH`].
+fn compact(json: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(json.len());
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            ' ' | '\t' | '\n' | '\r' => continue,
+            '"' => in_string = true,
+            '{' | '[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(format!("nests deeper than {MAX_DEPTH} levels"));
+                }
+            }
+            '}' | ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
 
 /// Timestamps run from 1970 to the end of 9999, so every hour has a printable name.
@@ -414,15 +582,16 @@ pub fn epoch_ms_by_magnitude(t: f64) -> EpochMs {
 /// magnitude) corrected for the client's clock drift, unless it is missing or
 /// further ahead than the allowed skew; then the time the request arrived.
 fn resolve_timestamp(
-    raw: Option<&Value>,
+    raw: Option<&RawValue>,
     ctx: &RequestContext,
     drift: i64,
 ) -> Result<EpochMs, String> {
-    let number = match raw {
-        None | Some(Value::Null) => return Ok(ctx.received),
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
-        Some(_) => None,
+    let number = match raw.map(RawValue::get) {
+        None | Some("null") => return Ok(ctx.received),
+        Some(text) if text.starts_with('"') => serde_json::from_str::<String>(text)
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok()),
+        Some(text) => serde_json::from_str::<f64>(text).ok(),
     };
     let Some(t) = number.filter(|t| t.is_finite()) else {
         return Err("\"timestamp\" must be epoch milliseconds (a number)".into());
@@ -434,10 +603,17 @@ fn resolve_timestamp(
     Ok(ms)
 }
 
+/// [`parse`] with memory for any number of lines.
+#[cfg(test)]
+fn parse_freely(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> {
+    parse(json, ctx, &mut |_| Ok(()))
+}
+
 #[cfg(test)]
 mod tests {
+    use super::parse_freely as parse;
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const NOW: EpochMs = 1_764_140_245_123;
 
@@ -574,7 +750,15 @@ mod tests {
     fn deep_meta_and_broken_text_are_refused() {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let body = format!(r#"{{"lines":[{{"line":"x","meta":{deep}}}]}}"#);
-        assert!(malformed(parse(body.as_bytes(), &ctx())).contains("not valid JSON"));
+        assert!(malformed(parse(body.as_bytes(), &ctx())).contains("meta nests deeper than 128"));
+        let label = format!(r#"{{"lines":[{{"line":"x","label":{{"a":{deep}}}}}]}}"#);
+        assert!(malformed(parse(label.as_bytes(), &ctx())).contains("label nests deeper"));
+        // Within the limit, and white space gone as if serialized again.
+        let fine = r#"{"lines":[{"line":"x","meta":{ "a" : [1, 2.50, "s p\"ace"] }}]}"#;
+        assert_eq!(
+            parse(fine.as_bytes(), &ctx()).unwrap()[0].meta_json(),
+            Some(r#"{"a":[1,2.50,"s p\"ace"]}"#)
+        );
         let mut bad = br#"{"lines":[{"line":"x"#.to_vec();
         bad.extend_from_slice(&[0xff, 0xfe]);
         bad.extend_from_slice(br#""}]}"#);
@@ -582,21 +766,60 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_covers_what_the_shortest_lines_hold() {
-        let mut body = String::from(r#"{"lines":["#);
-        for _ in 0..100_000 {
-            body.push_str(r#"{"line":"x"},"#);
-        }
-        body.pop();
-        body.push_str("]}");
-        let lines = parse(body.as_bytes(), &ctx()).unwrap();
+    fn lines_are_charged_as_they_are_read_and_stop_when_refused() {
+        let body = |line: &str| {
+            let mut body = String::from(r#"{"lines":["#);
+            for _ in 0..100_000 {
+                body.push_str(line);
+                body.push(',');
+            }
+            body.pop();
+            body.push_str("]}");
+            body
+        };
+        let shortest = body(r#"{"line":"x"}"#);
+        let mut asked = Vec::new();
+        let lines = super::parse(shortest.as_bytes(), &ctx(), &mut |held| {
+            asked.push(held);
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(lines.capacity(), lines.len(), "sized once, never grown");
-        let held = crate::ingest::budget::held_by(&lines, lines.capacity());
+        let last = *asked.last().unwrap();
+        let real = lines.capacity() * std::mem::size_of::<Line>()
+            + lines.iter().map(Line::heap_size).sum::<usize>();
+        assert_eq!(last, real, "the last charge is what the lines hold");
         assert!(
-            held <= body.len() * crate::ingest::budget::PARSED_PER_BYTE,
-            "{held} bytes held for a body of {}",
-            body.len()
+            asked.len() > 20,
+            "charged as they are read: {}",
+            asked.len()
         );
+        assert!(asked.windows(2).all(|w| w[0] <= w[1]));
+        assert!(
+            last <= shortest.len() * crate::ingest::budget::PARSED_PER_BYTE,
+            "{last} bytes held for a body of {}",
+            shortest.len()
+        );
+        // Lines with fields of their own hold more, and are charged so.
+        let with_fields = body(r#"{"line":"x","app":"y"}"#);
+        let mut most = 0;
+        let _ = super::parse(with_fields.as_bytes(), &ctx(), &mut |held| {
+            most = most.max(held);
+            Ok(())
+        });
+        assert!(most > with_fields.len() * crate::ingest::budget::PARSED_PER_BYTE);
+        // No room: reading stops at once, and says why.
+        let mut calls = 0;
+        let refused = super::parse(shortest.as_bytes(), &ctx(), &mut |_| {
+            calls += 1;
+            if calls > 2 {
+                Err(Rejection::Busy)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(refused.unwrap_err(), Rejection::Busy);
+        assert_eq!(calls, 3);
     }
 
     #[test]
@@ -677,6 +900,12 @@ mod tests {
         std::io::Write::write_all(&mut gz, &vec![b' '; MAX_BODY + 10]).unwrap();
         let bomb = gz.finish().unwrap();
         assert!(matches!(gunzip(&bomb), Err(Rejection::TooLarge(_))));
+        let text = vec![b'x'; 3 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &text).unwrap();
+        let body = gz.finish().unwrap();
+        assert_eq!(Gunzip::said_size(&body), text.len());
+        assert_eq!(gunzip(&body).unwrap(), text, "read in steps, whole");
     }
 
     #[test]
@@ -697,9 +926,10 @@ mod tests {
 /// overflow checks; `PROPTEST_CASES` sets how many inputs each tries).
 #[cfg(test)]
 mod fuzz {
+    use super::parse_freely as parse;
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const NOW: EpochMs = 1_764_140_245_123;
 
@@ -815,7 +1045,7 @@ mod fuzz {
                     prop_assert!(!errors.is_empty() && errors.len() <= MAX_ERRORS);
                     prop_assert!(errors.iter().all(|e| !e.is_empty()));
                 }
-                Err(Rejection::TooLarge(_)) => {}
+                Err(Rejection::TooLarge(_) | Rejection::Busy) => {}
             }
         }
     }

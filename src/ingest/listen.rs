@@ -38,7 +38,9 @@ use tower::ServiceExt;
 /// How long a listener may hold a connection in each stage, and how many it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenLimits {
-    /// Open connections at once; past this a new one is closed at once.
+    /// Open connections at once. Past this, the one that has waited longest
+    /// without a request in flight makes room; a new one is refused at once
+    /// only when every connection is busy with a request.
     pub max_connections: usize,
     /// From a connection's start (or a later request's first byte) to a whole
     /// request head; a TLS handshake gets as long.
@@ -99,11 +101,25 @@ impl Stage {
         self.stage.load(Ordering::Acquire) != BUSY
     }
 
-    /// Returns once the connection is asked to close while it only waits.
+    /// Returns once the connection is asked to close while it waits between
+    /// requests.
     async fn evicted(&self) {
+        self.evicted_in(IDLE).await
+    }
+
+    /// Returns once the connection is asked to close while it still owes its
+    /// request head.
+    async fn evicted_in_head(&self) {
+        self.evicted_in(HEAD).await
+    }
+
+    /// An ask that finds the connection in another stage (a request came in
+    /// meanwhile) is let go: the new connection that needed the room has
+    /// been refused by then.
+    async fn evicted_in(&self, stage: u8) {
         loop {
             self.evict.notified().await;
-            if self.waiting() {
+            if self.stage.load(Ordering::Acquire) == stage {
                 return;
             }
         }
@@ -191,40 +207,50 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
     }
 }
 
+impl<IO> Guarded<IO> {
+    /// A write, flush or shutdown that stays pending: a client that does not
+    /// read its answer is given up after the idle timeout (with TLS, a write
+    /// is taken into a buffer at once and the wait shows in the flush).
+    fn write_clock<T>(
+        &mut self,
+        polled: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.write_timer = None;
+            return polled;
+        }
+        let idle = self.limits.idle_timeout;
+        let (_, sleep) = self.write_timer.get_or_insert_with(|| {
+            let deadline = Instant::now() + idle;
+            (deadline, Box::pin(tokio::time::sleep_until(deadline)))
+        });
+        if sleep.as_mut().poll(cx).is_ready() {
+            crate::telemetry::connection_timed_out();
+            return Poll::Ready(Err(timed_out("the client does not read its answer")));
+        }
+        Poll::Pending
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, data) {
-            Poll::Pending => {
-                // A client that does not read its answer is given up after a while.
-                let idle = this.limits.idle_timeout;
-                let (_, sleep) = this.write_timer.get_or_insert_with(|| {
-                    let deadline = Instant::now() + idle;
-                    (deadline, Box::pin(tokio::time::sleep_until(deadline)))
-                });
-                if sleep.as_mut().poll(cx).is_ready() {
-                    crate::telemetry::connection_timed_out();
-                    return Poll::Ready(Err(timed_out("the client does not read its answer")));
-                }
-                Poll::Pending
-            }
-            ready => {
-                this.write_timer = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.write_clock(polled, cx)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.write_clock(polled, cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.write_clock(polled, cx)
     }
 
     fn poll_write_vectored(
@@ -283,7 +309,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = Arc::new(Open::default());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stopping = closed.clone();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = tcp.accept() => match accepted {
@@ -308,14 +334,16 @@ pub async fn serve(
                 }
             },
         };
-        let (app, tls, open) = (app.clone(), tls.clone(), open.clone());
-        let watcher = graceful.watcher();
+        let (app, tls, open, stopping) = (app.clone(), tls.clone(), open.clone(), stopping.clone());
         tokio::spawn(async move {
             let stage = Arc::new(Stage::new());
             let id = open.add(stage.clone());
             let served = tokio::select! {
-                served = serve_one(stream, peer, tls, app, stage.clone(), limits, watcher) => served,
-                _ = stage.evicted() => {
+                served = serve_one(stream, peer, tls, app, stage.clone(), limits, stopping) => served,
+                // A connection still owing its request head loses nothing when
+                // dropped; one between requests closes after its last answer
+                // is out (see `connection`).
+                _ = stage.evicted_in_head() => {
                     crate::telemetry::connection_evicted();
                     Ok(())
                 }
@@ -328,9 +356,23 @@ pub async fn serve(
         });
     }
     drop(tcp);
-    // Requests in flight are answered; idle connections close now.
-    graceful.shutdown().await;
+    // Requests in flight are answered and idle connections close (each
+    // connection sees `closed`); all are gone once every slot is back.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_WAIT, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open {}s after the listener closed; leaving them",
+            SHUTDOWN_WAIT.as_secs()
+        );
+    }
 }
+
+/// The longest larch waits for requests in flight when it stops; each has its
+/// own clocks too, so this only guards against what they miss.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// The open connections of one listener, so that one which only waits can be
 /// closed when a new one finds every slot taken.
@@ -365,7 +407,7 @@ impl Open {
             .filter(|s| s.waiting())
             .min_by_key(|s| s.since())
             .cloned()?;
-        longest_waiting.evict.notify_one();
+        longest_waiting.evict.notify_waiters();
         tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
             .await
             .ok()?
@@ -384,15 +426,15 @@ async fn serve_one(
     app: axum::Router,
     stage: Arc<Stage>,
     limits: ListenLimits,
-    watcher: hyper_util::server::graceful::Watcher,
+    stopping: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error> {
     let Some(acceptor) = tls else {
-        return connection(stream, peer, app, stage, limits, watcher).await;
+        return connection(stream, peer, app, stage, limits, stopping).await;
     };
     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             stage.enter(HEAD);
-            connection(tls, peer, app, stage, limits, watcher).await
+            connection(tls, peer, app, stage, limits, stopping).await
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -421,7 +463,7 @@ async fn connection<IO>(
     app: axum::Router,
     stage: Arc<Stage>,
     limits: ListenLimits,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stopping: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -433,14 +475,17 @@ where
         read_timer: None,
         write_timer: None,
     };
+    let answering = stage.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        let (app, stage) = (app.clone(), stage.clone());
+        let (app, stage) = (app.clone(), answering.clone());
         stage.enter(BUSY);
         async move {
-            let answer = app.oneshot(request.map(axum::body::Body::new)).await;
-            stage.enter(IDLE);
-            answer
+            let answer = app.oneshot(request.map(axum::body::Body::new)).await?;
+            // Waiting again only once the answer is written out whole.
+            Ok::<_, std::convert::Infallible>(
+                answer.map(|body| axum::body::Body::new(IdleAfter { body, stage })),
+            )
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -448,5 +493,54 @@ where
     // to run at all); a request head is held to a size as well as a time.
     builder.max_buf_size(MAX_HEAD);
     let connection = builder.serve_connection(TokioIo::new(guarded), service);
-    watcher.watch(connection).await
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => return served,
+            // Between requests: closes once the last answer is out.
+            _ = stage.evicted(), if !closing => {
+                crate::telemetry::connection_evicted();
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = async { stopping.wait_for(|stop| *stop).await.is_ok() }, if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+/// An answer's body that marks its connection as waiting again once hyper
+/// has written all of it (and drops it).
+struct IdleAfter {
+    body: axum::body::Body,
+    stage: Arc<Stage>,
+}
+
+impl http_body::Body for IdleAfter {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for IdleAfter {
+    fn drop(&mut self) {
+        self.stage.enter(IDLE);
+    }
 }

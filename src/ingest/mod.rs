@@ -129,13 +129,14 @@ async fn answer(
         }
         Err(BodyError::Busy) => return busy(),
         Err(BodyError::Slow) => {
+            crate::telemetry::connection_timed_out();
             return not_ok(
                 StatusCode::REQUEST_TIMEOUT,
                 vec![format!(
                     "the request body did not arrive within {} (ingest.body_timeout); send smaller requests or check the link",
                     humantime::format_duration(ingest.body_timeout)
                 )],
-            )
+            );
         }
         Err(BodyError::Read(e)) => {
             return not_ok(
@@ -148,15 +149,25 @@ async fn answer(
         .get(axum::http::header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let mut body_held = raw.len();
     let json = if gzip {
         match gunzip(raw, &mut share).await {
             Ok(json) => json,
             Err(Refused::Busy) => return busy(),
             Err(Refused::Rejected(r)) => return rejection(r),
+            Err(Refused::Failed(e)) => {
+                return not_ok(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    vec![format!("decompressing the body failed: {e}")],
+                )
+            }
         }
     } else {
         raw
     };
+    if gzip {
+        body_held = body_held.saturating_add(json.len());
+    }
     let ctx = RequestContext {
         hostname: param("hostname").map(str::to_owned),
         mac: param("mac").map(str::to_owned),
@@ -177,24 +188,40 @@ async fn answer(
         received: ingest.clock.now_ms(),
         max_skew_ms: ingest.max_skew_ms,
     };
-    if share
-        .grow(json.len() * budget::PARSED_PER_BYTE)
-        .await
-        .is_err()
-    {
-        return busy();
-    }
     let rules = ingest.rules.load_full();
     let for_rules = account.clone();
+    let runtime = tokio::runtime::Handle::current();
     let parsed = tokio::task::spawn_blocking(move || {
-        let mut lines = body::parse(&json, &ctx)?;
-        rules.retain(&for_rules, &mut lines);
-        Ok::<_, Rejection>(lines)
+        // The body stays held while its lines are read; the lines come on top.
+        let body_bytes = share.held().min(body_held);
+        let mut reserve = |lines: usize| {
+            let wanted = body_bytes + lines;
+            if wanted > share.total() {
+                return Err(Rejection::TooLarge(format!(
+                    "the lines of this body take more memory than larch gives all requests together \
+                     (ingest.max_request_memory, {}); send fewer lines per request",
+                    crate::spool::room::mib(share.total() as u64)
+                )));
+            }
+            if wanted > share.held() {
+                // Asked for in steps, so a large body waits for room seldom.
+                let step = (wanted - share.held()).max(budget::LARGE);
+                runtime
+                    .block_on(share.hold(wanted.max(share.held() + step).min(share.total())))
+                    .map_err(|_| Rejection::Busy)?;
+            }
+            Ok(())
+        };
+        let read = body::parse(&json, &ctx, &mut reserve).map(|mut lines| {
+            rules.retain(&for_rules, &mut lines);
+            lines
+        });
+        (read, share)
     })
     .await;
-    let lines: Vec<Line> = match parsed {
-        Ok(Ok(lines)) => lines,
-        Ok(Err(r)) => return rejection(r),
+    let (lines, mut share) = match parsed {
+        Ok((Ok(lines), share)) => (lines, share),
+        Ok((Err(r), _)) => return rejection(r),
         Err(e) => {
             return not_ok(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -203,7 +230,9 @@ async fn answer(
         }
     };
     // The body is gone; the lines are what is held until they are stored.
-    share.shrink_to(budget::held_by(&lines, lines.capacity()));
+    let lines_held = lines.capacity() * std::mem::size_of::<Line>()
+        + lines.iter().map(Line::heap_size).sum::<usize>();
+    share.shrink_to(lines_held);
     match ingest.committer.commit(account, lines).await {
         Ok(batch_id) => (
             StatusCode::OK,
@@ -243,31 +272,30 @@ async fn answer(
 
 fn busy() -> Response {
     crate::telemetry::ingest_busy();
-    let mut response = not_ok(
+    retry_after(
         StatusCode::SERVICE_UNAVAILABLE,
-        vec![format!(
-            "{Busy}; nothing of this request was stored, retry shortly"
-        )],
-    );
-    response.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("1"),
-    );
-    response
+        format!("{Busy}; nothing of this request was stored, retry shortly"),
+        "1",
+    )
 }
 
 /// A refusal the client should retry after a while.
 fn retry_later(status: StatusCode, why: String) -> Response {
+    retry_after(status, why, "5")
+}
+
+fn retry_after(status: StatusCode, why: String, seconds: &'static str) -> Response {
     let mut response = not_ok(status, vec![why]);
     response.headers_mut().insert(
         axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("5"),
+        axum::http::HeaderValue::from_static(seconds),
     );
     response
 }
 
 fn rejection(r: Rejection) -> Response {
     match r {
+        Rejection::Busy => busy(),
         Rejection::Malformed(errors) => not_ok(StatusCode::BAD_REQUEST, errors),
         Rejection::TooLarge(e) => not_ok(StatusCode::PAYLOAD_TOO_LARGE, vec![e]),
     }
@@ -324,13 +352,22 @@ async fn read_body(
         // holds little of the budget.
         let announced = length.unwrap_or(body::MAX_BODY).min(body::MAX_BODY);
         let mut kept: Vec<u8> = Vec::new();
-        if let Some(n) = length.filter(|n| *n <= body::MAX_BODY) {
-            if n > budget::LARGE {
-                share.large().await.map_err(|_| BodyError::Busy)?;
+        match length.filter(|n| *n <= body::MAX_BODY) {
+            Some(n) if n <= budget::LARGE => {
+                share
+                    .hold(n * budget::SMALL_REQUEST_SHARE)
+                    .await
+                    .map_err(|_| BodyError::Busy)?;
+                kept.reserve_exact(n);
             }
-            let first = n.min(1 << 20);
-            share.grow(first).await.map_err(|_| BodyError::Busy)?;
-            kept.reserve_exact(first);
+            Some(_) => {
+                share
+                    .hold(budget::LARGE)
+                    .await
+                    .map_err(|_| BodyError::Busy)?;
+                kept.reserve_exact(budget::LARGE);
+            }
+            None => {}
         }
         let mut stream = body.into_data_stream();
         let mut total = 0usize;
@@ -344,10 +381,7 @@ async fn read_body(
                 }
                 if wanted > kept.capacity() {
                     let grown = wanted.max((2 * kept.capacity()).min(announced));
-                    share
-                        .grow(grown.saturating_sub(share.held()))
-                        .await
-                        .map_err(|_| BodyError::Busy)?;
+                    share.hold(grown).await.map_err(|_| BodyError::Busy)?;
                     kept.reserve_exact(grown - kept.len());
                 }
                 kept.extend_from_slice(&chunk);
@@ -368,6 +402,8 @@ async fn read_body(
 enum Refused {
     Busy,
     Rejected(Rejection),
+    /// larch's own fault (a task that died): 500.
+    Failed(String),
 }
 
 /// Decompressed output taken from the budget per step.
@@ -376,56 +412,31 @@ const GUNZIP_STEP: usize = 1 << 20;
 /// Undoes `Content-Encoding: gzip` on a blocking thread, a step at a time,
 /// each step's output taken from the request's share first.
 async fn gunzip(raw: Bytes, share: &mut Share) -> Result<Bytes, Refused> {
-    use bytes::Buf;
-    use std::io::Read;
-    // The gzip trailer gives the (last member's) size; a body that says it
-    // is large, or turns out so, waits for the large requests' turn.
-    let said = raw
-        .len()
-        .checked_sub(4)
-        .and_then(|at| raw.get(at..))
-        .and_then(|t| <[u8; 4]>::try_from(t).ok())
-        .map_or(0, |t| u32::from_le_bytes(t) as usize);
+    // A body that says it is large, or turns out so, waits for the large
+    // requests' turn; the trailer's size, when believable, sizes the text once.
+    let said = body::Gunzip::said_size(&raw);
     if said > budget::LARGE || raw.len() > budget::LARGE {
         share.large().await.map_err(|_| Refused::Busy)?;
     }
-    let mut decoder = flate2::read::MultiGzDecoder::new(raw.reader());
-    // Sized once by the trailer when it is believable; a step at a time past it.
-    let mut out: Vec<u8> = Vec::new();
-    let first = said.clamp(1, body::MAX_BODY + 1);
-    share.grow(first).await.map_err(|_| Refused::Busy)?;
-    out.reserve_exact(first);
+    let mut text = body::Gunzip::new(raw);
+    let mut step = said.clamp(1, body::MAX_BODY + 1);
     loop {
-        if out.len() >= budget::LARGE {
+        if text.len() >= budget::LARGE {
             share.large().await.map_err(|_| Refused::Busy)?;
         }
-        if out.len() == out.capacity() {
-            share.grow(GUNZIP_STEP).await.map_err(|_| Refused::Busy)?;
-            out.reserve_exact(GUNZIP_STEP);
-        }
+        let room = text.room_wanted(step);
+        share.grow(room).await.map_err(|_| Refused::Busy)?;
+        text.reserve(room);
+        step = GUNZIP_STEP;
         let stepped = tokio::task::spawn_blocking(move || {
-            let room = (out.capacity() - out.len()) as u64;
-            let read = (&mut decoder).take(room).read_to_end(&mut out);
-            let ended = read.as_ref().is_ok_and(|n| (*n as u64) < room);
-            (decoder, out, read, ended)
+            let ended = text.step();
+            (text, ended)
         })
         .await;
-        let (back, filled, read, ended) = stepped.map_err(|e| {
-            Refused::Rejected(Rejection::Malformed(vec![format!(
-                "decompressing the body failed: {e}"
-            )]))
-        })?;
-        (decoder, out) = (back, filled);
-        if let Err(e) = read {
-            return Err(Refused::Rejected(Rejection::Malformed(vec![format!(
-                "the body says Content-Encoding: gzip but is not valid gzip ({e})"
-            )])));
-        }
-        if out.len() > body::MAX_BODY {
-            return Err(Refused::Rejected(body::gunzip_too_large()));
-        }
-        if ended {
-            return Ok(Bytes::from(out));
+        let (back, ended) = stepped.map_err(|e| Refused::Failed(e.to_string()))?;
+        text = back;
+        if ended.map_err(Refused::Rejected)? {
+            return Ok(Bytes::from(text.into_text()));
         }
     }
 }

@@ -802,20 +802,28 @@ fn block_weight(line: &Line) -> usize {
 }
 
 /// What lines take in the spool: their own fields, and each origin once per
-/// block its lines fill. Admission counts this, so fields a request shares
-/// are counted as stored, never more, never less.
+/// block it is stored in. Blocks are per part, so a run of lines for one hour
+/// fills its own blocks; runs that come back to an hour are counted again,
+/// which can only count more than is stored. Admission counts this, so fields
+/// a request shares are never counted less than they take.
 pub(crate) fn stored_bytes(lines: &[Line]) -> usize {
     let own: usize = lines.iter().map(Line::stored_size).sum();
-    let blocks = lines.iter().map(block_weight).sum::<usize>() / BLOCK_BYTES + 1;
     let mut origins = 0;
-    let mut last: Option<&std::sync::Arc<crate::line::Origin>> = None;
-    for line in lines {
-        if !last.is_some_and(|o| std::sync::Arc::ptr_eq(o, &line.origin)) {
-            origins += line.origin.stored_size();
-            last = Some(&line.origin);
-        }
+    let mut start = 0;
+    while start < lines.len() {
+        let first = &lines[start];
+        let hour = Hour::of(first.ts);
+        let end = lines[start..]
+            .iter()
+            .position(|l| {
+                Hour::of(l.ts) != hour || !std::sync::Arc::ptr_eq(&l.origin, &first.origin)
+            })
+            .map_or(lines.len(), |n| start + n);
+        let weight: usize = lines[start..end].iter().map(block_weight).sum();
+        origins += first.origin.stored_size() * (weight / BLOCK_BYTES + 1);
+        start = end;
     }
-    own + origins * blocks
+    own + origins
 }
 
 /// A ULID-shaped line ID: receive time (ms), this spool's instance, and the
@@ -830,20 +838,25 @@ fn line_id(now: EpochMs, instance: u32, seq: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Opens a spool in `dir`, after marking its format as `version`.
+    fn open_as_version(dir: &Path, version: u64) -> Result<Spool, SpoolError> {
+        let clock: SharedClock =
+            std::sync::Arc::new(crate::clock::ManualClock::new(3_600_000 * 100));
+        let open = || Spool::open(dir, clock.clone(), SealRule::default(), 1 << 20);
+        let spool = open()?;
+        spool
+            .db
+            .insert(keys::meta("version"), &version.to_be_bytes())?;
+        spool.make_durable()?;
+        drop(spool);
+        open()
+    }
+
     #[test]
     fn a_spool_of_the_previous_format_opens_and_moves_up() {
         let dir = tempfile::tempdir().unwrap();
-        let clock: SharedClock =
-            std::sync::Arc::new(crate::clock::ManualClock::new(3_600_000 * 100));
-        let open = || Spool::open(dir.path(), clock.clone(), SealRule::default(), 1 << 20);
-        let spool = open().unwrap();
-        spool
-            .db
-            .insert(keys::meta("version"), &2u64.to_be_bytes())
-            .unwrap();
-        spool.make_durable().unwrap();
-        drop(spool);
-        let spool = open().expect("a larch reads the format before its own");
+        let spool =
+            open_as_version(dir.path(), 2).expect("a larch reads the format before its own");
         assert_eq!(
             read_u64(&spool.db, "version").unwrap(),
             Some(u64::from(FORMAT_VERSION)),
@@ -854,17 +867,7 @@ mod tests {
     #[test]
     fn a_spool_of_another_format_version_is_refused_not_misread() {
         let dir = tempfile::tempdir().unwrap();
-        let clock: SharedClock =
-            std::sync::Arc::new(crate::clock::ManualClock::new(3_600_000 * 100));
-        let open = || Spool::open(dir.path(), clock.clone(), SealRule::default(), 1 << 20);
-        let spool = open().unwrap();
-        spool
-            .db
-            .insert(keys::meta("version"), &99u64.to_be_bytes())
-            .unwrap();
-        spool.make_durable().unwrap();
-        drop(spool);
-        let Err(err) = open() else {
+        let Err(err) = open_as_version(dir.path(), 99) else {
             panic!("a spool of format version 99 was opened")
         };
         assert!(
@@ -873,7 +876,12 @@ mod tests {
         );
         assert!(err.to_string().contains("version 99"), "{err}");
         // Refusing wrote nothing: the spool is still version 99.
-        assert!(matches!(open(), Err(SpoolError::Incompatible { .. })));
+        let clock: SharedClock =
+            std::sync::Arc::new(crate::clock::ManualClock::new(3_600_000 * 100));
+        assert!(matches!(
+            Spool::open(dir.path(), clock, SealRule::default(), 1 << 20),
+            Err(SpoolError::Incompatible { .. })
+        ));
     }
 
     #[test]

@@ -307,10 +307,24 @@ pub fn open_regular(path: &Path, root: &Path, follow_symlinks: bool) -> io::Resu
             .map_err(refused_link)?
     };
     let file = File::from(fd);
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a regular file", path.display()),
+        ));
+    }
+    // A hard link is a second name for any file its maker could link (with
+    // fs.protected_hardlinks off, any file at all): it hands over the file
+    // as a symbolic link would.
+    if !follow_symlinks && std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} has {} names (hard links); file sources read such files only with follow_symlinks = true",
+                path.display(),
+                std::os::unix::fs::MetadataExt::nlink(&meta)
+            ),
         ));
     }
     Ok(file)

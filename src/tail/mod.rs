@@ -321,10 +321,21 @@ impl SourceRun {
                 list_without_links(pattern, root, &mut found, &mut links);
             }
         }
+        if !self.source.follow_symlinks {
+            // A hard link hands over its file as a symbolic link would.
+            found.retain(|f| {
+                let linked = std::fs::symlink_metadata(&f.path)
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 1);
+                if linked {
+                    links.insert(f.path.clone());
+                }
+                !linked
+            });
+        }
         found.retain(|f| !self.excluded(&f.path));
         for link in &links {
             if !self.skipped_links.contains(link) && !self.excluded(link) {
-                tracing::warn!(source = %self.source.name, path = %link.display(), "skipping a symbolic link: file sources do not follow links, since one planted in a tailed directory could hand over any file larch may read; set follow_symlinks = true on this [[sources.files]] to tail files through links");
+                tracing::warn!(source = %self.source.name, path = %link.display(), "skipping a symbolic link (or a file with several names, a hard link): file sources do not follow links, since one planted in a tailed directory could hand over any file larch may read; set follow_symlinks = true on this [[sources.files]] to tail files through links");
             }
         }
         self.skipped_links = links;

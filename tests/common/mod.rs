@@ -147,6 +147,15 @@ impl Daemon {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Sends SIGHUP: the daemon reloads its configuration.
+    pub fn hangup(&self) {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(sent.success(), "kill -HUP {} failed", self.pid());
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             unsafe {
