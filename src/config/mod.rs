@@ -459,6 +459,27 @@ mod tests {
     }
 
     #[test]
+    fn listener_limits_are_read_and_checked() {
+        let s = with_file(
+            "[ingest]\nmax_connections = 10\nheader_timeout = \"3s\"\nidle_timeout = \"0s\"\n\
+             body_timeout = \"2m\"\nmax_request_memory = \"1MiB\"\n",
+            &[],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(s.listen_limits.max_connections, 10);
+        assert_eq!(s.listen_limits.header_timeout, Duration::from_secs(3));
+        // A zero timeout would close every connection at once: the floor is 100 ms.
+        assert_eq!(s.listen_limits.idle_timeout, Duration::from_millis(100));
+        assert_eq!(s.listen_limits.body_timeout, Duration::from_secs(120));
+        // Never less than the largest request needs.
+        assert_eq!(s.max_request_memory, crate::ingest::budget::LARGEST_REQUEST);
+        let err = with_file("[ingest]\nmax_connections = 0\n", &[], vec![]).unwrap_err();
+        assert!(matches!(err, ConfigError::NoConnections), "{err}");
+        assert_eq!(defaults().listen_limits, ListenLimits::default());
+    }
+
+    #[test]
     fn a_key_written_where_its_account_goes_is_not_printed() {
         let err = with_file("[keys]\nacme = \"a secret key with spaces\"\n", &[], vec![])
             .unwrap_err()

@@ -5,17 +5,20 @@
 //! hostile, may hold one for free: open connections are capped, and each
 //! stage of a connection's life has a clock. At the cap, the connection that
 //! has waited longest without a request in flight (a slow head, an idle
-//! keep-alive) is closed to make room; only when every connection is busy
-//! with a request is a new one refused, at once, with a 503.
+//! keep-alive whose last answer is out) is closed to make room; only when
+//! every connection is busy with a request is a new one refused, at once,
+//! with a 503.
+//!
 //! A new connection must send its first request head within `header_timeout`
 //! (a TLS handshake gets as long again); a kept-alive connection may wait
 //! `idle_timeout` for its next request, whose head must then arrive within
-//! `header_timeout` of its first byte. The
-//! ingest handler bounds reading a body by `body_timeout` itself, and an answer
-//! the client does not read is given up after `idle_timeout`. hyper's own
-//! header timer would count the idle wait of a kept-alive connection as header
-//! time, so the clocks live here, in an I/O wrapper that knows the stage from
-//! the service around the router.
+//! `header_timeout` of its first byte. The ingest handler bounds reading a
+//! body by `body_timeout` itself, and an answer the client does not read is
+//! given up after `idle_timeout`. hyper's own header timer would count the
+//! idle wait of a kept-alive connection as header time, so the clocks live
+//! here, in an I/O wrapper that learns the stage from the service around the
+//! router and from the answer's body, which marks the connection as waiting
+//! again once it is written out.
 
 use std::future::Future;
 use std::io;
