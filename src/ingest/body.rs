@@ -461,24 +461,9 @@ fn convert(
             None
         }
     };
-    if let Some(m) = &meta_json {
-        if m.len() > MAX_META {
-            errors.push(format!(
-                "meta is {} bytes serialized, over the limit of {MAX_META}",
-                m.len()
-            ));
-        }
-    }
     let label_json = match raw.label.map(RawValue::get) {
         None | Some("null") => None,
-        Some(text) if text.starts_with('{') => match compact(text) {
-            Ok(text) if text.len() > MAX_LABEL => {
-                errors.push(format!(
-                    "label is {} bytes serialized, over the limit of {MAX_LABEL}",
-                    text.len()
-                ));
-                None
-            }
+        Some(text) if text.starts_with('{') => match compact(text, MAX_LABEL) {
             Ok(text) => Some(text),
             Err(e) => {
                 errors.push(format!("label {e}"));
@@ -526,21 +511,25 @@ fn meta_text(meta: &RawValue) -> Result<String, String> {
         if let Ok(inner) = serde_json::from_str::<String>(text) {
             if let Ok(object) = serde_json::from_str::<&RawValue>(&inner) {
                 if object.get().starts_with('{') {
-                    return compact(object.get());
+                    return compact(object.get(), MAX_META);
                 }
             }
         }
     }
-    compact(text)
+    compact(text, MAX_META)
 }
 
 /// Valid JSON text without the white space between its tokens (as a value
 /// serialized again would be, with numbers and escapes kept as sent), no
-/// deeper than [`MAX_DEPTH`].
-fn compact(json: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(json.len());
+/// deeper than [`MAX_DEPTH`] and no longer than `limit` bytes: it stops
+/// there, so a value sent with megabytes holds no more than the limit.
+fn compact(json: &str, limit: usize) -> Result<String, String> {
+    let mut out = String::with_capacity(json.len().min(limit + 1));
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for c in json.chars() {
+        if out.len() > limit {
+            return Err(over_limit(limit));
+        }
         if in_string {
             out.push(c);
             match (escaped, c) {
@@ -565,7 +554,14 @@ fn compact(json: &str) -> Result<String, String> {
         }
         out.push(c);
     }
+    if out.len() > limit {
+        return Err(over_limit(limit));
+    }
     Ok(out)
+}
+
+fn over_limit(limit: usize) -> String {
+    format!("is over the limit of {limit} bytes serialized")
 }
 
 /// Timestamps run from 1970 to the end of 9999, so every hour has a printable name.

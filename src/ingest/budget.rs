@@ -70,7 +70,8 @@ impl Budget {
     /// `bytes` in all (never less than [`LARGEST_REQUEST`]); a request waits
     /// up to `wait` for its share.
     pub fn new(bytes: u64, wait: Duration) -> Self {
-        let total = bytes.clamp(LARGEST_REQUEST, u64::from(u32::MAX)) as usize;
+        // Only a single grant must fit in u32; the whole may be larger.
+        let total = usize::try_from(bytes.max(LARGEST_REQUEST)).unwrap_or(usize::MAX >> 4);
         Self {
             bytes: Arc::new(Semaphore::new(total)),
             large: Arc::new(Semaphore::new(1)),

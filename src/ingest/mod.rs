@@ -23,7 +23,6 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::clock::SharedClock;
-use crate::line::Line;
 use crate::rules::LiveRules;
 use crate::spool::{CommitError, Committer, NoRoom, Spool};
 use crate::status::Board;
@@ -149,7 +148,7 @@ async fn answer(
         .get(axum::http::header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    let mut body_held = raw.len();
+    let received = raw.len();
     let json = if gzip {
         match gunzip(raw, &mut share).await {
             Ok(json) => json,
@@ -165,9 +164,12 @@ async fn answer(
     } else {
         raw
     };
-    if gzip {
-        body_held = body_held.saturating_add(json.len());
-    }
+    // What the body holds of the share: as received, and its text if gunzipped.
+    let body_held = if gzip {
+        received + json.len()
+    } else {
+        received
+    };
     let ctx = RequestContext {
         hostname: param("hostname").map(str::to_owned),
         mac: param("mac").map(str::to_owned),
@@ -194,7 +196,9 @@ async fn answer(
     let parsed = tokio::task::spawn_blocking(move || {
         // The body stays held while its lines are read; the lines come on top.
         let body_bytes = share.held().min(body_held);
+        let mut lines_held = 0;
         let mut reserve = |lines: usize| {
+            lines_held = lines;
             let wanted = body_bytes + lines;
             if wanted > share.total() {
                 return Err(Rejection::TooLarge(format!(
@@ -204,10 +208,11 @@ async fn answer(
                 )));
             }
             if wanted > share.held() {
-                // Asked for in steps, so a large body waits for room seldom.
-                let step = (wanted - share.held()).max(budget::LARGE);
+                // Asked for in steps of at least 1 MiB, so a large body
+                // seldom waits for room.
+                let step_up = wanted.max(share.held() + budget::LARGE);
                 runtime
-                    .block_on(share.hold(wanted.max(share.held() + step).min(share.total())))
+                    .block_on(share.hold(step_up.min(share.total())))
                     .map_err(|_| Rejection::Busy)?;
             }
             Ok(())
@@ -216,12 +221,13 @@ async fn answer(
             rules.retain(&for_rules, &mut lines);
             lines
         });
-        (read, share)
+        // parse's last ask was for all its lines; the rules only drop some.
+        (read, share, lines_held)
     })
     .await;
-    let (lines, mut share) = match parsed {
-        Ok((Ok(lines), share)) => (lines, share),
-        Ok((Err(r), _)) => return rejection(r),
+    let (lines, mut share, lines_held) = match parsed {
+        Ok((Ok(lines), share, held)) => (lines, share, held),
+        Ok((Err(r), ..)) => return rejection(r),
         Err(e) => {
             return not_ok(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -230,8 +236,6 @@ async fn answer(
         }
     };
     // The body is gone; the lines are what is held until they are stored.
-    let lines_held = lines.capacity() * std::mem::size_of::<Line>()
-        + lines.iter().map(Line::heap_size).sum::<usize>();
     share.shrink_to(lines_held);
     match ingest.committer.commit(account, lines).await {
         Ok(batch_id) => (

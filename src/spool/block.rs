@@ -137,7 +137,7 @@ struct OldBlock<'a> {
 
 /// One line to write, with the ID and receive time the spool gave it.
 pub struct ToWrite<'a> {
-    pub id: &'a str,
+    pub id: String,
     pub received: EpochMs,
     pub line: &'a Line,
 }
@@ -160,7 +160,7 @@ pub fn encode(lines: &[ToWrite<'_>]) -> Vec<u8> {
         let field =
             |f: fn(&crate::line::OwnFields) -> &Option<String>| own.and_then(|o| f(o).as_deref());
         records.push(LineRecord {
-            id: w.id,
+            id: &w.id,
             received: w.received,
             ts: line.ts,
             line: &line.line,
@@ -325,7 +325,7 @@ mod tests {
         let write: Vec<ToWrite> = stored
             .iter()
             .map(|s| ToWrite {
-                id: &s.id,
+                id: s.id.clone(),
                 received: s.received,
                 line: &s.line,
             })
@@ -360,7 +360,7 @@ mod tests {
         let write: Vec<ToWrite> = lines
             .iter()
             .map(|line| ToWrite {
-                id: "01JDX6Q3ZK8V7S3M2N4P5R6T7W",
+                id: "01JDX6Q3ZK8V7S3M2N4P5R6T7W".into(),
                 received: 1,
                 line,
             })

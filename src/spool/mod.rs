@@ -327,13 +327,8 @@ impl Spool {
             positions.extend(along.positions);
             let request_seq = next_line;
             // Lines of a request mostly share an hour: look the part up once per run of them.
-            let mut start = 0;
-            while start < lines.len() {
-                let hour = Hour::of(lines[start].ts);
-                let end = lines[start..]
-                    .iter()
-                    .position(|l| Hour::of(l.ts) != hour)
-                    .map_or(lines.len(), |n| start + n);
+            for run in runs(&lines, |a, b| Hour::of(a.ts) == Hour::of(b.ts)) {
+                let hour = Hour::of(lines[run.start].ts);
                 let slot = (account.clone(), hour);
                 let part = match touched.entry(slot) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -352,8 +347,8 @@ impl Spool {
                         e.insert(part)
                     }
                 };
-                part.record.lines += (end - start) as u64;
-                part.record.bytes += lines[start..end]
+                part.record.lines += run.len() as u64;
+                part.record.bytes += lines[run.clone()]
                     .iter()
                     .map(|l| l.line.len() as u64)
                     .sum::<u64>();
@@ -364,10 +359,9 @@ impl Spool {
                 };
                 runs_by_part.entry(id).or_default().push(Run {
                     request,
-                    lines: start..end,
-                    first_seq: request_seq + start as u64,
+                    first_seq: request_seq + run.start as u64,
+                    lines: run,
                 });
-                start = end;
             }
             next_line += lines.len() as u64;
             let first_id = match along.ids.as_ref().and_then(|ids| ids.first()) {
@@ -468,31 +462,23 @@ impl Spool {
         let mut pending = lines.next();
         std::iter::from_fn(move || {
             let (first_seq, ..) = pending?;
-            let mut ids = Vec::new();
-            let mut members = Vec::new();
+            let mut block = Vec::new();
             let mut size = 0;
             while let Some((seq, line, given)) = pending {
                 let line_size = block_weight(line);
-                if !members.is_empty() && size + line_size > BLOCK_BYTES {
+                if !block.is_empty() && size + line_size > BLOCK_BYTES {
                     break;
                 }
                 size += line_size;
-                ids.push(match given {
-                    Some(id) => id.clone(),
-                    None => line_id(now, self.instance, seq),
-                });
-                members.push(line);
-                pending = lines.next();
-            }
-            let block: Vec<block::ToWrite> = ids
-                .iter()
-                .zip(members)
-                .map(|(id, line)| block::ToWrite {
-                    id,
+                block.push(block::ToWrite {
+                    id: given
+                        .cloned()
+                        .unwrap_or_else(|| line_id(now, self.instance, seq)),
                     received: now,
                     line,
-                })
-                .collect();
+                });
+                pending = lines.next();
+            }
             Some((first_seq, block::encode(&block)))
         })
     }
@@ -808,22 +794,34 @@ fn block_weight(line: &Line) -> usize {
 /// a request shares are never counted less than they take.
 pub(crate) fn stored_bytes(lines: &[Line]) -> usize {
     let own: usize = lines.iter().map(Line::stored_size).sum();
-    let mut origins = 0;
+    let same_block = |a: &Line, b: &Line| {
+        Hour::of(a.ts) == Hour::of(b.ts) && std::sync::Arc::ptr_eq(&a.origin, &b.origin)
+    };
+    let origins: usize = runs(lines, same_block)
+        .map(|run| {
+            let weight: usize = lines[run.clone()].iter().map(block_weight).sum();
+            lines[run.start].origin.stored_size() * (weight / BLOCK_BYTES + 1)
+        })
+        .sum();
+    own + origins
+}
+
+/// The ranges of consecutive lines that `together` keeps with the first of each.
+fn runs<'a>(
+    lines: &'a [Line],
+    together: impl Fn(&Line, &Line) -> bool + 'a,
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
     let mut start = 0;
-    while start < lines.len() {
-        let first = &lines[start];
-        let hour = Hour::of(first.ts);
+    std::iter::from_fn(move || {
+        let first = lines.get(start)?;
         let end = lines[start..]
             .iter()
-            .position(|l| {
-                Hour::of(l.ts) != hour || !std::sync::Arc::ptr_eq(&l.origin, &first.origin)
-            })
+            .position(|l| !together(first, l))
             .map_or(lines.len(), |n| start + n);
-        let weight: usize = lines[start..end].iter().map(block_weight).sum();
-        origins += first.origin.stored_size() * (weight / BLOCK_BYTES + 1);
+        let run = start..end;
         start = end;
-    }
-    own + origins
+        Some(run)
+    })
 }
 
 /// A ULID-shaped line ID: receive time (ms), this spool's instance, and the
