@@ -545,16 +545,10 @@ fn a_file_missing_from_one_listing_is_not_read_again() {
 
 /// Waits until the spool holds at least `n` lines, then two more rescans, so
 /// that anything else the source would read is stored too.
+/// Waits until the spool holds `n` lines, then a while longer, so that a
+/// line that should not be read has had every chance to be.
 fn wait_settled(rig: &Rig, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let s = rig.daemon().status();
-        if s["lines_waiting"].as_u64().unwrap_or(0) >= n {
-            break;
-        }
-        assert!(Instant::now() < deadline, "expected {n} lines stored: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rig.wait_stored(n);
     std::thread::sleep(Duration::from_millis(2500));
 }
 
@@ -619,4 +613,29 @@ fn with_follow_symlinks_a_linked_file_is_tailed_but_not_around_an_exclude() {
     wait_settled(&rig, 10);
     let lines = rig.finish();
     assert_eq!(sorted(texts(&lines)), sorted([app, followed].concat()));
+}
+
+/// A file already being read that gains a second name (a backup tool's hard
+/// link, say) is still the same file: it goes on being read where it was, and
+/// when the second name goes, nothing is read again.
+#[test]
+fn a_tailed_file_that_gains_a_hard_link_keeps_its_place() {
+    let rig = Rig::start("*.log", "");
+    let first = numbered("before", 0..10);
+    append(&rig.path("app.log"), &first);
+    rig.wait_stored(10);
+    let outside = rig.dir.path().join("backup");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::hard_link(rig.path("app.log"), outside.join("app.log")).unwrap();
+    let during = numbered("linked", 0..10);
+    append(&rig.path("app.log"), &during);
+    rig.wait_stored(20);
+    // Longer than a file may be missing from the listings before it is forgotten.
+    std::thread::sleep(Duration::from_secs(7));
+    std::fs::remove_file(outside.join("app.log")).unwrap();
+    let after = numbered("after", 0..10);
+    append(&rig.path("app.log"), &after);
+    wait_settled(&rig, 30);
+    let lines = rig.finish();
+    assert_eq!(texts(&lines), [first, during, after].concat());
 }

@@ -12,8 +12,8 @@
 //! `follow_symlinks`, no symbolic link below the glob's leading directory is
 //! followed (each step is opened with `O_NOFOLLOW`, relative to the one
 //! before, so a link swapped in after the listing is refused too), nothing
-//! but a regular file is read, and a file's device and inode are always taken
-//! from the opened descriptor.
+//! but a regular file is read, and the device and inode the listing saw are
+//! always checked against the opened descriptor.
 
 use std::fs::File;
 use std::io;
@@ -224,17 +224,19 @@ fn line_of(bytes: &[u8], offset: u64, partial: bool) -> ReadLine {
 }
 
 /// Device and inode of what a listing found at `path`, if it is a regular
-/// file: the link's target with `follow_symlinks`, else the entry itself (so a
-/// link is not a file). Only for recognising files already known; a file is
-/// read only through [`open_regular`], whose descriptor has the last word.
-pub fn identity(path: &Path, follow_symlinks: bool) -> Option<(u64, u64)> {
+/// file (the link's target with `follow_symlinks`, else the entry itself, so
+/// a link is not a file), and how many names it has. Only for recognising
+/// files already known; a file is read only through [`open_regular`], whose
+/// descriptor has the last word.
+pub fn identity(path: &Path, follow_symlinks: bool) -> Option<((u64, u64), u64)> {
     let meta = if follow_symlinks {
         std::fs::metadata(path)
     } else {
         std::fs::symlink_metadata(path)
     }
     .ok()?;
-    meta.is_file().then(|| (meta.dev(), meta.ino()))
+    meta.is_file()
+        .then(|| ((meta.dev(), meta.ino()), meta.nlink()))
 }
 
 /// Device and inode of an open file, from the descriptor itself.
@@ -290,7 +292,7 @@ pub fn open_regular(path: &Path, root: &Path, follow_symlinks: bool) -> io::Resu
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
-                        "{} is a symbolic link or lies under one; file sources follow links only with follow_symlinks = true",
+                        "{} is, or lies under, a symbolic link (or something else that is not a directory); file sources follow links only with follow_symlinks = true",
                         path.display()
                     ),
                 )
@@ -307,24 +309,10 @@ pub fn open_regular(path: &Path, root: &Path, follow_symlinks: bool) -> io::Resu
             .map_err(refused_link)?
     };
     let file = File::from(fd);
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a regular file", path.display()),
-        ));
-    }
-    // A hard link is a second name for any file its maker could link (with
-    // fs.protected_hardlinks off, any file at all): it hands over the file
-    // as a symbolic link would.
-    if !follow_symlinks && std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "{} has {} names (hard links); file sources read such files only with follow_symlinks = true",
-                path.display(),
-                std::os::unix::fs::MetadataExt::nlink(&meta)
-            ),
         ));
     }
     Ok(file)

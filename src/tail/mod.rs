@@ -49,7 +49,7 @@ use crate::spool::{Along, Committer, FileKey, FilePosition, PositionUpdate, Spoo
 use crate::telemetry::Source;
 use config::leading_dir;
 pub use config::{FileSource, FileSourceConfig, SourceError, SourcesConfig, StartAt};
-use file::{fingerprint, identity, identity_of, open_regular, Tailed, FINGERPRINT_BYTES};
+use file::{fingerprint, identity, open_regular, Tailed, FINGERPRINT_BYTES};
 
 /// How often a source looks at its files when no event woke it.
 const RESCAN: Duration = Duration::from_secs(1);
@@ -236,15 +236,26 @@ impl SourceRun {
         let now = Instant::now();
         let mut seen = HashSet::new();
         let mut open = self.files.values().filter(|t| t.file.is_some()).count();
-        for found in self.matching_paths() {
-            let Some((dev, ino)) = identity(&found.path, self.source.follow_symlinks) else {
+        let (found, mut skipped) = self.matching_paths();
+        for found in found {
+            let Some(((dev, ino), names)) = identity(&found.path, self.source.follow_symlinks)
+            else {
                 continue;
             };
+            // A hard link is a second name for any file its maker could link
+            // (with fs.protected_hardlinks off, any file at all): a new one is
+            // skipped as a symbolic link is. A file already read goes on being
+            // read when it gains one, so its place is never lost.
+            if !self.source.follow_symlinks && names > 1 && !self.files.contains_key(&(dev, ino)) {
+                skipped.insert(found.path);
+                continue;
+            }
             if !seen.insert((dev, ino)) {
                 continue;
             }
             self.track(found, dev, ino, &mut open);
         }
+        self.name_skipped(skipped);
         // A directory listing can miss a file being renamed while it is read,
         // so a stored position goes only once its file has been missing from
         // every listing for a while: forgetting it too early would read the
@@ -301,8 +312,9 @@ impl SourceRun {
         more
     }
 
-    /// The files the include globs match, minus the excluded ones.
-    fn matching_paths(&mut self) -> Vec<Found> {
+    /// The files the include globs match, minus the excluded ones, and the
+    /// symbolic links the listing skipped.
+    fn matching_paths(&self) -> (Vec<Found>, HashSet<PathBuf>) {
         let mut found = Vec::new();
         let mut links = HashSet::new();
         for pattern in &self.source.include {
@@ -321,25 +333,18 @@ impl SourceRun {
                 list_without_links(pattern, root, &mut found, &mut links);
             }
         }
-        if !self.source.follow_symlinks {
-            // A hard link hands over its file as a symbolic link would.
-            found.retain(|f| {
-                let linked = std::fs::symlink_metadata(&f.path)
-                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 1);
-                if linked {
-                    links.insert(f.path.clone());
-                }
-                !linked
-            });
-        }
         found.retain(|f| !self.excluded(&f.path));
+        (found, links)
+    }
+
+    /// Names each skipped link once, while it stays.
+    fn name_skipped(&mut self, links: HashSet<PathBuf>) {
         for link in &links {
             if !self.skipped_links.contains(link) && !self.excluded(link) {
                 tracing::warn!(source = %self.source.name, path = %link.display(), "skipping a symbolic link (or a file with several names, a hard link): file sources do not follow links, since one planted in a tailed directory could hand over any file larch may read; set follow_symlinks = true on this [[sources.files]] to tail files through links");
             }
         }
         self.skipped_links = links;
-        found
     }
 
     /// Whether an exclude glob matches the path, or (when links are followed)
@@ -349,6 +354,7 @@ impl SourceRun {
             return true;
         }
         self.source.follow_symlinks
+            && !self.source.exclude.is_empty()
             && std::fs::canonicalize(path)
                 .is_ok_and(|real| real != path && self.source.excluded(&real.to_string_lossy()))
     }
@@ -372,14 +378,18 @@ impl SourceRun {
             }
         };
         // What was opened is what counts: a path swapped between the listing
-        // and the open is looked at again in the next pass.
-        match identity_of(&file) {
-            Ok(opened) if opened == (dev, ino) => {}
-            _ => return,
-        }
-        let Ok(size) = file.metadata().map(|m| m.len()) else {
+        // and the open (for another file, or for a second name of one) is
+        // looked at again in the next pass.
+        let Ok(meta) = file.metadata() else {
             return;
         };
+        use std::os::unix::fs::MetadataExt;
+        if (meta.dev(), meta.ino()) != (dev, ino)
+            || (!self.source.follow_symlinks && meta.nlink() > 1)
+        {
+            return;
+        }
+        let size = meta.len();
         let now_ms = self.shared.clock.now_ms();
         let resumed = self
             .stored
