@@ -9,7 +9,7 @@
 //! - `POST /admin/drain`: seals every open part now, wakes the sync loop, and
 //!   answers the status (`larch drain` calls it until the spool is empty);
 //! - `GET /admin/ledger`: the spool's ledger of uploaded objects;
-//! - `GET /admin/hello?nonce=N` (no token): HMAC-SHA256(token, N) as proof
+//! - `GET /admin/hello?nonce=N` (no token): HMAC-SHA256(token, a fixed context and N) as proof
 //!   that the daemon holds the token.
 //!
 //! A daemon that was killed leaves its admin.json behind, and whatever
@@ -48,11 +48,13 @@ const PROOF_CONTEXT: &[u8] = b"larch admin proof v1\n";
 const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HMAC-SHA256(token, context + nonce), in hex: what only the token's holder can answer.
-fn proof(token: &str, nonce: &str) -> Option<String> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes()).ok()?;
+fn proof(token: &str, nonce: &str) -> String {
+    // HMAC takes a key of any length: this cannot fail.
+    let mut mac = Hmac::<Sha256>::new_from_slice(token.as_bytes())
+        .expect("HMAC-SHA256 takes keys of any length");
     mac.update(PROOF_CONTEXT);
     mac.update(nonce.as_bytes());
-    Some(crate::target::hex(&mac.finalize().into_bytes()))
+    crate::target::hex(&mac.finalize().into_bytes())
 }
 
 /// A nonce worth answering: 32 to 128 hex digits.
@@ -82,11 +84,10 @@ impl AdminFile {
         let path = data.join(ADMIN_FILE);
         let temp = data.join(format!("{ADMIN_FILE}.tmp"));
         let _ = std::fs::remove_file(&temp);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut out = options.open(&temp)?;
+        let mut out = crate::files::private_options()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
         out.write_all(&serde_json::to_vec(&file).map_err(std::io::Error::other)?)?;
         out.sync_all()?;
         std::fs::rename(&temp, &path)?;
@@ -198,7 +199,6 @@ struct HelloQuery {
 /// The answer to `hello`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Hello {
-    instance: String,
     proof: String,
 }
 
@@ -209,17 +209,10 @@ async fn hello(State(admin): State<Arc<Admin>>, Query(query): Query<HelloQuery>)
             "the nonce must be 32 to 128 hex digits",
         );
     }
-    match proof(&admin.token, &query.nonce) {
-        Some(proof) => Json(Hello {
-            instance: admin.spool.instance_hex(),
-            proof,
-        })
-        .into_response(),
-        None => refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "cannot compute the proof",
-        ),
-    }
+    Json(Hello {
+        proof: proof(&admin.token, &query.nonce),
+    })
+    .into_response()
 }
 
 /// Runs spool work off the async runtime; a failure is answered with `failed`.
@@ -326,17 +319,18 @@ impl AdminClient {
             .build()
             .into();
         let client = Self { file, agent };
-        client.check_proof().map_err(|why| AdminError::Stale {
-            addr: client.file.addr.clone(),
-            file: data.join(ADMIN_FILE),
-            why,
-        })?;
+        client.check_proof(data)?;
         Ok(Some(client))
     }
 
     /// Asks the address for HMAC(token, a fresh nonce) and checks it; the
-    /// request carries no token.
-    fn check_proof(&self) -> Result<(), String> {
+    /// request carries no token. A larch too busy to answer is not stale.
+    fn check_proof(&self, data: &Path) -> Result<(), AdminError> {
+        let stale = |why: String| AdminError::Stale {
+            addr: self.file.addr.clone(),
+            file: data.join(ADMIN_FILE),
+            why,
+        };
         let nonce = crate::target::hex(&rand::random::<[u8; 32]>());
         let mut response = self
             .agent
@@ -345,25 +339,34 @@ impl AdminClient {
             .timeout_global(Some(PROOF_TIMEOUT))
             .build()
             .call()
-            .map_err(|e| format!("nothing answers there ({e})"))?;
+            .map_err(|e| stale(format!("nothing answers there ({e})")))?;
         let status = response.status().as_u16();
         let body = response
             .body_mut()
             .with_config()
             .limit(64 * 1024)
             .read_to_string()
-            .map_err(|e| format!("its answer could not be read ({e})"))?;
+            .map_err(|e| stale(format!("its answer could not be read ({e})")))?;
+        if status == 503 {
+            // Every connection slot of its listener is busy with a request.
+            return Err(AdminError::Lost {
+                addr: self.file.addr.clone(),
+                why: "it is at its connection limit (ingest.max_connections); try again shortly"
+                    .into(),
+            });
+        }
         if status != 200 {
-            return Err(format!("what answers there is not a larch of this version (it answered {status} to the proof request)"));
+            return Err(stale(format!("what answers there is not a larch of this version (it answered {status} to the proof request)")));
         }
         let hello: Hello = serde_json::from_str(&body)
-            .map_err(|_| "what answers there is not a larch: it gave no proof".to_owned())?;
-        let expected =
-            proof(&self.file.token, &nonce).ok_or_else(|| "cannot compute the proof".to_owned())?;
+            .map_err(|_| stale("what answers there is not a larch: it gave no proof".to_owned()))?;
+        let expected = proof(&self.file.token, &nonce);
         if bool::from(expected.as_bytes().ct_eq(hello.proof.as_bytes())) {
             Ok(())
         } else {
-            Err("what answers there does not hold the token (its proof is wrong)".into())
+            Err(stale(
+                "what answers there does not hold the token (its proof is wrong)".into(),
+            ))
         }
     }
 
@@ -437,11 +440,11 @@ mod tests {
     #[test]
     fn a_proof_depends_on_the_token_and_the_nonce() {
         let nonce = "00112233445566778899aabbccddeeff";
-        let p = proof("token-a", nonce).unwrap();
+        let p = proof("token-a", nonce);
         assert_eq!(p.len(), 64);
-        assert_eq!(Some(p.clone()), proof("token-a", nonce));
-        assert_ne!(Some(p.clone()), proof("token-b", nonce));
-        assert_ne!(Some(p), proof("token-a", &nonce.replace('0', "1")));
+        assert_eq!(p.clone(), proof("token-a", nonce));
+        assert_ne!(p.clone(), proof("token-b", nonce));
+        assert_ne!(p, proof("token-a", &nonce.replace('0', "1")));
         assert!(good_nonce(nonce));
         assert!(!good_nonce("abc"));
         assert!(!good_nonce(&"g".repeat(32)));

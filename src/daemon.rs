@@ -72,7 +72,7 @@ pub async fn run(
     crate::ingest::listen::raise_open_file_limit(settings.listen_limits.max_connections);
     // The default archive lives in here, so archive readers may need to pass
     // through it; what larch keeps in it is private either way.
-    let archive_modes = crate::files::Modes::archive(settings.target.local_group_read);
+    let archive_modes = settings.target.modes();
     crate::files::create_dirs(&data, archive_modes.dir).map_err(|source| DaemonError::Dir {
         path: data.clone(),
         source,
@@ -324,7 +324,7 @@ impl Archiving {
         // user named must exist already: creating it could write to the wrong disk.
         if let Some(dir) = target.local_dir() {
             if dir.starts_with(&data) {
-                let mode = crate::files::Modes::archive(settings.target.local_group_read).dir;
+                let mode = settings.target.modes().dir;
                 crate::files::create_dirs(dir, mode).map_err(|source| DaemonError::Dir {
                     path: dir.to_owned(),
                     source,

@@ -52,10 +52,7 @@ impl Modes {
 /// Sets the process umask so that files created by code larch does not
 /// control (sled's) are private too. Call it before anything opens the spool.
 pub fn private_umask() {
-    // SAFETY: umask only swaps the process's file mode mask; it cannot fail.
-    unsafe {
-        libc::umask(0o077);
-    }
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 /// Sets `path`'s permission bits to `mode`, whatever the umask.
@@ -102,7 +99,7 @@ pub fn own_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Options that create a file readable by larch's user only. A file that
-/// already exists keeps its mode: use [`create_new_private`] or set it after.
+/// already exists keeps its mode: use [`create_private`], or set it after.
 pub fn private_options() -> OpenOptions {
     let mut options = OpenOptions::new();
     options.mode(Modes::PRIVATE.file);

@@ -36,7 +36,7 @@ impl Reloadable {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if new.demo_key && !current.demo_key {
             return Err(format!(
-                "it configures no ingestion keys ([keys], LARCH_KEYS or --key), and larch does not fall back to the public demo key {:?} on a reload; the {} running key(s) stay. Put the keys back, or restart larch to run on the demo key.",
+                "it configures no ingestion keys ([keys], LARCH_KEYS or --key), and larch does not fall back to the public demo key {:?} on a reload; the {} running key(s) stay. Put the keys back, or restart larch to run on the demo key (on a loopback listener only).",
                 crate::config::DEMO_KEY,
                 current.keys.len()
             ));
@@ -104,6 +104,14 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
             ("ingest.listen", format!("{:?}", s.listen)),
             ("ingest.tls_*", format!("{:?}", s.tls)),
             ("ingest.max_clock_skew", format!("{:?}", s.max_skew_ms)),
+            (
+                "ingest.max_connections / header_timeout / idle_timeout / body_timeout",
+                format!("{:?}", s.listen_limits),
+            ),
+            (
+                "ingest.max_request_memory",
+                format!("{:?}", s.max_request_memory),
+            ),
             ("metrics.listen", format!("{:?}", s.metrics_listen)),
             (
                 "target (url, store options, single_writer, upload_rate_limit, local_group_read)",
@@ -191,5 +199,15 @@ mod tests {
             ]
         );
         assert!(needs_restart(&old, &settings("[keys]\nk3 = \"x\"\n")).is_empty());
+        let limits = settings(
+            "[keys]\nk = \"acme\"\n[ingest]\nidle_timeout = \"5s\"\nmax_request_memory = \"1GiB\"\n",
+        );
+        assert_eq!(
+            needs_restart(&old, &limits),
+            [
+                "ingest.max_connections / header_timeout / idle_timeout / body_timeout",
+                "ingest.max_request_memory",
+            ]
+        );
     }
 }

@@ -190,7 +190,6 @@ fn an_archive_directory_on_another_filesystem_gets_whole_objects() {
 
 /// Every file and directory under `root` with its permission bits, `root` included.
 fn modes_under(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32, bool)> {
-    use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(path) = stack.pop() {
@@ -210,7 +209,6 @@ fn modes_under(root: &std::path::Path) -> Vec<(std::path::PathBuf, u32, bool)> {
 }
 
 fn mode_of(path: &std::path::Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .permissions()

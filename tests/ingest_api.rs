@@ -224,6 +224,9 @@ fn invalid_account_ids_stop_start_up_with_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("[keys] entry #1: invalid account ID"), "{err}");
+    assert!(
+        err.contains("[keys] entry #1") && err.contains("invalid account ID"),
+        "{err}"
+    );
     assert!(!err.contains("has space"), "the value may be a key: {err}");
 }

@@ -51,24 +51,33 @@ impl Override {
 
     /// `--set SECTION.KEY=VALUE`.
     pub fn parse_set(text: &str) -> Result<Self, ConfigError> {
-        let (path, value) = text.split_once('=').ok_or_else(|| {
-            // Quoted only when it cannot be a secret given with the wrong separator.
-            let shown = if text
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b"0123456789_.".contains(&b))
-            {
+        // A path is quoted back only when it reads like one: a secret given
+        // with the wrong separator (or a base64 key's `=`) must not be.
+        let refused = |shown: String| ConfigError::Override {
+            origin: "--set".into(),
+            message: format!(
+                "{shown} is not of the form SECTION.KEY=VALUE (e.g. spool.late_window=2h)"
+            ),
+        };
+        let reads_like_a_path = |path: &str| {
+            !path.is_empty()
+                && path.len() <= 80
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b"0123456789_.".contains(&b))
+        };
+        let Some((path, value)) = text.split_once('=') else {
+            return Err(refused(if reads_like_a_path(text) {
                 format!("{text:?}")
             } else {
                 "a --set".to_owned()
-            };
-            ConfigError::Override {
-                origin: "--set".into(),
-                message: format!(
-                    "{shown} is not of the form SECTION.KEY=VALUE (e.g. spool.late_window=2h)"
-                ),
-            }
-        })?;
-        Ok(Self::flag(&format!("--set {path}"), path.trim(), value))
+            }));
+        };
+        let path = path.trim();
+        if !reads_like_a_path(path) {
+            return Err(refused("a --set".to_owned()));
+        }
+        Ok(Self::flag(&format!("--set {path}"), path, value))
     }
 
     /// The `LARCH_<SECTION>_<KEY>` variables among `vars` that name a config section.

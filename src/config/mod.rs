@@ -69,7 +69,7 @@ pub enum ConfigError {
     DemoKeyOffLoopback(SocketAddr),
     #[error("{0}")]
     Account(#[from] InvalidAccountId),
-    #[error("[keys] entry #{0}: invalid account ID: use 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'; entries are \"KEY\" = \"ACCOUNT\" (the value is not shown: it may be a key)")]
+    #[error("[keys] entry #{0} (counting in key order): invalid account ID: use 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'; entries are \"KEY\" = \"ACCOUNT\" (the value is not shown: it may be a key)")]
     KeyAccount(usize),
     #[error("{0}")]
     Key(#[from] KeyError),
@@ -476,7 +476,21 @@ mod tests {
         assert_eq!(s.max_request_memory, crate::ingest::budget::LARGEST_REQUEST);
         let err = with_file("[ingest]\nmax_connections = 0\n", &[], vec![]).unwrap_err();
         assert!(matches!(err, ConfigError::NoConnections), "{err}");
-        assert_eq!(defaults().listen_limits, ListenLimits::default());
+    }
+
+    #[test]
+    fn a_set_whose_path_is_not_a_setting_is_not_quoted() {
+        for given in ["SECRETKEY", "SECRETKEY==", "Abc+/xyz=value"] {
+            let err = Override::parse_set(given).unwrap_err().to_string();
+            assert!(!err.contains("SECRET") && !err.contains("Abc"), "{err}");
+        }
+        let err = Override::parse_set("spool.late_windw")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spool.late_windw"),
+            "a setting's name is shown: {err}"
+        );
     }
 
     #[test]

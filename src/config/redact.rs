@@ -10,7 +10,9 @@ use super::file::STORE_SECTIONS;
 use crate::target::spec::{is_secret_option, REDACTED};
 
 /// Sections whose keys or values are secrets: ingestion keys, store options.
-const SECRET_SECTIONS: &[&str] = &["keys", "s3", "gcs", "azure"];
+fn is_secret_section(section: &str) -> bool {
+    section == "keys" || STORE_SECTIONS.contains(&section)
+}
 
 /// Stands where a quoted part of an error message was left out.
 const LEFT_OUT: &str = "…";
@@ -50,7 +52,7 @@ pub fn parse_error(text: &str, error: &toml::de::Error) -> String {
         .chars()
         .count()
         + 1;
-    let secret = section_at(text, line).is_some_and(|s| SECRET_SECTIONS.contains(&s.as_str()));
+    let secret = section_at(text, line).is_some_and(|s| is_secret_section(&s));
     format!(
         "line {line}, column {column}: {}",
         safe_message(error.message(), secret)
@@ -122,7 +124,7 @@ fn section_at(text: &str, line: usize) -> Option<String> {
     };
     if let Some(this) = lines.last() {
         let key = first_key(this);
-        if !this.trim_start().starts_with('[') && SECRET_SECTIONS.contains(&key.as_str()) {
+        if !this.trim_start().starts_with('[') && is_secret_section(&key) {
             return Some(key);
         }
     }

@@ -67,9 +67,9 @@ fn copy_then_link(root: &Path, staged: &Path, dest: &Path, modes: Modes) -> io::
         .file_name()
         .map_or_else(|| "object".into(), |n| n.to_string_lossy().into_owned());
     let temp = area.join(format!("{name}.{:016x}", rand::random::<u64>()));
+    // The copy takes the staged file's mode, set above.
     let result = std::fs::copy(staged, &temp)
-        .and_then(|_| set_mode(&temp, modes.file))
-        .and_then(|()| File::open(&temp)?.sync_all())
+        .and_then(|_| File::open(&temp)?.sync_all())
         .and_then(|()| std::fs::hard_link(&temp, dest));
     let _ = std::fs::remove_file(&temp);
     result

@@ -236,7 +236,7 @@ impl Target {
         let location = Path::parse(key).map_err(|e| TargetError::NeedsOperator(e.to_string()))?;
         if let Location::LocalDir(root) = &self.location {
             let (root, key, source) = (root.clone(), location.to_string(), source.to_owned());
-            let modes = crate::files::Modes::archive(self.config.local_group_read);
+            let modes = self.config.modes();
             return tokio::task::spawn_blocking(move || local::create(&root, &key, &source, modes))
                 .await
                 .map_err(|e| TargetError::Transient(format!("local write task failed: {e}")))?;

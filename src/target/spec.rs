@@ -35,6 +35,13 @@ pub struct TargetConfig {
     pub local_group_read: bool,
 }
 
+impl TargetConfig {
+    /// The modes of a local archive's objects and the directories made for them.
+    pub fn modes(&self) -> crate::files::Modes {
+        crate::files::Modes::archive(self.local_group_read)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid target {spec:?}: {why}")]
 pub struct TargetSpecError {

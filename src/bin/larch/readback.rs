@@ -133,7 +133,8 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     let target = target_to_read(&settings)?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
+            // Restored lines are archived lines: private, as the archive is.
+            larch::files::create_private(path)
                 .with_context(|| format!("cannot create {}", path.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
