@@ -73,9 +73,11 @@ pub async fn run(
     // The default archive lives in here, so archive readers may need to pass
     // through it; what larch keeps in it is private either way.
     let archive_modes = settings.target.modes();
-    crate::files::create_dirs(&data, archive_modes.dir).map_err(|source| DaemonError::Dir {
-        path: data.clone(),
-        source,
+    crate::files::create_dirs_durable(&data, archive_modes.dir).map_err(|source| {
+        DaemonError::Dir {
+            path: data.clone(),
+            source,
+        }
     })?;
     let Archiving {
         spool,
@@ -317,6 +319,14 @@ impl Archiving {
             .await
             .map_err(|e| DaemonError::Task("spool open", e.to_string()))??
         };
+        // Fail-stop: nothing after a failed flush may be acknowledged, and the
+        // group that failed must not be answered (it may be durable or not).
+        spool.on_durability_lost(Box::new(|what| {
+            tracing::error!(
+                "larch stops: {what}. What the disk holds past this point cannot be trusted, so larch takes no more lines and exits without answering the requests that were being stored (their senders retry). Check the disk (dmesg, SMART); started again, larch recovers everything that was acknowledged."
+            );
+            std::process::exit(1);
+        }));
         let spool = Arc::new(spool);
 
         let target = Arc::new(Target::new(settings.target.clone())?);
@@ -325,9 +335,11 @@ impl Archiving {
         if let Some(dir) = target.local_dir() {
             if dir.starts_with(&data) {
                 let mode = settings.target.modes().dir;
-                crate::files::create_dirs(dir, mode).map_err(|source| DaemonError::Dir {
-                    path: dir.to_owned(),
-                    source,
+                crate::files::create_dirs_durable(dir, mode).map_err(|source| {
+                    DaemonError::Dir {
+                        path: dir.to_owned(),
+                        source,
+                    }
                 })?;
             }
         }

@@ -89,13 +89,40 @@ pub fn create_dirs(dir: &Path, mode: u32) -> io::Result<Vec<PathBuf>> {
     Ok(created)
 }
 
-/// Creates one of larch's own directories inside the data directory, or sets
-/// it to 0700 if it exists: its content is larch's alone, whoever made it.
+/// Like [`create_dirs`], and makes each new directory's name durable in its
+/// parent. A filesystem may keep a new name only once its directory is fsynced
+/// (POSIX promises no more), so without this a power cut can take a directory
+/// larch made, with every file written into it since.
+pub fn create_dirs_durable(dir: &Path, mode: u32) -> io::Result<Vec<PathBuf>> {
+    let created = create_dirs(dir, mode)?;
+    for parent in created.iter().filter_map(|d| d.parent()) {
+        sync_dir(parent)?;
+    }
+    Ok(created)
+}
+
+/// Creates one of larch's own directories inside the data directory, durably,
+/// or sets it to 0700 if it exists: its content is larch's alone, whoever made it.
 pub fn own_dir(dir: &Path) -> io::Result<()> {
-    if create_dirs(dir, Modes::PRIVATE.dir)?.is_empty() {
+    if create_dirs_durable(dir, Modes::PRIVATE.dir)?.is_empty() {
         set_mode(dir, Modes::PRIVATE.dir)?;
     }
     Ok(())
+}
+
+/// Makes the names in `dir` durable (files created, renamed or removed in it).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Renames `from` to `to` and makes the new name durable. `from` must be
+/// durable already (fsynced) for the file to survive a power cut under its new name.
+pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    match to.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => sync_dir(Path::new(".")),
+    }
 }
 
 /// Options that create a file readable by larch's user only. A file that

@@ -167,17 +167,16 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
     }
 }
 
+/// Appends a group and makes it durable. A group whose blocks cannot be
+/// written is refused with nothing of it stored. A group that cannot be made
+/// durable is never answered in the daemon: the spool's failure hook exits
+/// first (see `durable`), so its senders learn nothing, as after a crash.
 fn commit_group(
     spool: &Spool,
     requests: Vec<(AccountId, Vec<Line>, Along)>,
 ) -> Result<Vec<String>, SpoolError> {
-    let staged = spool.append(requests)?;
-    if let Err(e) = spool.make_durable() {
-        if let Err(undo) = spool.discard(&staged) {
-            tracing::error!("could not remove lines that failed to become durable: {undo}");
-        }
-        return Err(e);
-    }
-    crate::telemetry::follow_ups_opened(staged.follow_ups);
-    Ok(staged.batch_ids)
+    let appended = spool.append(requests)?;
+    spool.make_durable()?;
+    crate::telemetry::follow_ups_opened(appended.follow_ups);
+    Ok(appended.batch_ids)
 }

@@ -5,36 +5,98 @@
 //! large enough to become blob files are never fsynced at all (sled issue #1452).
 //! So after every flush this fsyncs sled's log file and every blob file written
 //! since the last call, and the blob directory that names them.
+//!
+//! A flush or fsync that fails is never retried: after a failed fsync the
+//! kernel may have dropped the pages it could not write and report the next
+//! fsync as a success (PostgreSQL's "fsyncgate"), and sled's log would then
+//! hold a hole that its recovery stops at, taking every later commit with it.
+//! So the first failure is final: every later flush fails too, nothing more is
+//! acknowledged, and the spool's owner is told (the daemon exits, so that it
+//! restarts from what is durable).
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+use crate::files::sync_dir;
 
 pub struct Durability {
     log: File,
     blobs_dir: PathBuf,
     /// Blob files are named by a log sequence number that only grows.
     last_synced_blob: Mutex<u64>,
+    /// What failed first; once set, every flush fails.
+    failed: OnceLock<String>,
+    /// Called once, with what failed, when the first flush fails.
+    on_failure: OnceLock<FailureHook>,
 }
+
+/// What the spool's owner does when durability is lost (see the module doc).
+pub type FailureHook = Box<dyn Fn(&str) + Send + Sync>;
 
 impl Durability {
     pub fn open(sled_dir: &Path) -> io::Result<Self> {
         let log = File::open(sled_dir.join("db"))?;
+        // sled rewrites `conf` at every open and never fsyncs it: a cut would
+        // leave it empty. Then the names sled made (db, conf, blobs/).
+        match File::open(sled_dir.join("conf")) {
+            Ok(conf) => conf.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        log.sync_all()?;
         sync_dir(sled_dir)?;
         Ok(Self {
             log,
             blobs_dir: sled_dir.join("blobs"),
             last_synced_blob: Mutex::new(0),
+            failed: OnceLock::new(),
+            on_failure: OnceLock::new(),
         })
     }
 
-    /// Flush sled and fsync what the flush wrote. Returns once the data is on stable storage.
+    /// Sets what happens when a flush fails (once; later calls are ignored).
+    pub fn on_failure(&self, hook: FailureHook) {
+        let _ = self.on_failure.set(hook);
+    }
+
+    /// What failed, if a flush ever did.
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+
+    /// Flush sled and fsync what the flush wrote. Returns once the data is on
+    /// stable storage; after a failure, never again.
     pub fn flush(&self, db: &sled::Db) -> Result<(), sled::Error> {
-        db.flush()?;
-        self.log.sync_data()?;
-        self.sync_new_blobs()?;
-        Ok(())
+        if let Some(failed) = self.failed() {
+            return Err(sled::Error::Io(io::Error::other(format!(
+                "the spool can no longer be made durable, since {failed}"
+            ))));
+        }
+        let flushed = db
+            .flush()
+            .map_err(|e| format!("sled's flush failed: {e}"))
+            .and_then(|_| {
+                self.log
+                    .sync_data()
+                    .map_err(|e| format!("the fsync of sled's log failed: {e}"))
+            })
+            .and_then(|()| {
+                self.sync_new_blobs()
+                    .map_err(|e| format!("the fsync of a sled blob file failed: {e}"))
+            });
+        match flushed {
+            Ok(()) => Ok(()),
+            Err(what) => {
+                if self.failed.set(what.clone()).is_ok() {
+                    if let Some(hook) = self.on_failure.get() {
+                        hook(&what);
+                    }
+                }
+                Err(sled::Error::Io(io::Error::other(what)))
+            }
+        }
     }
 
     fn sync_new_blobs(&self) -> io::Result<()> {
@@ -75,8 +137,4 @@ impl Durability {
         *last = newest;
         Ok(())
     }
-}
-
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }

@@ -34,7 +34,6 @@ use crate::line::{Line, StoredLineRef};
 use crate::seal::SealRule;
 
 pub use commit::{Along, CommitError, Committer};
-pub(crate) use durable::sync_dir;
 pub use keys::PartId;
 pub use ledger::LedgerEntry;
 pub use part::{PartRecord, PartState, Upload};
@@ -57,6 +56,8 @@ pub enum SpoolError {
     Open { path: PathBuf, source: sled::Error },
     #[error("the spool in {path} has format version {found}, but this larch reads version {FORMAT_VERSION}. Run the larch version that wrote it until it has uploaded everything (`larch status` shows 0 lines waiting), then upgrade.")]
     Incompatible { path: PathBuf, found: u32 },
+    #[error("the spool in {path} has lost part of itself: {what}. larch will not start on it, as it would archive nothing of what that part held. If the disk or its filesystem was repaired, copy back what it lost; to give up the spool's lines instead, move {path} aside and start larch again.")]
+    Lost { path: PathBuf, what: String },
     #[error("spool storage error: {0}")]
     Storage(#[from] sled::Error),
     #[error("spool segment file error: {0}")]
@@ -124,14 +125,11 @@ fn remove_unfinished_snapshots(dir: &Path) -> bool {
     removed
 }
 
-/// What one group commit staged, so it can be undone if it never became durable.
-pub struct Staged {
+/// What one group commit appended.
+pub struct Appended {
     pub batch_ids: Vec<String>,
     /// Follow-up parts the group opens (for hours already sealed).
     pub follow_ups: usize,
-    block_keys: Vec<Vec<u8>>,
-    /// Positions the group moved, with their values before it.
-    replaced: Vec<(Vec<u8>, Option<sled::IVec>)>,
 }
 
 /// Counts for `larch status`.
@@ -210,6 +208,9 @@ impl Spool {
             path: path.clone(),
             source,
         };
+        let segments_dir = dir.join("segments");
+        // Looked at before anything is created, to tell a new spool from a lost one.
+        let segments_before = segments::Segments::written(&segments_dir);
         // sled makes its own files in here; the directory keeps them private.
         crate::files::own_dir(&path).map_err(|e| open_err(e.into()))?;
         let config = sled::Config::new()
@@ -226,12 +227,36 @@ impl Spool {
         }
         .map_err(open_err)?;
         let durability = durable::Durability::open(&path).map_err(|e| open_err(e.into()))?;
-        let segments =
-            segments::Segments::open(&dir.join("segments")).map_err(|e| open_err(e.into()))?;
-
         let version = read_u64(&db, "version")?;
+        let lost = |what: String| SpoolError::Lost {
+            path: dir.to_owned(),
+            what,
+        };
+        match (&version, segments_before) {
+            (None, Some(n)) if n > 0 => {
+                return Err(lost(format!(
+                    "its index (sled, in {}) is empty, but {} holds {n} segment file(s) of lines",
+                    path.display(),
+                    segments_dir.display()
+                )))
+            }
+            (Some(_), None) if db.scan_prefix([keys::BLOCK]).next().is_some() => {
+                return Err(lost(format!(
+                    "{}, which holds the lines its index refers to, is gone",
+                    segments_dir.display()
+                )))
+            }
+            _ => {}
+        }
+        let segments = segments::Segments::open(&segments_dir).map_err(|e| open_err(e.into()))?;
+
         match version {
             None => {
+                // A first start, or a spool removed by hand: either way, said.
+                tracing::warn!(
+                    "there was no spool in {}: starting a new, empty one",
+                    dir.display()
+                );
                 db.insert(
                     keys::meta("version"),
                     &u64::from(FORMAT_VERSION).to_be_bytes(),
@@ -312,7 +337,7 @@ impl Spool {
     pub fn append(
         &self,
         requests: Vec<(AccountId, Vec<Line>, Along)>,
-    ) -> Result<Staged, SpoolError> {
+    ) -> Result<Appended, SpoolError> {
         let now = self.clock.now_ms();
         let mut index = self.lock();
         let mut next_line = index.next_line;
@@ -376,15 +401,14 @@ impl Spool {
         }
 
         let mut batch = sled::Batch::default();
-        let mut block_keys = Vec::new();
-        // The blocks are on disk before sled learns where they are.
+        // The blocks are on disk before sled learns where they are. If they
+        // cannot be written or fsynced, sled never learns of them: the group
+        // is refused whole and none of it can reach the archive.
         let mut writer = self.segments.lock();
         for (part_id, runs) in runs_by_part {
             for (first_seq, block) in self.blocks(&taken, &runs, now) {
-                let key = keys::block(&part_id, first_seq);
                 let at = writer.append(&block)?;
-                batch.insert(key.clone(), &at.encode()[..]);
-                block_keys.push(key);
+                batch.insert(keys::block(&part_id, first_seq), &at.encode()[..]);
             }
         }
         writer.sync()?;
@@ -397,44 +421,28 @@ impl Spool {
             batch.insert(keys::part(&id), codec::encode(&part.record));
         }
         batch.insert(keys::meta("next_line"), &next_line.to_be_bytes());
-        let mut replaced = Vec::with_capacity(positions.len());
         for update in &positions {
-            let key = update.key_bytes();
-            replaced.push((key.clone(), self.db.get(&key)?));
             match update.value_bytes() {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
+                Some(value) => batch.insert(update.key_bytes(), value),
+                None => batch.remove(update.key_bytes()),
             }
         }
+        // All of it or nothing: sled applies a batch atomically.
         self.db.apply_batch(batch)?;
         drop(writer);
 
         index.next_line = next_line;
         index.open.extend(touched);
-        Ok(Staged {
+        Ok(Appended {
             batch_ids,
             follow_ups,
-            block_keys,
-            replaced,
         })
     }
 
-    /// Removes the lines of a group that could not be made durable, so that a
-    /// request answered with an error never reaches the archive.
-    pub fn discard(&self, staged: &Staged) -> Result<(), SpoolError> {
-        let mut batch = sled::Batch::default();
-        for key in &staged.block_keys {
-            batch.remove(key.as_slice());
-        }
-        // A position must never run ahead of the lines read up to it.
-        for (key, before) in &staged.replaced {
-            match before {
-                Some(value) => batch.insert(key.as_slice(), value.clone()),
-                None => batch.remove(key.as_slice()),
-            }
-        }
-        self.db.apply_batch(batch)?;
-        Ok(())
+    /// Sets what happens when the spool can no longer be made durable (see
+    /// `durable`): the daemon exits, without answering what was waiting.
+    pub fn on_durability_lost(&self, hook: durable::FailureHook) {
+        self.durability.on_failure(hook);
     }
 
     /// Flushes and fsyncs everything staged so far.
@@ -666,8 +674,15 @@ impl Spool {
     /// Deletes segment files that no block refers to any more. Cheap enough to
     /// run after uploads: it reads only the small block references.
     pub fn collect_segments(&self) -> Result<usize, SpoolError> {
-        // Taken first: every reference into an older segment (or into the
-        // current one up to here) is in sled by now.
+        self.collect_segments_then(|| {})
+    }
+
+    /// [`Self::collect_segments`], calling `after_scan` between the scan of the
+    /// references and the removal (where tests make appends happen).
+    fn collect_segments_then(&self, after_scan: impl FnOnce()) -> Result<usize, SpoolError> {
+        // Taken under the writer lock, which a group holds from its first
+        // append until sled has its references: every reference into a segment
+        // older than this one is in sled by now, and no new one can come.
         let start = self.segments.lock().position();
         let mut live = std::collections::HashSet::new();
         for value in self.db.scan_prefix([keys::BLOCK]).values() {
@@ -675,6 +690,7 @@ impl Spool {
                 live.insert(at.segment);
             }
         }
+        after_scan();
         let before = {
             let mut writer = self.segments.lock();
             // Nothing was appended since the scan and nothing refers to the
@@ -682,8 +698,13 @@ impl Spool {
             if writer.position() == start && start.1 > 0 && !live.contains(&start.0) {
                 writer.rotate()?;
                 writer.sync()?;
+                start.0 + 1
+            } else {
+                // Not the writer's segment now: appends during the scan may
+                // have filled the one it started in, with references the scan
+                // did not see.
+                start.0
             }
-            writer.position().0
         };
         Ok(self.segments.remove_unreferenced(before, &live)?)
     }
@@ -901,5 +922,64 @@ mod tests {
         .unwrap();
         open().expect("the spool opens");
         assert!(!spool_dir.join("snap.FFFFFFFFFFFFFFF0.generating").exists());
+    }
+
+    fn lines(n: usize, hour_ms: i64) -> Vec<Line> {
+        let origin = std::sync::Arc::new(crate::line::Origin {
+            ingester: "http",
+            ..Default::default()
+        });
+        (0..n)
+            .map(|i| Line::new(hour_ms, format!("line {i}"), origin.clone()))
+            .collect()
+    }
+
+    fn texts_of(spool: &Spool, id: &PartId) -> Vec<String> {
+        let mut out = Vec::new();
+        spool
+            .for_each_block(id, |block| -> Result<(), SpoolError> {
+                out.extend(block.iter().map(|l| l.line.line.to_string()));
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn segment_collection_keeps_a_segment_filled_while_it_scanned() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour_ms = 3_600_000 * 100;
+        let clock: SharedClock = std::sync::Arc::new(crate::clock::ManualClock::new(hour_ms));
+        let spool = Spool::open(dir.path(), clock, SealRule::default(), 1 << 20).unwrap();
+        let account = AccountId::parse("acme").unwrap();
+        let commit = |n| {
+            spool
+                .append(vec![(account.clone(), lines(n, hour_ms), Along::default())])
+                .unwrap();
+            spool.make_durable().unwrap();
+        };
+        commit(10);
+        spool.segments.lock().rotate().unwrap();
+        // Empty when collection starts, so the scan finds no reference into it.
+        let filled = spool.segments.current();
+        // While collection scans the references, a group lands in the current
+        // segment and the writer moves on to a new one (a full segment, or a
+        // failed write), so the segment the scan started in is no longer the
+        // writer's and the group's references were not seen.
+        let removed = spool
+            .collect_segments_then(|| {
+                commit(5);
+                spool.segments.lock().rotate().unwrap();
+            })
+            .unwrap();
+        assert!(spool.segments.current() > filled);
+        assert_eq!(removed, 0, "segment {filled:016x} holds acknowledged lines");
+        let part = PartId {
+            account,
+            hour: Hour::of(hour_ms),
+            seq: 0,
+        };
+        assert_eq!(texts_of(&spool, &part).len(), 15);
+        assert_eq!(spool.quarantined.load(Ordering::Relaxed), 0);
     }
 }

@@ -60,7 +60,8 @@ impl Reserve {
             let mut file = crate::files::create_private(&partial)?;
             allocate(&mut file, RESERVE_BYTES)?;
             file.sync_all()?;
-            std::fs::rename(&partial, &self.path)
+            // Durable, so a cut cannot leave the space counted as held but free.
+            crate::files::rename_durable(&partial, &self.path)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&partial);

@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use super::durable::sync_dir;
+use crate::files::sync_dir;
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -102,6 +102,18 @@ impl Segments {
                 new_file: false,
             }),
         })
+    }
+
+    /// How many segment files in `dir` hold any bytes; `None` if there is no `dir`.
+    pub fn written(dir: &Path) -> Option<usize> {
+        let entries = std::fs::read_dir(dir).ok()?;
+        Some(
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_str().and_then(parse_name).is_some())
+                .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+                .count(),
+        )
     }
 
     fn ids(dir: &Path) -> io::Result<Vec<u64>> {
@@ -242,18 +254,27 @@ impl SegmentWriter<'_> {
         Ok(r)
     }
 
-    /// Makes every appended byte durable.
+    /// Makes every appended byte durable. After a failure the segment is
+    /// given up: the next append starts a new one, since a later fsync of this
+    /// one could report success for pages the kernel dropped.
     pub fn sync(&mut self) -> io::Result<()> {
         let w = &mut *self.writer;
-        for (_, file) in w.unsynced.drain(..) {
-            file.sync_data()?;
+        let synced = (|| {
+            for (_, file) in w.unsynced.drain(..) {
+                file.sync_data()?;
+            }
+            w.file.sync_data()?;
+            if w.new_file {
+                sync_dir(self.dir)?;
+                w.new_file = false;
+            }
+            Ok(())
+        })();
+        if synced.is_err() {
+            w.len = SEGMENT_BYTES;
+            w.new_file = true;
         }
-        w.file.sync_data()?;
-        if w.new_file {
-            sync_dir(self.dir)?;
-            w.new_file = false;
-        }
-        Ok(())
+        synced
     }
 }
 

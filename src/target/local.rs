@@ -19,8 +19,7 @@ use std::io;
 use std::path::Path;
 
 use super::{Created, TargetError, UPLOAD_AREA};
-use crate::files::{create_dirs, set_mode, Modes};
-use crate::spool::sync_dir;
+use crate::files::{create_dirs, set_mode, sync_dir, Modes};
 
 /// Creates `root/key` holding the bytes of `staged`, unless `key` exists.
 pub fn create(root: &Path, key: &str, staged: &Path, modes: Modes) -> Result<Created, TargetError> {
