@@ -15,16 +15,25 @@
 # it the disk-full episodes are skipped and the output says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+kills=""
+cuts=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --cycles) export LARCH_TORTURE_CYCLES="$2"; shift 2 ;;
+        --cycles) export LARCH_TORTURE_CYCLES="$2"; kills=1; shift 2 ;;
+        --power-cuts) export LARCH_POWER_CUTS="$2"; cuts=1; shift 2 ;;
         --seed) export LARCH_TORTURE_SEED="$2"; shift 2 ;;
         --outage) export LARCH_TORTURE_OUTAGE_S="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "torture.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
 ./scripts/test-servers.sh
-cargo test --release --locked --test torture -- --nocapture
+# One at a time: each runs its own store and load. A long mode of one kind
+# runs that kind alone.
+only=""
+if [ -n "$kills" ] && [ -z "$cuts" ]; then only="--exact torture"; fi
+if [ -n "$cuts" ] && [ -z "$kills" ]; then only="--exact power_cut_torture"; fi
+# shellcheck disable=SC2086
+cargo test --release --locked --test torture -- $only --test-threads 1 --nocapture

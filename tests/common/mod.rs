@@ -51,6 +51,8 @@ pub struct Daemon {
     child: Option<Child>,
     pub addr: String,
     pub data: PathBuf,
+    /// Where larch's stderr goes: beside the data directory unless set.
+    log: PathBuf,
     args: Vec<String>,
     /// Environment for the next (re)start.
     pub env: Vec<(String, String)>,
@@ -69,6 +71,18 @@ impl Daemon {
 
     /// Starts larch listening on `addr`.
     pub fn start_on(addr: &str, data: &Path, extra: &[&str], env: &[(String, String)]) -> Self {
+        Self::start_logging_to(addr, data, &data.with_extension("log"), extra, env)
+    }
+
+    /// Starts larch listening on `addr`, its log going to `log` (off a
+    /// filesystem whose power the test cuts, say).
+    pub fn start_logging_to(
+        addr: &str,
+        data: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let addr = addr.to_owned();
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -82,6 +96,7 @@ impl Daemon {
             child: None,
             addr,
             data: data.to_owned(),
+            log: log.to_owned(),
             args,
             env: env.to_vec(),
             starts: 0,
@@ -96,7 +111,7 @@ impl Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.data.with_extension("log"))
+            .open(&self.log)
             .expect("cannot open daemon log");
         let child = Command::new(env!("CARGO_BIN_EXE_larch"))
             .args(&self.args)
@@ -140,7 +155,7 @@ impl Daemon {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        self.data.with_extension("log")
+        self.log.clone()
     }
 
     pub fn pid(&self) -> u32 {
