@@ -108,20 +108,6 @@ fn archived(archive: &Path) -> std::collections::HashMap<String, usize> {
     out
 }
 
-fn drain(data: &Path) {
-    let out = Command::new(env!("CARGO_BIN_EXE_larch"))
-        .args(["drain", "--timeout", "60s", "--data"])
-        .arg(data)
-        .output()
-        .expect("run larch drain");
-    assert!(
-        out.status.success(),
-        "larch drain failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_spool_survives_a_power_cut_right_after_it_was_made() {
     for made_beforehand in [false, true] {
@@ -133,7 +119,7 @@ fn a_spool_survives_a_power_cut_right_after_it_was_made() {
         let (body, more) = batch("second", 50);
         assert_eq!(d.ingest_json(KEY, &body).0, 200);
         rig.cut(&mut d);
-        drain(&rig.data);
+        common::drain(&rig.data);
         let archive = archived(&rig.data.join("archive"));
         for m in markers.iter().chain(&more) {
             assert_eq!(

@@ -160,6 +160,30 @@ fn file_writer(dir: PathBuf, writer: usize, seed: u64, stop: Arc<AtomicBool>, se
     }
 }
 
+/// Three HTTP clients (one per account) and two rotating file writers in `logs`.
+fn start_load(
+    addr: &str,
+    logs: &Path,
+    rng: &mut Rng,
+    stop: &Arc<AtomicBool>,
+    sent: &Shared,
+) -> Vec<JoinHandle<()>> {
+    let mut workers = Vec::new();
+    for client in 0..3 {
+        let (addr, stop, sent, seed) = (addr.to_owned(), stop.clone(), sent.clone(), rng.next());
+        workers.push(std::thread::spawn(move || {
+            http_client(addr, client, seed, stop, sent)
+        }));
+    }
+    for writer in 0..2 {
+        let (logs, stop, sent, seed) = (logs.to_owned(), stop.clone(), sent.clone(), rng.next());
+        workers.push(std::thread::spawn(move || {
+            file_writer(logs, writer, seed, stop, sent)
+        }));
+    }
+    workers
+}
+
 /// About `bytes` of incompressible lines for the current hour, in 1 MiB
 /// requests: one part big enough to go up as a multipart upload.
 fn send_bulk(addr: &str, round: u32, bytes: usize, rng: &mut Rng, sent: &Shared) {
@@ -462,19 +486,7 @@ fn torture() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent: Shared = Arc::default();
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    for client in 0..3 {
-        let (addr, stop, sent, seed) = (d.addr.clone(), stop.clone(), sent.clone(), rng.next());
-        workers.push(std::thread::spawn(move || {
-            http_client(addr, client, seed, stop, sent)
-        }));
-    }
-    for writer in 0..2 {
-        let (logs, stop, sent, seed) = (logs.clone(), stop.clone(), sent.clone(), rng.next());
-        workers.push(std::thread::spawn(move || {
-            file_writer(logs, writer, seed, stop, sent)
-        }));
-    }
+    let workers = start_load(&d.addr, &logs, &mut rng, &stop, &sent);
 
     let mut tally = Tally::default();
     let pause = |rng: &mut Rng, max_ms: u64| {
@@ -603,7 +615,7 @@ fn torture() {
     let (archive, sent) = {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            drain(&d);
+            common::drain(&d.data);
             let archive = read_archive(&moto);
             let missing = lock(&sent)
                 .acked
@@ -766,21 +778,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// `larch drain` through the running daemon's admin API.
-fn drain(d: &Daemon) {
-    let out = Command::new(env!("CARGO_BIN_EXE_larch"))
-        .args(["drain", "--timeout", "120s", "--data"])
-        .arg(&d.data)
-        .output()
-        .expect("run larch drain");
-    assert!(
-        out.status.success(),
-        "larch drain failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Where a power cut lands: at a random moment, or inside a chosen operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum CutAt {
@@ -938,19 +935,7 @@ fn power_cut_torture() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent: Shared = Arc::default();
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    for client in 0..3 {
-        let (addr, stop, sent, seed) = (d.addr.clone(), stop.clone(), sent.clone(), rng.next());
-        workers.push(std::thread::spawn(move || {
-            http_client(addr, client, seed, stop, sent)
-        }));
-    }
-    for writer in 0..2 {
-        let (logs, stop, sent, seed) = (logs.clone(), stop.clone(), sent.clone(), rng.next());
-        workers.push(std::thread::spawn(move || {
-            file_writer(logs, writer, seed, stop, sent)
-        }));
-    }
+    let workers = start_load(&d.addr, &logs, &mut rng, &stop, &sent);
 
     let mut places: std::collections::BTreeMap<CutAt, u32> = Default::default();
     let (mut torn, mut lost_files, mut reverted) = (0u64, 0u64, 0u64);
@@ -983,7 +968,7 @@ fn power_cut_torture() {
     let (archive, sent) = {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            drain(&d);
+            common::drain(&d.data);
             let archive = read_archive(&moto);
             let missing = lock(&sent)
                 .acked

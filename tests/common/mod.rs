@@ -325,6 +325,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `larch drain` on the daemon of `data`: seals everything and waits
+/// until it is archived (at most two minutes).
+pub fn drain(data: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_larch"))
+        .args(["drain", "--timeout", "120s", "--data"])
+        .arg(data)
+        .output()
+        .expect("run larch drain");
+    assert!(
+        out.status.success(),
+        "larch drain failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every archive object under `dir` (files named `*.json.gz`), decompressed and
 /// parsed, keyed by their path relative to `dir`, sorted.
 pub fn read_archive(dir: &Path) -> Vec<(String, Vec<Value>)> {
