@@ -89,16 +89,30 @@ pub fn create_dirs(dir: &Path, mode: u32) -> io::Result<Vec<PathBuf>> {
     Ok(created)
 }
 
-/// Like [`create_dirs`], and makes each new directory's name durable in its
-/// parent. A filesystem may keep a new name only once its directory is fsynced
-/// (POSIX promises no more), so without this a power cut can take a directory
-/// larch made, with every file written into it since.
+/// Like [`create_dirs`], and makes the names of `dir` and of each directory
+/// it made durable in their parents. A filesystem may keep a new name only
+/// once its directory is fsynced (POSIX promises no more), so without this a
+/// power cut can take a directory larch made, with every file written into it
+/// since. `dir`'s own name is made durable every time, not only when this call
+/// made it: a crash, or another thread that made it a moment before, may have
+/// left it unsynced.
 pub fn create_dirs_durable(dir: &Path, mode: u32) -> io::Result<Vec<PathBuf>> {
     let created = create_dirs(dir, mode)?;
-    for parent in created.iter().filter_map(|d| d.parent()) {
+    let mut parents = vec![parent_of(dir)];
+    parents.extend(created.iter().map(|d| parent_of(d)));
+    parents.dedup();
+    for parent in parents {
         sync_dir(parent)?;
     }
     Ok(created)
+}
+
+/// The directory that holds `path`'s name: `.` for a bare relative name.
+pub fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 /// Creates one of larch's own directories inside the data directory, durably,
@@ -119,10 +133,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// durable already (fsynced) for the file to survive a power cut under its new name.
 pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
-    match to.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
-        _ => sync_dir(Path::new(".")),
-    }
+    sync_dir(parent_of(to))
 }
 
 /// Options that create a file readable by larch's user only. A file that
@@ -151,6 +162,20 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_bare_relative_name_is_held_by_the_working_directory() {
+        // `larch run` without --data makes `data` where it runs.
+        assert_eq!(parent_of(Path::new("data")), Path::new("."));
+        assert_eq!(parent_of(Path::new("a/data")), Path::new("a"));
+        assert_eq!(parent_of(Path::new("/")), Path::new("."));
+        let dir = tempfile::tempdir().unwrap();
+        let made = create_dirs_durable(&dir.path().join("a/b"), 0o700).unwrap();
+        assert_eq!(made, [dir.path().join("a/b"), dir.path().join("a")]);
+        assert!(create_dirs_durable(&dir.path().join("a/b"), 0o700)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

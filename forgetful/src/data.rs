@@ -179,6 +179,14 @@ impl FileData {
         self.last_write = None;
     }
 
+    /// Evicts the pages a failed fsync left behind (clean, never written), as
+    /// a kernel does when it needs the memory or is asked to
+    /// (`posix_fadvise(DONTNEED)`, which FUSE does not pass on): reads then
+    /// see what the disk holds there. The size stays, as the inode's does.
+    pub(crate) fn evict_clean(&mut self) {
+        self.pages.retain(|_, p| p.dirty);
+    }
+
     /// Power cut with tearing: a random sector-aligned prefix of the last unsynced
     /// write reaches the backing file. Returns whether a non-empty prefix did.
     pub(crate) fn tear(&mut self, path: &Path, sector: u64, rand: u64) -> io::Result<bool> {

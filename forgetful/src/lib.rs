@@ -20,7 +20,11 @@
 //!   back empty; a rename whose source directory was not fsynced but whose
 //!   destination was may leave both names.
 //! * A failed fsync behaves like Linux ("fsyncgate"): the data it covered stays
-//!   readable but is marked clean, so no later fsync makes it durable.
+//!   readable but is marked clean, so no later fsync makes it durable. Once
+//!   every handle on the file is closed, those pages are evicted, as a kernel
+//!   may do at any time (and does when asked with `posix_fadvise(DONTNEED)`,
+//!   which FUSE does not pass on): the next program to open the file reads
+//!   what the disk holds.
 //! * Optionally the last unsynced write of each file is torn at a sector
 //!   boundary ([`Tear::Sector`]).
 //!
@@ -93,6 +97,8 @@ pub struct Stats {
     pub unsynced_bytes: u64,
     /// Power cuts so far.
     pub cuts: u64,
+    /// Failures asked for (fsyncs and writes) that have not happened yet.
+    pub failures_pending: u32,
 }
 
 /// What a power cut threw away.

@@ -330,6 +330,7 @@ impl State {
             })
             .sum();
         Stats {
+            failures_pending: self.fail_fsyncs.left + self.fail_writes.left,
             fsyncs: self.fsyncs,
             fsyncdirs: self.fsyncdirs,
             bytes_written: self.bytes_written,
@@ -592,6 +593,11 @@ impl State {
         if let Some(h) = self.handles.remove(&fh) {
             if let Some(n) = self.inodes.get_mut(&h.ino) {
                 n.open = n.open.saturating_sub(1);
+                // Closed by everyone: what a failed fsync left in the cache
+                // goes, so the next program to open it reads the disk.
+                if let (0, Kind::File(data)) = (n.open, &mut n.kind) {
+                    data.evict_clean();
+                }
             }
             self.maybe_gc(h.ino);
         }

@@ -302,6 +302,24 @@ fn failures_aimed_at_a_path_spare_the_others() -> Res {
 }
 
 #[test]
+fn what_a_failed_fsync_left_is_evicted_once_the_file_is_closed() -> Res {
+    let e = setup()?;
+    write_synced(&e.p("f"), b"old")?;
+    fsync_dir(&e.mnt)?;
+    {
+        let f = OpenOptions::new().read(true).write(true).open(e.p("f"))?;
+        f.write_all_at(b"new", 0)?;
+        e.fs.fail_next_fsyncs(1);
+        assert_eq!(errno(f.sync_all()), Some(libc::EIO));
+        let mut buf = [0u8; 3];
+        f.read_exact_at(&mut buf, 0)?;
+        assert_eq!(&buf, b"new", "still cached while open");
+    }
+    assert_eq!(fs::read(e.p("f"))?, b"old", "reopened, it reads the disk");
+    Ok(())
+}
+
+#[test]
 fn failed_dir_fsync_does_not_make_names_durable() -> Res {
     let mut e = setup()?;
     write_synced(&e.p("f"), b"x")?;

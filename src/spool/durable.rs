@@ -24,8 +24,12 @@ use crate::files::sync_dir;
 pub struct Durability {
     log: File,
     blobs_dir: PathBuf,
-    /// Blob files are named by a log sequence number that only grows.
-    last_synced_blob: Mutex<u64>,
+    /// Held across a whole flush, so that no flush can succeed after one
+    /// that failed: Linux reports a failed writeback once per open file, so
+    /// a second fsync racing the first could return success for the pages
+    /// the first lost. Holds the newest blob file synced (blob files are
+    /// named by a log sequence number that only grows).
+    flushing: Mutex<u64>,
     /// What failed first; once set, every flush fails.
     failed: OnceLock<String>,
     /// Called once, with what failed, when the first flush fails.
@@ -50,7 +54,7 @@ impl Durability {
         Ok(Self {
             log,
             blobs_dir: sled_dir.join("blobs"),
-            last_synced_blob: Mutex::new(0),
+            flushing: Mutex::new(0),
             failed: OnceLock::new(),
             on_failure: OnceLock::new(),
         })
@@ -69,10 +73,12 @@ impl Durability {
     /// Flush sled and fsync what the flush wrote. Returns once the data is on
     /// stable storage; after a failure, never again.
     pub fn flush(&self, db: &sled::Db) -> Result<(), sled::Error> {
+        let mut last_blob = self
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(failed) = self.failed() {
-            return Err(sled::Error::Io(io::Error::other(format!(
-                "the spool can no longer be made durable, since {failed}"
-            ))));
+            return Err(Self::lost(failed));
         }
         let flushed = db
             .flush()
@@ -83,27 +89,36 @@ impl Durability {
                     .map_err(|e| format!("the fsync of sled's log failed: {e}"))
             })
             .and_then(|()| {
-                self.sync_new_blobs()
+                self.sync_new_blobs(&mut last_blob)
                     .map_err(|e| format!("the fsync of a sled blob file failed: {e}"))
             });
         match flushed {
             Ok(()) => Ok(()),
             Err(what) => {
-                if self.failed.set(what.clone()).is_ok() {
-                    if let Some(hook) = self.on_failure.get() {
-                        hook(&what);
-                    }
-                }
+                // Still holding the lock: the hook exits before anyone else flushes.
+                self.fail(&what);
                 Err(sled::Error::Io(io::Error::other(what)))
             }
         }
     }
 
-    fn sync_new_blobs(&self) -> io::Result<()> {
-        let mut last = self
-            .last_synced_blob
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    /// Marks the spool as no longer durable (the first failure wins) and
+    /// calls the hook; for failures found outside a flush too.
+    pub fn fail(&self, what: &str) {
+        if self.failed.set(what.to_owned()).is_ok() {
+            if let Some(hook) = self.on_failure.get() {
+                hook(what);
+            }
+        }
+    }
+
+    fn lost(failed: &str) -> sled::Error {
+        sled::Error::Io(io::Error::other(format!(
+            "the spool can no longer be made durable, since {failed}"
+        )))
+    }
+
+    fn sync_new_blobs(&self, last: &mut u64) -> io::Result<()> {
         let entries = match std::fs::read_dir(&self.blobs_dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -136,5 +151,17 @@ impl Durability {
         }
         *last = newest;
         Ok(())
+    }
+}
+
+/// Drops the page cache's copy of sled's log before sled reads it. After a
+/// failed fsync, Linux keeps the pages it could not write, marked clean: a
+/// larch restarted in the same boot would read them from the cache, build on
+/// them, and lose everything after the hole they leave on disk at the next
+/// power cut. Read from the disk instead, sled recovers what is really there.
+pub fn forget_cached(log: &Path) {
+    if let Ok(file) = File::open(log) {
+        // Advice only: a filesystem that ignores it loses nothing it had.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
     }
 }

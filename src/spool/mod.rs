@@ -210,7 +210,9 @@ impl Spool {
         };
         let segments_dir = dir.join("segments");
         // Looked at before anything is created, to tell a new spool from a lost one.
-        let segments_before = segments::Segments::written(&segments_dir);
+        let segments_before =
+            segments::Segments::written(&segments_dir).map_err(|e| open_err(e.into()))?;
+        durable::forget_cached(&path.join("db"));
         // sled makes its own files in here; the directory keeps them private.
         crate::files::own_dir(&path).map_err(|e| open_err(e.into()))?;
         let config = sled::Config::new()
@@ -228,6 +230,14 @@ impl Spool {
         .map_err(open_err)?;
         let durability = durable::Durability::open(&path).map_err(|e| open_err(e.into()))?;
         let version = read_u64(&db, "version")?;
+        if let Some(found) = version {
+            if found != u64::from(FORMAT_VERSION) && !READS_FORMATS.contains(&found) {
+                return Err(SpoolError::Incompatible {
+                    path,
+                    found: found as u32,
+                });
+            }
+        }
         let lost = |what: String| SpoolError::Lost {
             path: dir.to_owned(),
             what,
@@ -240,7 +250,7 @@ impl Spool {
                     segments_dir.display()
                 )))
             }
-            (Some(_), None) if db.scan_prefix([keys::BLOCK]).next().is_some() => {
+            (Some(_), None) if db.scan_prefix([keys::BLOCK]).next().transpose()?.is_some() => {
                 return Err(lost(format!(
                     "{}, which holds the lines its index refers to, is gone",
                     segments_dir.display()
@@ -427,8 +437,14 @@ impl Spool {
                 None => batch.remove(update.key_bytes()),
             }
         }
-        // All of it or nothing: sled applies a batch atomically.
-        self.db.apply_batch(batch)?;
+        // sled applies a batch atomically for recovery, but not in memory: on
+        // an error some of it may be visible and could become durable with
+        // the next flush. So that is final, as a failed flush is.
+        if let Err(e) = self.db.apply_batch(batch) {
+            self.durability
+                .fail(&format!("sled could not take a group's references: {e}"));
+            return Err(e.into());
+        }
         drop(writer);
 
         index.next_line = next_line;

@@ -105,15 +105,22 @@ impl Segments {
     }
 
     /// How many segment files in `dir` hold any bytes; `None` if there is no `dir`.
-    pub fn written(dir: &Path) -> Option<usize> {
-        let entries = std::fs::read_dir(dir).ok()?;
-        Some(
-            entries
-                .flatten()
-                .filter(|e| e.file_name().to_str().and_then(parse_name).is_some())
-                .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
-                .count(),
-        )
+    pub fn written(dir: &Path) -> io::Result<Option<usize>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut written = 0;
+        for entry in entries {
+            let entry = entry?;
+            if entry.file_name().to_str().and_then(parse_name).is_some()
+                && entry.metadata()?.len() > 0
+            {
+                written += 1;
+            }
+        }
+        Ok(Some(written))
     }
 
     fn ids(dir: &Path) -> io::Result<Vec<u64>> {

@@ -25,12 +25,9 @@ use crate::files::{create_dirs, set_mode, sync_dir, Modes};
 pub fn create(root: &Path, key: &str, staged: &Path, modes: Modes) -> Result<Created, TargetError> {
     let dest = root.join(key);
     let fail = |what: &str, path: &Path, e: io::Error| error(what, path, e);
-    let created_dirs = match dest.parent() {
-        Some(parent) => {
-            create_dirs(parent, modes.dir).map_err(|e| fail("create a directory for", &dest, e))?
-        }
-        None => Vec::new(),
-    };
+    if let Some(parent) = dest.parent() {
+        create_dirs(parent, modes.dir).map_err(|e| fail("create a directory for", &dest, e))?;
+    }
     set_mode(staged, modes.file).map_err(|e| fail("set the mode of", staged, e))?;
     File::open(staged)
         .and_then(|f| f.sync_all())
@@ -46,12 +43,10 @@ pub fn create(root: &Path, key: &str, staged: &Path, modes: Modes) -> Result<Cre
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Created::AlreadyExists),
         Err(e) => return Err(fail("create", &dest, e)),
     }
-    // The new name, then every directory made for it, deepest first.
-    for dir in dest
-        .parent()
-        .into_iter()
-        .chain(created_dirs.iter().filter_map(|d| d.parent()))
-    {
+    // The new name, then the name of every directory on the way from the
+    // root, deepest first: also those this call did not make, since another
+    // upload (or a run that crashed) may have made them and not synced them yet.
+    for dir in dest.ancestors().skip(1).take_while(|d| d.starts_with(root)) {
         sync_dir(dir).map_err(|e| fail("fsync the directory", dir, e))?;
     }
     Ok(Created::Created)
