@@ -30,6 +30,8 @@ use common::{hours_ago, now_ms, Daemon, Rng, SmallDisk};
 use serde_json::json;
 
 const BUCKET: &str = "torture";
+/// larch's target: the bucket on the S3 server.
+const TARGET: &str = "s3://torture";
 const ACCOUNTS: [&str; 3] = ["acct-a", "acct-b", "acct-c"];
 const HOUR_MS: i64 = 3_600_000;
 /// The spool's filesystem: room for a long outage's backlog and a bulk part.
@@ -158,6 +160,21 @@ fn file_writer(dir: PathBuf, writer: usize, seed: u64, stop: Arc<AtomicBool>, se
         }
         std::thread::sleep(Duration::from_millis(10 + rng.below(30)));
     }
+}
+
+/// How the torture suites run larch: archiving to the S3 server, sealing
+/// hours as soon as they end and follow-ups a second after their first line.
+fn larch_args(config: &Path) -> Vec<&str> {
+    vec![
+        "--config",
+        config.to_str().unwrap(),
+        "--target",
+        TARGET,
+        "--late-window",
+        "0s",
+        "--follow-up-after",
+        "1s",
+    ]
 }
 
 /// Three HTTP clients (one per account) and two rotating file writers in `logs`.
@@ -469,20 +486,7 @@ fn torture() {
         "LARCH_CLOCK_OFFSET_FILE".into(),
         clock_file.display().to_string(),
     ));
-    let mut d = Daemon::start_with_env(
-        &data,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--target",
-            &format!("s3://{BUCKET}"),
-            "--late-window",
-            "0s",
-            "--follow-up-after",
-            "1s",
-        ],
-        &env,
-    );
+    let mut d = Daemon::start_with_env(&data, &larch_args(&config), &env);
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent: Shared = Arc::default();
@@ -920,16 +924,7 @@ fn power_cut_torture() {
         &format!("127.0.0.1:{}", common::free_port()),
         &data,
         &dir.path().join("larch.log"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--target",
-            &format!("s3://{BUCKET}"),
-            "--late-window",
-            "0s",
-            "--follow-up-after",
-            "1s",
-        ],
+        &larch_args(&config),
         &Moto::env(&proxy.endpoint),
     );
 

@@ -435,14 +435,7 @@ impl State {
 
     pub(crate) fn unlink(&mut self, dir: u64, name: &OsStr, want_dir: bool) -> R<()> {
         let ino = self.child(dir, name)?.ok_or(Errno::ENOENT)?;
-        match (&self.node(ino)?.kind, want_dir) {
-            (Kind::Dir { entries, .. }, true) if !entries.is_empty() => {
-                return Err(Errno::ENOTEMPTY)
-            }
-            (Kind::Dir { .. }, false) => return Err(Errno::EISDIR),
-            (Kind::File(_) | Kind::Symlink(_), true) => return Err(Errno::ENOTDIR),
-            _ => {}
-        }
+        removable(&self.node(ino)?.kind, want_dir)?;
         self.entries_mut(dir)?.remove(name);
         self.unlinked(dir, ino)
     }
@@ -493,14 +486,7 @@ impl State {
                 if dst == src {
                     return Ok(());
                 }
-                match (&self.node(dst)?.kind, src_dir) {
-                    (Kind::Dir { entries, .. }, true) if !entries.is_empty() => {
-                        return Err(Errno::ENOTEMPTY)
-                    }
-                    (Kind::Dir { .. }, false) => return Err(Errno::EISDIR),
-                    (Kind::File(_) | Kind::Symlink(_), true) => return Err(Errno::ENOTDIR),
-                    _ => {}
-                }
+                removable(&self.node(dst)?.kind, src_dir)?;
             }
             self.entries_mut(dir)?.remove(name);
             self.entries_mut(ndir)?.insert(nname.to_owned(), src);
@@ -876,5 +862,16 @@ impl State {
         self.generation += 1;
         self.cuts += 1;
         Ok(report)
+    }
+}
+
+/// Whether a name of `kind` may go (unlink, rmdir, or a rename over it) by a
+/// call that expects a directory (`want_dir`) or not.
+fn removable(kind: &Kind, want_dir: bool) -> R<()> {
+    match (kind, want_dir) {
+        (Kind::Dir { entries, .. }, true) if !entries.is_empty() => Err(Errno::ENOTEMPTY),
+        (Kind::Dir { .. }, false) => Err(Errno::EISDIR),
+        (Kind::File(_) | Kind::Symlink(_), true) => Err(Errno::ENOTDIR),
+        _ => Ok(()),
     }
 }
