@@ -948,7 +948,9 @@ fn power_cut_torture() {
             1 => forgetful::Tear::Sector(512),
             _ => forgetful::Tear::Sector(4096),
         };
-        let report = fs.power_cut(tear).expect("cut the power");
+        let report = fs.power_cut(tear).unwrap_or_else(|e| {
+            panic!("cut {cut} of {cuts} (seed {seed}): cannot cut the power: {e}")
+        });
         torn += report.writes_torn;
         lost_files += report.files_lost;
         reverted += report.names_reverted;

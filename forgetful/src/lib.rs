@@ -218,6 +218,14 @@ impl Forgetful {
         for _ in 0..500 {
             if guard.is_finished() {
                 return match guard.join() {
+                    // The kernel ends a session it unmounted with ENODEV, or
+                    // with ECONNABORTED when a request was still in flight.
+                    Ok(Err(e))
+                        if e.kind() == io::ErrorKind::ConnectionAborted
+                            || e.raw_os_error() == Some(libc::ENODEV) =>
+                    {
+                        Ok(())
+                    }
                     Ok(res) => res,
                     Err(_) => Err(io::Error::other("FUSE session thread panicked")),
                 };
