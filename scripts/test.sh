@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: installs the test servers if they are missing, then the
-# suite (the forgetful test filesystem's own tests included), then the hostile clients' run and the torture suite's quick mode
-# (each prints its summary line),
+# suite (the forgetful test filesystem's own tests included), then the
+# hostile clients' run and both torture suites' quick modes (kills and faults,
+# power cuts; each prints its summary line),
 # then the fuzz properties again in a debug build, where integer overflow panics.
 # One test: cargo test --release <name>. More fuzzing: PROPTEST_CASES=100000 cargo test --lib fuzz_
 set -euo pipefail

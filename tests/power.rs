@@ -186,57 +186,76 @@ struct Answers {
     unanswered: HashSet<String>,
 }
 
-/// Clients posting batches one after another until `stop`, filing each
-/// batch's markers under its answer.
-fn clients(
-    addr: String,
-    n: usize,
+/// Clients posting batches one after another, each batch's markers filed
+/// under its answer, until they are stopped.
+struct Clients {
     stop: Arc<AtomicBool>,
     answers: Arc<Mutex<Answers>>,
-) -> Vec<std::thread::JoinHandle<()>> {
-    let sequence = Arc::new(AtomicU64::new(0));
-    (0..n)
-        .map(|_| {
-            let (addr, stop, answers, sequence) = (
-                addr.clone(),
-                stop.clone(),
-                answers.clone(),
-                sequence.clone(),
-            );
-            std::thread::spawn(move || {
-                let agent = common::agent();
-                while !stop.load(Ordering::Relaxed) {
-                    let (body, markers) = batch(
-                        &format!("c{}", sequence.fetch_add(1, Ordering::Relaxed)),
-                        20,
-                    );
-                    let result = agent
-                        .post(format!("http://{addr}/logs/ingest"))
-                        .header("apikey", KEY)
-                        .header("Content-Type", "application/json")
-                        .send(body.to_string().as_bytes());
-                    let mut a = answers.lock().unwrap();
-                    match result {
-                        Ok(r) if r.status() == 200 => a.acked.extend(markers),
-                        Ok(_) => a.refused.extend(markers),
-                        Err(_) => a.unanswered.extend(markers),
-                    }
-                    drop(a);
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        })
-        .collect()
+    workers: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Waits until clients have had `more` more answers of any kind.
-fn wait_for_answers(answers: &Mutex<Answers>, more: usize) {
-    let count = |a: &Answers| a.acked.len() + a.refused.len() + a.unanswered.len();
-    let target = count(&answers.lock().unwrap()) + more * 20;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&answers.lock().unwrap()) < target {
-        assert!(Instant::now() < deadline, "the clients got no answers");
-        std::thread::sleep(Duration::from_millis(10));
+impl Clients {
+    fn start(addr: &str, n: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Answers::default()));
+        let sequence = Arc::new(AtomicU64::new(0));
+        let workers = (0..n)
+            .map(|_| {
+                let (addr, stop, answers, sequence) = (
+                    addr.to_owned(),
+                    stop.clone(),
+                    answers.clone(),
+                    sequence.clone(),
+                );
+                std::thread::spawn(move || {
+                    let agent = common::agent();
+                    while !stop.load(Ordering::Relaxed) {
+                        let (body, markers) = batch(
+                            &format!("c{}", sequence.fetch_add(1, Ordering::Relaxed)),
+                            20,
+                        );
+                        let result = agent
+                            .post(format!("http://{addr}/logs/ingest"))
+                            .header("apikey", KEY)
+                            .header("Content-Type", "application/json")
+                            .send(body.to_string().as_bytes());
+                        let mut a = answers.lock().unwrap();
+                        match result {
+                            Ok(r) if r.status() == 200 => a.acked.extend(markers),
+                            Ok(_) => a.refused.extend(markers),
+                            Err(_) => a.unanswered.extend(markers),
+                        }
+                        drop(a);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            answers,
+            workers,
+        }
+    }
+
+    /// Waits until the clients have had `more` more answers of any kind.
+    fn wait_for_answers(&self, more: usize) {
+        let count = |a: &Answers| a.acked.len() + a.refused.len() + a.unanswered.len();
+        let target = count(&self.answers.lock().unwrap()) + more * 20;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count(&self.answers.lock().unwrap()) < target {
+            assert!(Instant::now() < deadline, "the clients got no answers");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the clients; what they were told.
+    fn stop(self) -> Answers {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.join().unwrap();
+        }
+        std::mem::take(&mut *self.answers.lock().unwrap())
     }
 }
 
@@ -266,10 +285,8 @@ fn check(archive: &std::collections::HashMap<String, usize>, answers: &Answers, 
 fn a_failed_segment_write_or_fsync_refuses_its_group_and_larch_goes_on() {
     let mut rig = rig(false);
     let mut d = rig.start();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answers = Arc::new(Mutex::new(Answers::default()));
-    let workers = clients(d.addr.clone(), 4, stop.clone(), answers.clone());
-    wait_for_answers(&answers, 20);
+    let clients = Clients::start(&d.addr, 4);
+    clients.wait_for_answers(20);
     // The newest segment's number: collection removes old ones meanwhile.
     let newest = |rig: &Rig| {
         std::fs::read_dir(rig.data.join("segments"))
@@ -296,18 +313,14 @@ fn a_failed_segment_write_or_fsync_refuses_its_group_and_larch_goes_on() {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        wait_for_answers(&answers, 10);
+        clients.wait_for_answers(10);
         assert!(
             newest(&rig) > before,
             "a segment that failed a {} is given up for a new one",
             if writes { "write" } else { "fsync" }
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    let answers = answers.lock().unwrap();
+    let answers = clients.stop();
     assert!(
         answers.refused.len() >= 9 * 20,
         "each failure refused a group: {} lines refused",
@@ -328,11 +341,9 @@ fn a_failed_segment_write_or_fsync_refuses_its_group_and_larch_goes_on() {
 fn a_failed_sled_fsync_stops_larch_without_answering_and_it_recovers() {
     let mut rig = rig(false);
     let mut d = rig.start();
-    let stop = Arc::new(AtomicBool::new(false));
-    let answers = Arc::new(Mutex::new(Answers::default()));
-    let workers = clients(d.addr.clone(), 4, stop.clone(), answers.clone());
+    let clients = Clients::start(&d.addr, 4);
     for round in 0..3 {
-        wait_for_answers(&answers, 20);
+        clients.wait_for_answers(20);
         // sled's log, fsynced after every group's flush (and by seals and
         // uploads, which run all the time at a late window of 0 s).
         rig.fs.fail_next_fsyncs_of("spool/db", 1);
@@ -348,11 +359,7 @@ fn a_failed_sled_fsync_stops_larch_without_answering_and_it_recovers() {
         );
         d.start_again();
     }
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().unwrap();
-    }
-    let answers = answers.lock().unwrap();
+    let answers = clients.stop();
     assert!(
         answers.refused.is_empty(),
         "a group whose flush failed was answered with an error, though it may be durable: {} lines",

@@ -606,8 +606,6 @@ fn torture() {
     }
     proxy.set(Mode::Pass);
 
-    // Drain until every acknowledged line is in (file lines may still be
-    // on their way from the tail), or until it is clear some never will be.
     let damaged: HashSet<&String> = tally
         .damages
         .iter()
@@ -616,60 +614,22 @@ fn torture() {
             Damage::Record { .. } => Vec::new(),
         })
         .collect();
-    let (archive, sent) = {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            common::drain(&d.data);
-            let archive = read_archive(&moto);
-            let missing = lock(&sent)
-                .acked
-                .iter()
-                .any(|m| !archive.markers.contains_key(m) && !damaged.contains(m));
-            if !missing || Instant::now() > deadline {
-                break (archive, std::mem::take(&mut *lock(&sent)));
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    };
+    let (archive, sent) = drain_and_read(&d, &moto, &sent, &damaged);
     let status = d.status();
     assert!(d.terminate().success(), "larch did not exit 0 on SIGTERM");
     let log = d.log();
-
-    let lost: Vec<&String> = sent
-        .acked
-        .iter()
-        .filter(|m| !archive.markers.contains_key(*m) && !damaged.contains(m))
-        .collect();
+    let verdict = Verdict::of(&archive, &sent, &damaged);
     let set_aside = sent
         .acked
         .iter()
         .filter(|m| !archive.markers.contains_key(*m) && damaged.contains(m))
         .count();
-    let duplicated: Vec<&String> = archive
-        .markers
-        .iter()
-        .filter(|(_, n)| **n > 1)
-        .map(|(m, _)| m)
-        .collect();
-    let duplicate_ids = archive.ids.values().filter(|n| **n > 1).count();
-    let refused_archived: Vec<&String> = sent
-        .refused
-        .iter()
-        .filter(|m| archive.markers.contains_key(*m))
-        .collect();
-    let refused_absent = sent.refused.len() - refused_archived.len();
+    let refused_absent = sent.refused.len() - verdict.refused_archived.len();
     let unanswered_archived = sent
         .unanswered
         .iter()
         .filter(|m| archive.markers.contains_key(*m))
         .count();
-    let stray: Vec<&String> = archive
-        .markers
-        .keys()
-        .filter(|m| {
-            !sent.acked.contains(*m) && !sent.unanswered.contains(*m) && !sent.refused.contains(*m)
-        })
-        .collect();
 
     println!(
         "torture: cycles {cycles}, kills {}, store faults {}, disk-full episodes {}, lines acked {}, archived {}, lost {}, duplicated {}, rejected-and-absent {}",
@@ -678,8 +638,8 @@ fn torture() {
         tally.disk_full,
         sent.acked.len(),
         archive.markers.len(),
-        lost.len(),
-        duplicated.len() + duplicate_ids,
+        verdict.lost.len(),
+        verdict.duplicated(),
         refused_absent,
     );
     println!(
@@ -700,34 +660,7 @@ fn torture() {
         sent.statuses,
     );
 
-    assert!(
-        archive.unreadable.is_empty(),
-        "unreadable objects: {:?}",
-        archive.unreadable
-    );
-    assert!(
-        lost.is_empty(),
-        "{} acked lines lost (seed {seed}), e.g. {:?}; final status {status}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
-    assert!(
-        duplicated.is_empty() && duplicate_ids == 0,
-        "lines archived twice (seed {seed}): {} markers, {duplicate_ids} IDs, e.g. {:?}",
-        duplicated.len(),
-        &duplicated[..duplicated.len().min(5)]
-    );
-    assert!(
-        refused_archived.is_empty(),
-        "refused lines archived (seed {seed}), e.g. {:?}",
-        &refused_archived[..refused_archived.len().min(5)]
-    );
-    assert!(stray.is_empty(), "archived lines nobody sent: {stray:?}");
-    assert!(
-        archive.misnamed.is_empty(),
-        "objects hold lines of another account or hour (seed {seed}): {:?}",
-        &archive.misnamed[..archive.misnamed.len().min(5)]
-    );
+    verdict.check(&archive, &sent, seed, &status);
     for damage in &tally.damages {
         let (part, why) = match damage {
             Damage::Block { part, markers } => {
@@ -743,10 +676,119 @@ fn torture() {
             "a damaged record of {part} was not reported as set aside (seed {seed})"
         );
     }
-    assert!(
-        sent.acked.len() > 1000,
-        "too few lines acknowledged to mean anything"
-    );
+}
+
+/// Drains until every acknowledged line but the `damaged` is archived (file
+/// lines may still be on their way from the tail), or until 90 s make clear
+/// some never will be. Returns the archive and what the clients were told.
+fn drain_and_read(
+    d: &Daemon,
+    moto: &Moto,
+    sent: &Shared,
+    damaged: &HashSet<&String>,
+) -> (Archive, Sent) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        common::drain(&d.data);
+        let archive = read_archive(moto);
+        let missing = lock(sent)
+            .acked
+            .iter()
+            .any(|m| !archive.markers.contains_key(m) && !damaged.contains(m));
+        if !missing || Instant::now() > deadline {
+            return (archive, std::mem::take(&mut *lock(sent)));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// The archive held against the answers.
+struct Verdict<'a> {
+    /// Acknowledged, not archived, and not in a record the suite damaged.
+    lost: Vec<&'a String>,
+    /// Markers archived more than once.
+    twice: Vec<&'a String>,
+    /// Line IDs archived more than once.
+    twice_ids: usize,
+    refused_archived: Vec<&'a String>,
+    /// Archived, but no client sent it.
+    stray: Vec<&'a String>,
+}
+
+impl<'a> Verdict<'a> {
+    fn of(archive: &'a Archive, sent: &'a Sent, damaged: &HashSet<&String>) -> Self {
+        let archived = |m: &&String| archive.markers.contains_key(*m);
+        Self {
+            lost: sent
+                .acked
+                .iter()
+                .filter(|m| !archived(m) && !damaged.contains(m))
+                .collect(),
+            twice: archive
+                .markers
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(m, _)| m)
+                .collect(),
+            twice_ids: archive.ids.values().filter(|n| **n > 1).count(),
+            refused_archived: sent.refused.iter().filter(archived).collect(),
+            stray: archive
+                .markers
+                .keys()
+                .filter(|m| {
+                    !sent.acked.contains(*m)
+                        && !sent.unanswered.contains(*m)
+                        && !sent.refused.contains(*m)
+                })
+                .collect(),
+        }
+    }
+
+    fn duplicated(&self) -> usize {
+        self.twice.len() + self.twice_ids
+    }
+
+    /// Every acknowledged line archived once, in the object its account and
+    /// hour name, no refused line and nothing nobody sent.
+    fn check(&self, archive: &Archive, sent: &Sent, seed: u64, status: &serde_json::Value) {
+        assert!(
+            archive.unreadable.is_empty(),
+            "unreadable objects: {:?}",
+            archive.unreadable
+        );
+        assert!(
+            self.lost.is_empty(),
+            "{} acked lines lost (seed {seed}), e.g. {:?}; final status {status}",
+            self.lost.len(),
+            &self.lost[..self.lost.len().min(5)]
+        );
+        assert!(
+            self.duplicated() == 0,
+            "lines archived twice (seed {seed}): {} markers, {} IDs, e.g. {:?}",
+            self.twice.len(),
+            self.twice_ids,
+            &self.twice[..self.twice.len().min(5)]
+        );
+        assert!(
+            self.refused_archived.is_empty(),
+            "refused lines archived (seed {seed}), e.g. {:?}",
+            &self.refused_archived[..self.refused_archived.len().min(5)]
+        );
+        assert!(
+            self.stray.is_empty(),
+            "archived lines nobody sent: {:?}",
+            self.stray
+        );
+        assert!(
+            archive.misnamed.is_empty(),
+            "objects hold lines of another account or hour (seed {seed}): {:?}",
+            &archive.misnamed[..archive.misnamed.len().min(5)]
+        );
+        assert!(
+            sent.acked.len() > 1000,
+            "too few lines acknowledged to mean anything"
+        );
+    }
 }
 
 /// How many objects larch logged as archived that were too big for one PUT
@@ -962,42 +1004,18 @@ fn power_cut_torture() {
     for w in workers {
         w.join().expect("a workload thread panicked");
     }
-    let (archive, sent) = {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            common::drain(&d.data);
-            let archive = read_archive(&moto);
-            let missing = lock(&sent)
-                .acked
-                .iter()
-                .any(|m| !archive.markers.contains_key(m));
-            if !missing || Instant::now() > deadline {
-                break (archive, std::mem::take(&mut *lock(&sent)));
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    };
+    let (archive, sent) = drain_and_read(&d, &moto, &sent, &HashSet::new());
     let status = d.status();
     assert!(d.terminate().success(), "larch did not exit 0 on SIGTERM");
-    let lost: Vec<&String> = sent
-        .acked
-        .iter()
-        .filter(|m| !archive.markers.contains_key(*m))
-        .collect();
-    let duplicated = archive.markers.values().filter(|n| **n > 1).count()
-        + archive.ids.values().filter(|n| **n > 1).count();
-    let refused_archived: Vec<&String> = sent
-        .refused
-        .iter()
-        .filter(|m| archive.markers.contains_key(*m))
-        .collect();
+    let verdict = Verdict::of(&archive, &sent, &HashSet::new());
     let inside: Vec<String> = places.iter().map(|(p, n)| format!("{p:?} {n}")).collect();
     println!(
-        "torture: power cuts {cuts}, lines acked {}, archived {}, lost {}, duplicated {duplicated}, refused-and-archived {}",
+        "torture: power cuts {cuts}, lines acked {}, archived {}, lost {}, duplicated {}, refused-and-archived {}",
         sent.acked.len(),
         archive.markers.len(),
-        lost.len(),
-        refused_archived.len(),
+        verdict.lost.len(),
+        verdict.duplicated(),
+        verdict.refused_archived.len(),
     );
     println!(
         "torture: seed {seed}, {:.0} s, {} objects, cuts at: {}; {torn} writes torn, {lost_files} files lost unsynced data, {reverted} names reverted; {} lines unanswered, answers {:?}",
@@ -1007,31 +1025,7 @@ fn power_cut_torture() {
         sent.unanswered.len(),
         sent.statuses,
     );
-    assert!(
-        archive.unreadable.is_empty(),
-        "unreadable objects: {:?}",
-        archive.unreadable
-    );
-    assert!(
-        lost.is_empty(),
-        "{} acked lines lost (seed {seed}), e.g. {:?}; final status {status}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
-    assert_eq!(duplicated, 0, "lines archived twice (seed {seed})");
-    assert!(
-        refused_archived.is_empty(),
-        "refused lines archived (seed {seed}): {refused_archived:?}"
-    );
-    assert!(
-        archive.misnamed.is_empty(),
-        "objects hold lines of another account or hour (seed {seed}): {:?}",
-        &archive.misnamed[..archive.misnamed.len().min(5)]
-    );
-    assert!(
-        sent.acked.len() > 1000,
-        "too few lines acknowledged to mean anything"
-    );
+    verdict.check(&archive, &sent, seed, &status);
     if cuts >= 2 * CUT_PLACES.len() {
         // Collection needs a whole segment to go, which a cut does not always find.
         for place in &CUT_PLACES[1..CUT_PLACES.len() - 1] {

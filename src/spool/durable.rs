@@ -65,11 +65,6 @@ impl Durability {
         let _ = self.on_failure.set(hook);
     }
 
-    /// What failed, if a flush ever did.
-    pub fn failed(&self) -> Option<&str> {
-        self.failed.get().map(String::as_str)
-    }
-
     /// Flush sled and fsync what the flush wrote. Returns once the data is on
     /// stable storage; after a failure, never again.
     pub fn flush(&self, db: &sled::Db) -> Result<(), sled::Error> {
@@ -77,7 +72,7 @@ impl Durability {
             .flushing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(failed) = self.failed() {
+        if let Some(failed) = self.failed.get() {
             return Err(Self::lost(failed));
         }
         let flushed = db

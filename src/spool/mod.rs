@@ -230,6 +230,7 @@ impl Spool {
         .map_err(open_err)?;
         let durability = durable::Durability::open(&path).map_err(|e| open_err(e.into()))?;
         let version = read_u64(&db, "version")?;
+        // Before anything else, so an older layout is never called lost.
         if let Some(found) = version {
             if found != u64::from(FORMAT_VERSION) && !READS_FORMATS.contains(&found) {
                 return Err(SpoolError::Incompatible {
@@ -272,7 +273,6 @@ impl Spool {
                     &u64::from(FORMAT_VERSION).to_be_bytes(),
                 )?;
             }
-            Some(v) if v == u64::from(FORMAT_VERSION) => {}
             Some(older) if READS_FORMATS.contains(&older) => {
                 tracing::info!(
                     "the spool in {} moves from format version {older} to {FORMAT_VERSION}; \
@@ -284,12 +284,8 @@ impl Spool {
                     &u64::from(FORMAT_VERSION).to_be_bytes(),
                 )?;
             }
-            Some(found) => {
-                return Err(SpoolError::Incompatible {
-                    path,
-                    found: found as u32,
-                })
-            }
+            // Its own version: any other was refused above.
+            Some(_) => {}
         }
         let instance = match read_u64(&db, "instance")? {
             Some(i) => i as u32,

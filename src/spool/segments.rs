@@ -279,7 +279,6 @@ impl SegmentWriter<'_> {
         })();
         if synced.is_err() {
             w.len = SEGMENT_BYTES;
-            w.new_file = true;
         }
         synced
     }
