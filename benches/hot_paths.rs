@@ -16,7 +16,7 @@ use larch::clock::{ManualClock, SharedClock};
 use larch::hour::Hour;
 use larch::ingest::body::{parse, RequestContext};
 use larch::line::StoredLine;
-use larch::seal::SealRule;
+use larch::spool::SealRule;
 use larch::spool::{Along, PartId, Spool};
 use larch::sync::stage;
 

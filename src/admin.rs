@@ -36,9 +36,9 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
-use crate::rules::LiveRules;
-use crate::spool::{LedgerEntry, Spool};
-use crate::status::{Board, Status};
+use crate::ingest::not_ok;
+use crate::spool::{LedgerEntry, Spool, SpoolError, SpoolHandle};
+use crate::status::{Reporter, Status};
 
 pub const ADMIN_FILE: &str = "admin.json";
 
@@ -54,7 +54,7 @@ fn proof(token: &str, nonce: &str) -> String {
         .expect("HMAC-SHA256 takes keys of any length");
     mac.update(PROOF_CONTEXT);
     mac.update(nonce.as_bytes());
-    crate::target::hex(&mac.finalize().into_bytes())
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// A nonce worth answering: 32 to 128 hex digits.
@@ -79,7 +79,7 @@ impl AdminFile {
     pub fn create(data: &Path, addr: SocketAddr) -> std::io::Result<Self> {
         let file = Self {
             addr: addr.to_string(),
-            token: crate::target::hex(&rand::random::<[u8; 32]>()),
+            token: hex::encode(rand::random::<[u8; 32]>()),
         };
         let path = data.join(ADMIN_FILE);
         let temp = data.join(format!("{ADMIN_FILE}.tmp"));
@@ -114,12 +114,10 @@ impl AdminFile {
 /// The daemon side.
 pub struct Admin {
     pub token: String,
-    pub spool: Arc<Spool>,
-    pub board: Arc<Board>,
-    pub rules: LiveRules,
+    pub spool: SpoolHandle,
+    pub reporter: Arc<Reporter>,
     /// Wakes the sync loop.
     pub sealed: Arc<Notify>,
-    pub room: Arc<crate::spool::Room>,
 }
 
 /// The ledger as the daemon hands it out.
@@ -143,11 +141,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
 }
 
 fn refuse(status: StatusCode, why: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"status": "not ok", "errors": [why]})),
-    )
-        .into_response()
+    not_ok(status, vec![why.to_owned()])
 }
 
 /// Lets through only loopback requests.
@@ -215,53 +209,34 @@ async fn hello(State(admin): State<Arc<Admin>>, Query(query): Query<HelloQuery>)
     .into_response()
 }
 
-/// Runs spool work off the async runtime; a failure is answered with `failed`.
-async fn on_spool<T: Send + 'static>(
-    admin: &Admin,
-    failed: StatusCode,
-    work: impl FnOnce(&Spool) -> Result<T, crate::spool::SpoolError> + Send + 'static,
-) -> Result<T, Box<Response>> {
-    let spool = admin.spool.clone();
-    match tokio::task::spawn_blocking(move || work(&spool)).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(Box::new(refuse(failed, &e.to_string()))),
-        Err(e) => Err(Box::new(refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &e.to_string(),
-        ))),
-    }
-}
-
 async fn drain(State(admin): State<Arc<Admin>>) -> Response {
-    let sealed_then_counted = on_spool(&admin, StatusCode::SERVICE_UNAVAILABLE, |spool| {
-        for part in spool.seal_all()? {
-            tracing::info!(part = %part, "sealed for a drain");
-        }
-        spool.summary()
-    })
-    .await;
-    match sealed_then_counted {
-        Ok(summary) => {
-            admin.sealed.notify_one();
-            Json(
-                admin
-                    .board
-                    .running(summary, &admin.rules.load(), admin.room.status()),
-            )
-            .into_response()
-        }
-        Err(refused) => *refused,
+    let sealed = admin
+        .spool
+        .run(|spool| {
+            for part in spool.seal_all()? {
+                tracing::info!(part = %part, "sealed for a drain");
+            }
+            Ok::<_, SpoolError>(())
+        })
+        .await;
+    if let Err(e) = sealed {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    admin.sealed.notify_one();
+    match admin.reporter.status().await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 
 async fn ledger(State(admin): State<Arc<Admin>>) -> Response {
-    match on_spool(&admin, StatusCode::INTERNAL_SERVER_ERROR, Spool::ledger).await {
+    match admin.spool.run(Spool::ledger).await {
         Ok(entries) => Json(LedgerReply {
-            instance: admin.spool.instance_hex(),
+            instance: admin.spool.blocking().instance_hex(),
             entries,
         })
         .into_response(),
-        Err(refused) => *refused,
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -331,7 +306,7 @@ impl AdminClient {
             file: data.join(ADMIN_FILE),
             why,
         };
-        let nonce = crate::target::hex(&rand::random::<[u8; 32]>());
+        let nonce = hex::encode(rand::random::<[u8; 32]>());
         let mut response = self
             .agent
             .get(format!("{}?nonce={nonce}", self.url("/admin/hello")))

@@ -1,33 +1,40 @@
 //! `larch run`: wires the stages together and takes them down in order.
 //!
-//! Start-up opens the spool, then starts the commit thread, the file sources,
-//! the seal watcher, the sync loop and the listener (which also serves the
-//! admin API; its token goes to `<data>/admin.json`). Shutdown runs the other
+//! Start-up opens the spool and readies the sync loop ([`Archiving`]), binds
+//! the listeners, then starts the commit thread, the file sources, the seal
+//! watcher, the room watcher, the sync loop and the routes (ingest, admin,
+//! ops; the admin token goes to `<data>/admin.json`). Shutdown runs the other
 //! way: stop accepting and finish the requests in flight, let the file sources
-//! store what they read, let the committer drain, stop sealing and
-//! syncing (an upload in flight is abandoned; its recorded state resumes it on
-//! the next start), then flush the spool.
+//! store what they read, let the committer drain, stop sealing and syncing (an
+//! upload in flight is abandoned; its recorded state resumes it on the next
+//! start), then flush the spool.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::admin::{Admin, AdminFile};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::ingest::listen::serve;
 use crate::ingest::{self, Ingest, LiveKeys};
+use crate::intake::Intake;
+use crate::ops::Ops;
 use crate::reload::{Reloadable, Reloader};
 use crate::rules::LiveRules;
-use crate::spool::{Committer, Reserve, Room, Spool, SpoolError};
-use crate::status::Board;
-use crate::sync::{Backoff, SyncSettings, Syncer};
-use crate::target::{Target, TargetSpecError};
-use crate::telemetry::Observed;
-use arc_swap::ArcSwap;
+use crate::spool::{room, seal, Committer, Reserve, Room, Spool, SpoolError, SpoolHandle};
+use crate::status::{Reporter, Running};
+use crate::store::{Target, TargetSpecError};
+use crate::sync::{Backoff, Board, SyncSettings, Syncer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -62,6 +69,65 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
 /// Seal checks per second: often enough that `--late-window 0s` archives promptly.
 const SEAL_TICK: Duration = Duration::from_millis(500);
 
+/// The ingest listener, and the loopback one local tools use when the
+/// ingest listener speaks TLS.
+struct Listeners {
+    ingest: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    local: Option<TcpListener>,
+    /// Where `larch status`, `drain` and `verify` reach this daemon.
+    local_addr: SocketAddr,
+}
+
+impl Listeners {
+    async fn bind(settings: &Settings) -> Result<Self, DaemonError> {
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(crate::ingest::tls::acceptor)
+            .transpose()
+            .map_err(|e| DaemonError::Tls(e.to_string()))?;
+        let ingest = bind(settings.listen).await?;
+        let local_addr_of = |l: &TcpListener| {
+            l.local_addr().map_err(|source| DaemonError::Listen {
+                addr: settings.listen,
+                source,
+            })
+        };
+        let addr = local_addr_of(&ingest)?;
+        // Local tools speak plain HTTP on loopback; with TLS on the ingest
+        // address they get a loopback listener of their own.
+        let local = match tls {
+            Some(_) => Some(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?),
+            None => None,
+        };
+        let local_addr = match &local {
+            Some(l) => local_addr_of(l)?,
+            None => addr,
+        };
+        Ok(Self {
+            ingest,
+            addr,
+            tls,
+            local,
+            local_addr,
+        })
+    }
+
+    /// Serves `app` until `closed`; returns once the requests in flight are answered.
+    async fn serve(self, app: axum::Router, settings: &Settings, closed: CancellationToken) {
+        let limits = settings.listen_limits;
+        let ingest_served = serve(self.ingest, self.tls, app.clone(), limits, closed.clone());
+        let local_served = async {
+            if let Some(local) = self.local {
+                serve(local, None, app.clone(), limits, closed.clone()).await;
+            }
+        };
+        tokio::join!(ingest_served, local_served);
+    }
+}
+
 pub async fn run(
     settings: Settings,
     clock: SharedClock,
@@ -79,97 +145,70 @@ pub async fn run(
             source,
         }
     })?;
-    let Archiving {
-        spool,
-        target,
-        board,
-        syncer,
-    } = Archiving::open(&settings, clock.clone()).await?;
-
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(crate::ingest::tls::acceptor)
-        .transpose()
-        .map_err(|e| DaemonError::Tls(e.to_string()))?;
-    let listener = bind(settings.listen).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| DaemonError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
-    // Local tools (`larch status`, `drain`, `verify`) speak plain HTTP on
-    // loopback; with TLS on the ingest address they get a loopback listener of their own.
-    let local = match tls {
-        Some(_) => Some(bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?),
-        None => None,
-    };
-    let local_addr = match &local {
-        Some(l) => l
-            .local_addr()
-            .map_err(|source| DaemonError::Listen { addr, source })?,
-        None => addr,
-    };
-
+    let archiving = Archiving::open(&settings, clock.clone()).await?;
+    let spool = archiving.spool.clone();
+    let listeners = Listeners::bind(&settings).await?;
     let admin_file =
-        crate::admin::AdminFile::create(&data, local_addr).map_err(|source| DaemonError::Dir {
+        AdminFile::create(&data, listeners.local_addr).map_err(|source| DaemonError::Dir {
             path: data.join(crate::admin::ADMIN_FILE),
             source,
         })?;
 
     let room = Arc::new(Room::new(&data, settings.room));
-    measure_room(&room, &spool).await;
-    let (committer, commit_thread) = Committer::start(spool.clone(), room.clone())
+    room::measure(&room, &spool).await;
+    let (committer, commit_thread) = Committer::start(spool.blocking().clone(), room.clone())
         .map_err(|e| DaemonError::Task("commit", format!("cannot start its thread: {e}")))?;
     let keys: LiveKeys = Arc::new(ArcSwap::from_pointee(settings.keys.clone()));
     let rules: LiveRules = Arc::new(ArcSwap::new(settings.rules.clone()));
-    let tail_shared = crate::tail::Shared {
-        committer: committer.clone(),
-        spool: spool.clone(),
+    let intake = Intake {
+        committer,
         rules: rules.clone(),
         clock: clock.clone(),
-        runtime: tokio::runtime::Handle::current(),
+        spool: spool.clone(),
     };
-    let tails = crate::tail::start(settings.file_sources.clone(), tail_shared.clone())
+    let tails = crate::tail::start(settings.file_sources.clone(), intake.clone())
         .map_err(|e| DaemonError::Task("file source", format!("cannot start its thread: {e}")))?;
     let reloadable = Arc::new(Reloadable {
         keys: keys.clone(),
-        rules: rules.clone(),
-        tails: std::sync::Mutex::new(Some(tails)),
-        tail_shared,
-        current: std::sync::Mutex::new(settings.clone()),
+        intake: intake.clone(),
+        tails: Mutex::new(Some(tails)),
+        current: Mutex::new(settings.clone()),
     });
-    let (stop, stopped) = watch::channel(false);
+
+    // Background work stops on `stop`, after the listeners and the committer.
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let sealed = Arc::new(Notify::new());
-    let seal_task = tokio::spawn(crate::seal::run(
+    tasks.spawn(seal::run(
         spool.clone(),
         SEAL_TICK,
         sealed.clone(),
-        stopped.clone(),
+        stop.clone(),
     ));
-    let admin = crate::admin::router(Arc::new(crate::admin::Admin {
-        token: admin_file.token,
-        spool: spool.clone(),
-        board: board.clone(),
-        rules: rules.clone(),
-        sealed: sealed.clone(),
-        room: room.clone(),
-    }));
-    let room_task = tokio::spawn(watch_room(
+    tasks.spawn(room::watch(
         room.clone(),
         spool.clone(),
         sealed.clone(),
-        stopped.clone(),
+        stop.clone(),
     ));
-    let sync_task = tokio::spawn(Arc::new(syncer).run(sealed, stopped.clone()));
-
-    let observed = crate::telemetry::router(Arc::new(Observed {
-        spool: spool.clone(),
-        board: board.clone(),
-        room: room.clone(),
+    let reporter = Arc::new(archiving.reporter(Some(Running {
         rules: rules.clone(),
-        clock: clock.clone(),
+        room: room.clone(),
+    })));
+    tasks.spawn(Arc::new(archiving.syncer).run(sealed.clone(), stop.clone()));
+    tasks.close();
+    if let Some(reloader) = reloader {
+        tokio::spawn(crate::reload::on_hangup(
+            reloadable.clone(),
+            reloader,
+            stop.clone(),
+        ));
+    }
+
+    let ops = crate::ops::router(Arc::new(Ops {
+        reporter: reporter.clone(),
+        room,
+        clock,
         exporter: crate::telemetry::install(),
         data_dir: data.clone(),
     }));
@@ -177,40 +216,98 @@ pub async fn run(
         tokio::spawn(serve(
             bind(metrics_addr).await?,
             None,
-            observed.clone(),
+            ops.clone(),
             settings.listen_limits,
-            stopped.clone(),
+            stop.clone(),
         ));
         tracing::info!("metrics, health and readiness also on http://{metrics_addr}");
     }
-    if let Some(reloader) = reloader {
-        tokio::spawn(crate::reload::on_hangup(
-            reloadable.clone(),
-            reloader,
-            stopped.clone(),
-        ));
-    }
+    let admin = crate::admin::router(Arc::new(Admin {
+        token: admin_file.token,
+        spool: spool.clone(),
+        reporter,
+        sealed,
+    }));
     let app = ingest::router(Arc::new(Ingest {
         keys,
         budget: ingest::budget::Budget::new(settings.max_request_memory, ingest::budget::WAIT),
         body_timeout: settings.listen_limits.body_timeout,
-        committer,
-        clock,
         max_skew_ms: settings.max_skew_ms,
-        spool: spool.clone(),
-        board,
-        rules,
+        intake,
     }))
     .merge(admin)
-    .merge(observed);
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    .merge(ops);
+    announce(&settings, &listeners, &archiving.target);
+
+    // The listeners close on the shutdown signal, or when the target turns
+    // out unusable.
+    let (unusable_tx, unusable_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(probe_at_start(archiving.target.clone(), unusable_tx));
+    let unusable = Arc::new(Mutex::new(None));
+    let closed = CancellationToken::new();
+    tokio::spawn({
+        let (closed, stop_reason) = (closed.clone(), unusable.clone());
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                Ok(why) = unusable_rx => {
+                    tracing::error!("{why}");
+                    *stop_reason.lock() = Some(why);
+                }
+            }
+            closed.cancel();
+        }
+    });
+    listeners.serve(app, &settings, closed).await;
+    tracing::info!("shutting down: no longer accepting lines");
+
+    // File sources store what they have read (partial last lines included),
+    // then drop their committer handles.
+    let tails = reloadable.tails.lock().take();
+    drop(reloadable);
+    if let Some(tails) = tails {
+        let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
+    }
+    // The routes (and with them the last committer handle) are gone: the
+    // commit thread drains what it holds and ends.
+    stop.cancel();
+    let joined = tokio::task::spawn_blocking(move || commit_thread.join()).await;
+    tasks.wait().await;
+    let flushed = spool.run(Spool::make_durable).await;
+    AdminFile::remove(&data);
+    if !matches!(joined, Ok(Ok(()))) {
+        return Err(DaemonError::Task(
+            "commit",
+            "the commit thread panicked".into(),
+        ));
+    }
+    flushed.map_err(|e| DaemonError::Task("final flush", e.to_string()))?;
+    if let Some(why) = unusable.lock().take() {
+        return Err(DaemonError::TargetUnusable(why));
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Says where larch listens, where it keeps and sends lines, and whether it
+/// runs on the demo key.
+fn announce(settings: &Settings, listeners: &Listeners, target: &Target) {
+    let scheme = if listeners.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
-        "larch listening on {scheme}://{addr}, spool in {}, archiving to {}",
-        data.display(),
+        "larch listening on {scheme}://{}, spool in {}, archiving to {}",
+        listeners.addr,
+        settings.data_dir.display(),
         target.describe()
     );
-    if tls.is_some() {
-        tracing::info!("local tools (larch status, drain, verify) use http://{local_addr}");
+    if listeners.tls.is_some() {
+        tracing::info!(
+            "local tools (larch status, drain, verify) use http://{}",
+            listeners.local_addr
+        );
     }
     if settings.demo_key {
         tracing::warn!(
@@ -219,74 +316,12 @@ pub async fn run(
             crate::config::DEMO_ACCOUNT
         );
     }
-    let (unusable_tx, unusable_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(probe_at_start(target.clone(), unusable_tx));
-    let unusable = Arc::new(std::sync::Mutex::new(None));
-    let stop_reason = unusable.clone();
-    let stop_on = async move {
-        tokio::select! {
-            _ = shutdown => {}
-            Ok(why) = unusable_rx => {
-                tracing::error!("{why}");
-                *stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-            }
-        }
-    };
-    let (closing, closed) = watch::channel(false);
-    tokio::spawn(async move {
-        stop_on.await;
-        let _ = closing.send(true);
-    });
-    let limits = settings.listen_limits;
-    let ingest_served = serve(listener, tls, app.clone(), limits, closed.clone());
-    let local_served = async {
-        if let Some(local) = local {
-            serve(local, None, app.clone(), limits, closed.clone()).await;
-        }
-    };
-    tokio::join!(ingest_served, local_served);
-    // The router holds a committer handle: the commit thread ends only once it is gone.
-    drop(app);
-    tracing::info!("shutting down: no longer accepting lines");
-
-    // File sources store what they have read (partial last lines included),
-    // then drop their committer handles.
-    let tails = reloadable
-        .tails
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    drop(reloadable);
-    if let Some(tails) = tails {
-        let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
-    }
-    // The router (and with it the last committer handle) is gone: the commit
-    // thread drains what it holds and ends.
-    let _ = stop.send(true);
-    let joined = tokio::task::spawn_blocking(move || commit_thread.join()).await;
-    let _ = seal_task.await;
-    let _ = room_task.await;
-    let _ = sync_task.await;
-    let flushed = tokio::task::spawn_blocking(move || spool.make_durable()).await;
-    crate::admin::AdminFile::remove(&data);
-    if !matches!(joined, Ok(Ok(()))) {
-        return Err(DaemonError::Task(
-            "commit",
-            "the commit thread panicked".into(),
-        ));
-    }
-    flushed.map_err(|e| DaemonError::Task("final flush", e.to_string()))??;
-    if let Some(why) = unusable.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(DaemonError::TargetUnusable(why));
-    }
-    tracing::info!("stopped cleanly");
-    Ok(())
 }
 
 /// The stages that take lines from the spool to the target: what `larch run`
 /// starts, and what `larch drain` runs by itself on a stopped daemon's spool.
 pub struct Archiving {
-    pub spool: Arc<Spool>,
+    pub spool: SpoolHandle,
     pub target: Arc<Target>,
     pub board: Arc<Board>,
     pub syncer: Syncer,
@@ -303,7 +338,7 @@ impl Archiving {
                 settings.seal,
                 settings.cache_bytes,
             );
-            tokio::task::spawn_blocking(move || {
+            let opened = tokio::task::spawn_blocking(move || {
                 match Spool::open(&data, clock.clone(), seal, cache) {
                     // sled writes as it opens: a full disk would keep larch from
                     // starting, and so from emptying it. Staged objects left by a
@@ -317,17 +352,17 @@ impl Archiving {
                 }
             })
             .await
-            .map_err(|e| DaemonError::Task("spool open", e.to_string()))??
+            .map_err(|e| DaemonError::Task("spool open", e.to_string()))??;
+            SpoolHandle::new(opened)
         };
         // Fail-stop: nothing after a failed flush may be acknowledged, and the
         // group that failed must not be answered (it may be durable or not).
-        spool.on_durability_lost(Box::new(|what| {
+        spool.blocking().on_durability_lost(Box::new(|what| {
             tracing::error!(
                 "larch stops: {what}. What the disk holds past this point cannot be trusted, so larch takes no more lines and exits without answering the requests that were being stored (their senders retry). Check the disk (dmesg, SMART); started again, larch recovers everything that was acknowledged."
             );
             std::process::exit(1);
         }));
-        let spool = Arc::new(spool);
 
         let target = Arc::new(Target::new(settings.target.clone())?);
         // The default archive lives under the data directory; create it. A target the
@@ -344,7 +379,6 @@ impl Archiving {
             }
         }
         let board = Arc::new(Board::default());
-        board.set_identity(spool.instance_hex(), target.describe());
 
         let syncer = Syncer::new(
             spool.clone(),
@@ -373,67 +407,14 @@ impl Archiving {
             syncer,
         })
     }
-}
 
-/// How often the spool's size and the free disk are measured.
-const ROOM_EVERY: Duration = Duration::from_secs(1);
-
-async fn measure_room(room: &Arc<Room>, spool: &Arc<Spool>) {
-    let (room, spool) = (room.clone(), spool.clone());
-    let measured = tokio::task::spawn_blocking(move || {
-        room.measure(|| spool.waiting_by_account().unwrap_or_default())
-    })
-    .await;
-    match measured {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("cannot measure the spool's size and free disk: {e}"),
-        Err(e) => tracing::warn!("spool measuring task failed: {e}"),
-    }
-}
-
-/// Measures the room every second and says when refusing starts and ends.
-/// While it refuses, open parts are sealed at once: their lines can only make
-/// room by being archived, and waiting for their hour to end could take hours.
-async fn watch_room(
-    room: Arc<Room>,
-    spool: Arc<Spool>,
-    sealed: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut refusing = false;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(ROOM_EVERY) => {}
-            _ = shutdown.changed() => return,
-        }
-        measure_room(&room, &spool).await;
-        let why = room.refusing();
-        if why.is_some() {
-            let spool = spool.clone();
-            match tokio::task::spawn_blocking(move || spool.seal_all()).await {
-                Ok(Ok(parts)) if !parts.is_empty() => {
-                    tracing::warn!("sealed {} open part(s) early to make room; later lines of their hours go to follow-up parts", parts.len());
-                    sealed.notify_one();
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!("cannot seal parts to make room, will try again: {e}")
-                }
-                Err(e) => tracing::error!("sealing task failed: {e}"),
-            }
-        }
-        match (why, refusing) {
-            (Some(why), false) => {
-                tracing::error!(
-                    "refusing new lines: {why}. Held lines are still archived; file sources pause."
-                );
-                refusing = true;
-            }
-            (None, true) => {
-                tracing::info!("the spool has room again; taking lines");
-                refusing = false;
-            }
-            _ => {}
+    /// The status builder of this spool and its sync loop.
+    pub fn reporter(&self, running: Option<Running>) -> Reporter {
+        Reporter {
+            spool: self.spool.clone(),
+            board: self.board.clone(),
+            target: self.target.describe(),
+            running,
         }
     }
 }

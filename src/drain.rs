@@ -16,7 +16,7 @@ use crate::admin::{AdminClient, AdminError};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::daemon::{Archiving, DaemonError};
-use crate::spool::{Spool, SpoolError, SpoolSummary};
+use crate::spool::{SpoolError, SpoolSummary};
 use crate::status::Status;
 
 /// How often a running daemon is asked again.
@@ -32,8 +32,6 @@ pub enum DrainError {
     Open(#[from] DaemonError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("a drain task failed: {0}")]
-    Task(String),
 }
 
 /// How a drain ended.
@@ -82,23 +80,21 @@ pub async fn stopped_daemon(
     mut progress: impl FnMut(&Status),
 ) -> Result<Drained, DrainError> {
     let deadline = timeout.map(|t| Instant::now() + t);
-    let Archiving {
-        spool,
-        board,
-        syncer,
-        ..
-    } = Archiving::open(settings, clock).await?;
-    let syncer = Arc::new(syncer);
-    on_spool(&spool, |spool| {
-        for part in spool.seal_all()? {
-            tracing::info!(part = %part, "sealed for a drain");
-        }
-        Ok(())
-    })
-    .await?;
+    let archiving = Archiving::open(settings, clock).await?;
+    let reporter = archiving.reporter(None);
+    let spool = archiving.spool;
+    let syncer = Arc::new(archiving.syncer);
+    spool
+        .run(|spool| {
+            for part in spool.seal_all()? {
+                tracing::info!(part = %part, "sealed for a drain");
+            }
+            Ok::<_, SpoolError>(())
+        })
+        .await?;
     loop {
         syncer.clone().pass().await;
-        let status = board.snapshot(on_spool(&spool, Spool::summary).await?);
+        let status = reporter.status().await?;
         progress(&status);
         if is_empty(&status.spool) {
             break;
@@ -109,22 +105,11 @@ pub async fn stopped_daemon(
         tokio::time::sleep(PASS_EVERY).await;
     }
     // The sync loop frees segment files only now and then; a drained spool frees them now.
-    on_spool(&spool, |spool| {
-        spool.collect_segments()?;
-        spool.make_durable()
-    })
-    .await?;
+    spool
+        .run(|spool| {
+            spool.collect_segments()?;
+            spool.make_durable()
+        })
+        .await?;
     Ok(Drained::Empty)
-}
-
-/// Runs spool work off the async runtime.
-async fn on_spool<T: Send + 'static>(
-    spool: &Arc<Spool>,
-    work: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
-) -> Result<T, DrainError> {
-    let spool = spool.clone();
-    tokio::task::spawn_blocking(move || work(&spool))
-        .await
-        .map_err(|e| DrainError::Task(e.to_string()))?
-        .map_err(DrainError::from)
 }

@@ -13,7 +13,7 @@
 //!   remembers what it uploaded (the ledger);
 //! - [`seal`] closes a part once its hour (plus the late window) is over;
 //! - [`sync`] turns sealed parts into gzip NDJSON objects and uploads them exactly once;
-//! - [`target`] is where objects go (a local directory by default);
+//! - [`store`] is where objects go (a local directory by default);
 //! - [`restore`] reads archives back, [`verify`] checks them against the ledger, and
 //!   [`drain`] empties a spool into the target, with a running daemon through [`admin`];
 //! - [`files`] keeps what larch writes private (file and directory modes).
@@ -28,17 +28,19 @@ pub mod fault;
 pub mod files;
 pub mod hour;
 pub mod ingest;
+pub mod intake;
 pub mod line;
 pub mod memory;
+pub mod ops;
 pub mod pipe;
 pub mod reload;
 pub mod restore;
 pub mod rules;
-pub mod seal;
 pub mod spool;
 pub mod status;
+pub mod store;
 pub mod sync;
 pub mod tail;
-pub mod target;
 pub mod telemetry;
+pub mod units;
 pub mod verify;

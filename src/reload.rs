@@ -10,11 +10,14 @@
 //! are stopped, which stores what they read, and started again from there, so
 //! no line of a file is skipped or read twice.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::ingest::LiveKeys;
-use crate::rules::LiveRules;
+use crate::intake::Intake;
 use crate::tail::{self, Tails};
 
 /// Loads the configuration again, from the same file, environment and flags.
@@ -23,9 +26,9 @@ pub type Reloader = Box<dyn Fn() -> Result<Settings, String> + Send + Sync>;
 /// What a reload may replace.
 pub struct Reloadable {
     pub keys: LiveKeys,
-    pub rules: LiveRules,
+    /// Its rules are the ones a reload replaces.
+    pub intake: Intake,
     pub tails: Mutex<Option<Tails>>,
-    pub tail_shared: tail::Shared,
     /// The settings in force.
     pub current: Mutex<Settings>,
 }
@@ -33,7 +36,7 @@ pub struct Reloadable {
 impl Reloadable {
     /// Applies `new`; returns a line saying what changed, or why nothing was.
     pub fn apply(&self, new: Settings) -> Result<String, String> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock();
         if new.demo_key && !current.demo_key {
             return Err(format!(
                 "it configures no ingestion keys ([keys], LARCH_KEYS or --key), and larch does not fall back to the public demo key {:?} on a reload; the {} running key(s) stay. Put the keys back, or restart larch to run on the demo key (on a loopback listener only).",
@@ -47,16 +50,16 @@ impl Reloadable {
             applied.push(format!("{} ingestion key(s)", new.keys.len()));
         }
         if !new.rules.same_as(&current.rules) {
-            new.rules.carry_counts_from(&self.rules.load());
-            self.rules.store(new.rules.clone());
+            new.rules.carry_counts_from(&self.intake.rules.load());
+            self.intake.rules.store(new.rules.clone());
             applied.push(format!("{} rule(s)", new.rules.len()));
         }
-        if format!("{:?}", new.file_sources) != format!("{:?}", current.file_sources) {
-            let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
+        if new.file_sources != current.file_sources {
+            let mut tails = self.tails.lock();
             if let Some(running) = tails.take() {
                 running.stop();
             }
-            match tail::start(new.file_sources.clone(), self.tail_shared.clone()) {
+            match tail::start(new.file_sources.clone(), self.intake.clone()) {
                 Ok(started) => {
                     *tails = Some(started);
                     applied.push(format!("{} file source(s)", new.file_sources.len()));
@@ -91,53 +94,48 @@ impl Reloadable {
 
 /// The settings that differ between `old` and `new` and cannot change while running.
 fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    // Each entry: a name and the setting's value in `old` and in `new`, as text.
-    let d = |s: &Settings| -> Vec<(&'static str, String)> {
-        vec![
-            ("spool.dir", format!("{:?}", s.data_dir)),
-            (
-                "spool.late_window / follow_up_after",
-                format!("{:?}", s.seal),
-            ),
-            ("spool.cache_size", format!("{:?}", s.cache_bytes)),
-            ("spool.max_size / min_free_space", format!("{:?}", s.room)),
-            ("ingest.listen", format!("{:?}", s.listen)),
-            ("ingest.tls_*", format!("{:?}", s.tls)),
-            ("ingest.max_clock_skew", format!("{:?}", s.max_skew_ms)),
-            (
-                "ingest.max_connections / header_timeout / idle_timeout / body_timeout",
-                format!("{:?}", s.listen_limits),
-            ),
-            (
-                "ingest.max_request_memory",
-                format!("{:?}", s.max_request_memory),
-            ),
-            ("metrics.listen", format!("{:?}", s.metrics_listen)),
-            (
-                "target (url, store options, single_writer, upload_rate_limit, local_group_read)",
-                format!("{:?}", s.target),
-            ),
-            ("target.key_prefix", format!("{:?}", s.key_prefix)),
-            ("target.gzip_level", format!("{:?}", s.gzip_level)),
-            ("target.retry_max_delay", format!("{:?}", s.retry_max_delay)),
-            ("target.ledger_keep", format!("{:?}", s.ledger_keep)),
-            ("log.*", format!("{:?} {:?}", s.log_level, s.log_format)),
-        ]
-    };
-    d(old)
+    let changed = [
+        ("spool.dir", old.data_dir != new.data_dir),
+        ("spool.late_window / follow_up_after", old.seal != new.seal),
+        ("spool.cache_size", old.cache_bytes != new.cache_bytes),
+        ("spool.max_size / min_free_space", old.room != new.room),
+        ("ingest.listen", old.listen != new.listen),
+        ("ingest.tls_*", old.tls != new.tls),
+        ("ingest.max_clock_skew", old.max_skew_ms != new.max_skew_ms),
+        (
+            "ingest.max_connections / header_timeout / idle_timeout / body_timeout",
+            old.listen_limits != new.listen_limits,
+        ),
+        (
+            "ingest.max_request_memory",
+            old.max_request_memory != new.max_request_memory,
+        ),
+        ("metrics.listen", old.metrics_listen != new.metrics_listen),
+        (
+            "target (url, store options, single_writer, upload_rate_limit, local_group_read)",
+            old.target != new.target,
+        ),
+        ("target.key_prefix", old.key_prefix != new.key_prefix),
+        ("target.gzip_level", old.gzip_level != new.gzip_level),
+        (
+            "target.retry_max_delay",
+            old.retry_max_delay != new.retry_max_delay,
+        ),
+        ("target.ledger_keep", old.ledger_keep != new.ledger_keep),
+        (
+            "log.*",
+            (&old.log_level, old.log_format) != (&new.log_level, new.log_format),
+        ),
+    ];
+    changed
         .into_iter()
-        .zip(d(new))
-        .filter(|((_, a), (_, b))| a != b)
-        .map(|((name, _), _)| name)
+        .filter(|(_, differs)| *differs)
+        .map(|(name, _)| name)
         .collect()
 }
 
 /// Waits for SIGHUP and reloads, until `stopped` turns true.
-pub async fn on_hangup(
-    reloadable: Arc<Reloadable>,
-    reloader: Reloader,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn on_hangup(reloadable: Arc<Reloadable>, reloader: Reloader, stop: CancellationToken) {
     let reloader = Arc::new(reloader);
     #[cfg(unix)]
     {
@@ -152,7 +150,7 @@ pub async fn on_hangup(
         loop {
             tokio::select! {
                 _ = hangups.recv() => {}
-                _ = stopped.changed() => return,
+                _ = stop.cancelled() => return,
             }
             tracing::info!("SIGHUP: reloading the configuration");
             let (reloadable, reloader) = (reloadable.clone(), reloader.clone());
@@ -170,7 +168,7 @@ pub async fn on_hangup(
     }
     #[cfg(not(unix))]
     {
-        let _ = (reloadable, reloader, stopped.changed().await);
+        let _ = (reloadable, reloader, stop.cancelled().await);
     }
 }
 

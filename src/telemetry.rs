@@ -1,33 +1,21 @@
-//! What larch counts and how it is read: Prometheus metrics at `/metrics`,
-//! liveness at `/health`, readiness at `/ready`.
+//! What larch counts: a leaf every stage may call and that calls none.
 //!
 //! Events only a stage sees (lines made durable, requests answered, group
 //! commits, follow-up parts, the current backoff) are recorded where they
 //! happen, with the `metrics` crate. What the daemon's status already counts
-//! (parts by state, the backlog, the room, the rules' drops, uploads) is read
-//! from it when `/metrics` is scraped, so the two never disagree and nothing
+//! (parts by state, the backlog, the room, the rules' drops, uploads) is set
+//! by `ops` when `/metrics` is scraped, so the two never disagree and nothing
 //! is counted twice. The exporter is installed once per process; before that
 //! (in unit tests, `larch drain`) recording is a no-op. Every metric's name and
 //! meaning is in [`describe`] (and in the README's table).
 
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
-
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::account::AccountId;
-use crate::clock::{EpochMs, SharedClock};
-use crate::rules::LiveRules;
-use crate::spool::{Room, Spool};
-use crate::status::{Board, Status};
 
 /// Where a line came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,116 +198,4 @@ pub fn backing_off(retry_in: Duration) {
 /// No upload is waiting out a backoff any more.
 pub fn backoff_over() {
     gauge!("larch_upload_backoff_seconds").set(0.0);
-}
-
-/// Sets what is read from the daemon's status (the spool's parts, the room,
-/// the rules' and uploads' counts) just before a scrape renders it.
-fn observe(status: &Status, now: EpochMs) {
-    let spool = &status.spool;
-    for (state, parts, bytes) in [
-        ("open", spool.parts_open, spool.bytes_open),
-        ("sealed", spool.parts_sealed, spool.bytes_sealed),
-        ("uploading", spool.parts_uploading, spool.bytes_uploading),
-    ] {
-        gauge!("larch_spool_parts", "state" => state).set(parts as f64);
-        gauge!("larch_spool_bytes", "state" => state).set(bytes as f64);
-    }
-    // Uploaded parts are deleted a moment later; their bytes count as archived.
-    gauge!("larch_spool_parts", "state" => "uploaded").set(spool.parts_uploaded as f64);
-    gauge!("larch_spool_lines_waiting").set(spool.lines_waiting as f64);
-    let age = spool
-        .oldest_waiting_hour_end
-        .map_or(0.0, |end| ((now - end).max(0) as f64) / 1000.0);
-    gauge!("larch_oldest_unsynced_hour_age_seconds").set(age);
-    gauge!("larch_records_quarantined").set(spool.records_quarantined as f64);
-    let room = &status.room;
-    gauge!("larch_disk_free_bytes").set(room.disk_free_bytes as f64);
-    gauge!("larch_refusing_lines").set(if room.refusing.is_some() { 1.0 } else { 0.0 });
-    for (rule, lines) in &status.lines_dropped_by_rule {
-        counter!("larch_rule_dropped_lines_total", "rule" => rule.clone()).absolute(*lines);
-    }
-    counter!("larch_uploads_total", "result" => "ok").absolute(status.objects_uploaded);
-    counter!("larch_uploads_total", "result" => "error").absolute(status.upload_failures);
-    // Every failed attempt is retried: paused uploads too, every 30 s at most.
-    counter!("larch_upload_retries_total").absolute(status.upload_failures);
-    counter!("larch_upload_bytes_total").absolute(status.bytes_uploaded);
-}
-
-/// What `/metrics`, `/health` and `/ready` read.
-pub struct Observed {
-    pub spool: Arc<Spool>,
-    pub board: Arc<Board>,
-    pub room: Arc<Room>,
-    pub rules: LiveRules,
-    pub clock: SharedClock,
-    pub exporter: Option<PrometheusHandle>,
-    pub data_dir: PathBuf,
-}
-
-/// `/metrics`, `/health` and `/ready`: served on the ingest listener, and on
-/// `metrics.listen` if set. They answer anyone: they hold counts, never lines or keys.
-pub fn router(observed: Arc<Observed>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(|| async { "ok\n" }))
-        .route("/ready", get(ready))
-        .with_state(observed)
-}
-
-async fn metrics(State(o): State<Arc<Observed>>) -> Response {
-    let Some(exporter) = o.exporter.clone() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics are off in this process (another metrics recorder was installed first)\n",
-        )
-            .into_response();
-    };
-    let spool = o.spool.clone();
-    match tokio::task::spawn_blocking(move || spool.summary()).await {
-        Ok(Ok(summary)) => observe(
-            &o.board.running(summary, &o.rules.load(), o.room.status()),
-            o.clock.now_ms(),
-        ),
-        Ok(Err(e)) => {
-            tracing::warn!("metrics: cannot read the spool's parts, gauges are stale: {e}")
-        }
-        Err(e) => tracing::warn!("metrics: spool reading task failed: {e}"),
-    }
-    exporter.run_upkeep();
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        exporter.render(),
-    )
-        .into_response()
-}
-
-/// Ready means lines sent now would be taken: there is room, and the spool's
-/// directory takes a write.
-async fn ready(State(o): State<Arc<Observed>>) -> Response {
-    if let Some(why) = o.room.refusing() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: refusing lines: {why}\n"),
-        )
-            .into_response();
-    }
-    let dir = o.data_dir.clone();
-    let probed = tokio::task::spawn_blocking(move || {
-        let path = dir.join(".ready-probe");
-        let written = std::fs::write(&path, b"ready").and_then(|()| std::fs::remove_file(&path));
-        written.map_err(|e| format!("cannot write to the spool directory {}: {e}", dir.display()))
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("the write check failed: {e}")));
-    match probed {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
-        Err(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        )
-            .into_response(),
-    }
 }

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::hour::ObjectName;
 use crate::spool::LedgerEntry;
-use crate::target::{hex, Target, TargetError};
+use crate::store::{Target, TargetError};
 
 /// What the spool remembers uploading, and which instance it is.
 pub struct Ledger {
@@ -188,7 +188,7 @@ fn read_through(reader: impl Read) -> Result<(String, u64), ReadError> {
     if let Err(e) = io::copy(&mut hashing, &mut io::sink()) {
         return Err(ReadError::Download(hashing.failed.take().unwrap_or(e)));
     }
-    let sha256 = hex(&hashing.hasher.finalize());
+    let sha256 = hex::encode(hashing.hasher.finalize());
     match gunzipped {
         Ok(()) => Ok((sha256, lines)),
         Err(why) => Err(ReadError::Gunzip { sha256, why }),
@@ -283,11 +283,13 @@ mod tests {
         let mut bytes = gz(b"{\"a\":1}\n{\"a\":2}\n");
         bytes.extend(gz(b"{\"a\":3}\n"));
         let (sha, lines) = read_through(&bytes[..]).ok().unwrap();
-        assert_eq!(sha, hex(&Sha256::digest(&bytes)));
+        assert_eq!(sha, hex::encode(Sha256::digest(&bytes)));
         assert_eq!(lines, 3);
         let cut = &bytes[..bytes.len() - 10];
         match read_through(cut) {
-            Err(ReadError::Gunzip { sha256, .. }) => assert_eq!(sha256, hex(&Sha256::digest(cut))),
+            Err(ReadError::Gunzip { sha256, .. }) => {
+                assert_eq!(sha256, hex::encode(Sha256::digest(cut)))
+            }
             _ => panic!("a cut object must not gunzip"),
         }
     }

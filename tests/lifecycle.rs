@@ -11,11 +11,11 @@ use larch::account::AccountId;
 use larch::clock::{ManualClock, SharedClock};
 use larch::hour::{object_key, Hour};
 use larch::line::{Line, Origin};
-use larch::seal::SealRule;
-use larch::spool::{Along, PartId, PartState, Spool};
-use larch::status::Board;
+use larch::spool::SealRule;
+use larch::spool::{Along, PartId, PartState, Spool, SpoolHandle};
+use larch::store::Target;
+use larch::sync::Board;
 use larch::sync::{stage, Backoff, SyncSettings, Syncer};
-use larch::target::Target;
 
 /// 2026-03-10T14:00:00Z.
 const HOUR_START: i64 = 1_773_151_200_000;
@@ -23,7 +23,7 @@ const HOUR_START: i64 = 1_773_151_200_000;
 struct Rig {
     dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
-    spool: Option<Arc<Spool>>,
+    spool: Option<SpoolHandle>,
 }
 
 impl Rig {
@@ -45,12 +45,16 @@ impl Rig {
             follow_up_after_ms: 60_000,
         };
         let spool = Spool::open(self.dir.path(), clock, rule, 8 << 20).expect("spool opens");
-        self.spool = Some(Arc::new(spool));
+        self.spool = Some(SpoolHandle::new(spool));
         self
     }
 
-    fn spool(&self) -> &Arc<Spool> {
+    fn handle(&self) -> &SpoolHandle {
         self.spool.as_ref().unwrap()
+    }
+
+    fn spool(&self) -> &Arc<Spool> {
+        self.handle().blocking()
     }
 
     fn archive(&self) -> PathBuf {
@@ -80,7 +84,7 @@ impl Rig {
         let board = Arc::new(Board::default());
         let clock: SharedClock = self.clock.clone();
         let syncer = Syncer::new(
-            self.spool().clone(),
+            self.handle().clone(),
             Arc::new(Target::parse(target.to_str().unwrap()).unwrap()),
             SyncSettings {
                 staging_dir: self.dir.path().join("staging"),
@@ -307,18 +311,21 @@ async fn an_error_retrying_cannot_fix_pauses_the_part_and_drops_nothing() {
 
     // The key is chosen and recorded; the lines stay in the spool.
     assert!(matches!(rig.state("acme", 0), PartState::Uploading(_)));
-    let status = board.snapshot(rig.spool().summary().unwrap());
-    let paused = status.sync_paused.expect("status says sync is paused");
+    let paused = board
+        .report()
+        .sync_paused
+        .expect("status says sync is paused");
     assert!(paused.contains("does not exist"), "{paused}");
-    assert_eq!(status.spool.lines_waiting, 1);
+    assert_eq!(rig.spool().summary().unwrap().lines_waiting, 1);
 
     // The operator creates the directory; the next attempt goes through.
     std::fs::create_dir_all(&missing).unwrap();
     let (syncer, board) = rig.syncer(&missing);
     syncer.pass().await;
     assert!(matches!(rig.state("acme", 0), PartState::Deleted(Some(_))));
-    let status = board.snapshot(rig.spool().summary().unwrap());
-    assert_eq!(status.spool.lines_waiting, 0);
+    assert_eq!(board.report().objects_uploaded, 1);
+    assert_eq!(board.report().sync_paused, None);
+    assert_eq!(rig.spool().summary().unwrap().lines_waiting, 0);
     assert!(missing.join(key("acme", 0)).exists());
 }
 
@@ -446,10 +453,7 @@ async fn the_ledger_remembers_each_upload_until_pruned_and_a_freed_part_number_t
     assert_eq!(entry.key, key("acme", 0));
     assert_eq!(entry.part, "acme/2026-03-10T14:00Z/part 0");
     assert_eq!((entry.lines, entry.size), (2, object.len() as u64));
-    assert_eq!(
-        entry.sha256,
-        larch::target::hex(&sha2::Sha256::digest(&object))
-    );
+    assert_eq!(entry.sha256, hex::encode(sha2::Sha256::digest(&object)));
 
     // Kept until its time is up, then forgotten.
     assert_eq!(rig.spool().prune_ledger(entry.uploaded_at).unwrap(), 0);

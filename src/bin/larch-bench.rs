@@ -504,7 +504,7 @@ fn drain(addr: &str, pid: u32, timeout: Duration) -> anyhow::Result<()> {
 /// Uploads `uploads` objects at once, `rate × seconds` bytes in all, and reports
 /// how close the achieved rate came to the limit.
 fn upload_rate(url: &str, rate: &str, seconds: u64, uploads: u64) -> anyhow::Result<()> {
-    use larch::target::{Ownership, Target, TargetConfig};
+    use larch::store::{Ownership, Target, TargetConfig};
     let limit = rate
         .parse::<larch::config::values::ByteRate>()
         .map_err(anyhow::Error::msg)?

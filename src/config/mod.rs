@@ -23,11 +23,12 @@ use std::time::Duration;
 use crate::account::{AccountId, InvalidAccountId};
 use crate::ingest::auth::{KeyError, Keys};
 use crate::ingest::listen::ListenLimits;
+use crate::ingest::tls::TlsFiles;
 use crate::rules::{RuleError, Rules};
-use crate::seal::SealRule;
 use crate::spool::RoomLimits;
+use crate::spool::SealRule;
+use crate::store::TargetConfig;
 use crate::tail::{FileSource, SourceError};
-use crate::target::TargetConfig;
 
 pub use file::FileConfig;
 pub use layers::{Loaded, Override, SEARCH_PATH};
@@ -77,13 +78,6 @@ pub enum ConfigError {
     Rules(#[from] RuleError),
     #[error("{0}")]
     Source(#[from] SourceError),
-}
-
-/// PEM files of the ingest listener's certificate chain and private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// Everything the daemon needs, checked.

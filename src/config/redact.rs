@@ -7,7 +7,7 @@
 //! could be a secret.
 
 use super::file::STORE_SECTIONS;
-use crate::target::spec::{is_secret_option, REDACTED};
+use crate::store::spec::{is_secret_option, REDACTED};
 
 /// Sections whose keys or values are secrets: ingestion keys, store options.
 fn is_secret_section(section: &str) -> bool {

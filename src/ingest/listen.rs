@@ -25,17 +25,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// How long a listener may hold a connection in each stage, and how many it holds.
@@ -129,24 +131,20 @@ impl Stage {
     }
 
     fn enter(&self, stage: u8) {
-        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *self.since.lock() = Instant::now();
         self.stage.store(stage, Ordering::Release);
-        let waiting = self
-            .waiting_read
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let waiting = self.waiting_read.lock().take();
         if let Some(waker) = waiting {
             waker.wake();
         }
     }
 
     fn wait_for_change(&self, waker: &Waker) {
-        *self.waiting_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
+        *self.waiting_read.lock() = Some(waker.clone());
     }
 
     fn since(&self) -> Instant {
-        *self.since.lock().unwrap_or_else(|p| p.into_inner())
+        *self.since.lock()
     }
 }
 
@@ -301,18 +299,17 @@ pub fn raise_open_file_limit(max_connections: usize) {
 }
 
 /// Accepts on `tcp` (with TLS when `tls` is given) and serves `app` on every
-/// connection within `limits`, until `closed` turns true; then stops
+/// connection within `limits`, until `closed` is cancelled; then stops
 /// accepting and lets the requests in flight finish.
 pub async fn serve(
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     app: axum::Router,
     limits: ListenLimits,
-    mut closed: watch::Receiver<bool>,
+    closed: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = Arc::new(Open::default());
-    let stopping = closed.clone();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = tcp.accept() => match accepted {
@@ -324,7 +321,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = async { closed.wait_for(|closed| *closed).await.is_ok() } => break,
+            _ = closed.cancelled() => break,
         };
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
@@ -337,7 +334,7 @@ pub async fn serve(
                 }
             },
         };
-        let (app, tls, open, stopping) = (app.clone(), tls.clone(), open.clone(), stopping.clone());
+        let (app, tls, open, stopping) = (app.clone(), tls.clone(), open.clone(), closed.clone());
         tokio::spawn(async move {
             let stage = Arc::new(Stage::new());
             let id = open.add(stage.clone());
@@ -396,8 +393,8 @@ impl Open {
         self.lock().remove(&id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<Stage>>> {
-        self.stages.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, std::collections::HashMap<u64, Arc<Stage>>> {
+        self.stages.lock()
     }
 
     /// At the cap: asks the connection that has waited longest (for its
@@ -429,7 +426,7 @@ async fn serve_one(
     app: axum::Router,
     stage: Arc<Stage>,
     limits: ListenLimits,
-    stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) -> Result<(), hyper::Error> {
     let Some(acceptor) = tls else {
         return connection(stream, peer, app, stage, limits, stopping).await;
@@ -466,7 +463,7 @@ async fn connection<IO>(
     app: axum::Router,
     stage: Arc<Stage>,
     limits: ListenLimits,
-    mut stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
 ) -> Result<(), hyper::Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -507,7 +504,7 @@ where
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = async { stopping.wait_for(|stop| *stop).await.is_ok() }, if !closing => {
+            _ = stopping.cancelled(), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }

@@ -1,5 +1,5 @@
-//! The HTTP front door: Mezmo-compatible `POST /logs/ingest`, plus `/status`. A request is answered 200 only after the committer says its
-//! lines are durable; every refusal uses FORMAT.md's error body.
+//! The HTTP front door: Mezmo-compatible `POST /logs/ingest`. A request is
+//! answered 200 only after the committer says its lines are durable; every refusal uses FORMAT.md's error body.
 //!
 //! A request's memory comes from one shared [`budget`] before it is used, and
 //! gunzip, JSON parsing and the rules run on blocking threads, so a large or
@@ -11,21 +11,18 @@ pub mod budget;
 pub mod listen;
 pub mod tls;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::clock::SharedClock;
-use crate::rules::LiveRules;
-use crate::spool::{CommitError, Committer, NoRoom, Spool};
-use crate::status::Board;
+use crate::intake::Intake;
+use crate::spool::{CommitError, NoRoom};
 pub use auth::{Keys, LiveKeys};
 use body::{Rejection, RequestContext};
 use budget::{Budget, Busy, Share};
@@ -35,24 +32,20 @@ pub struct Ingest {
     pub budget: Budget,
     /// A request body must arrive whole within this.
     pub body_timeout: std::time::Duration,
-    pub committer: Committer,
-    pub clock: SharedClock,
     pub max_skew_ms: i64,
-    pub spool: Arc<Spool>,
-    pub board: Arc<Board>,
-    pub rules: LiveRules,
+    pub intake: Intake,
 }
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/logs/ingest", post(ingest_lines))
-        .route("/status", get(status))
         // The handler enforces the body limit itself, with FORMAT.md's 413 body.
         .layer(DefaultBodyLimit::disable())
         .with_state(ingest)
 }
 
-fn not_ok(status: StatusCode, errors: Vec<String>) -> Response {
+/// A refusal in FORMAT.md's error body.
+pub fn not_ok(status: StatusCode, errors: Vec<String>) -> Response {
     (status, Json(json!({"status": "not ok", "errors": errors}))).into_response()
 }
 
@@ -187,10 +180,10 @@ async fn answer(
                     .collect()
             })
             .unwrap_or_default(),
-        received: ingest.clock.now_ms(),
+        received: ingest.intake.clock.now_ms(),
         max_skew_ms: ingest.max_skew_ms,
     };
-    let rules = ingest.rules.load_full();
+    let rules = ingest.intake.rules.load_full();
     let for_rules = account.clone();
     let runtime = tokio::runtime::Handle::current();
     let parsed = tokio::task::spawn_blocking(move || {
@@ -204,7 +197,7 @@ async fn answer(
                 return Err(Rejection::TooLarge(format!(
                     "the lines of this body take more memory than larch gives all requests together \
                      (ingest.max_request_memory, {}); send fewer lines per request",
-                    crate::spool::room::mib(share.total() as u64)
+                    crate::units::mib(share.total() as u64)
                 )));
             }
             if wanted > share.held() {
@@ -237,7 +230,7 @@ async fn answer(
     };
     // The body is gone; the lines are what is held until they are stored.
     share.shrink_to(lines_held);
-    match ingest.committer.commit(account, lines).await {
+    match ingest.intake.committer.commit(account, lines).await {
         Ok(batch_id) => (
             StatusCode::OK,
             Json(json!({"status": "ok", "batchID": batch_id})),
@@ -302,28 +295,6 @@ fn rejection(r: Rejection) -> Response {
         Rejection::Busy => busy(),
         Rejection::Malformed(errors) => not_ok(StatusCode::BAD_REQUEST, errors),
         Rejection::TooLarge(e) => not_ok(StatusCode::PAYLOAD_TOO_LARGE, vec![e]),
-    }
-}
-
-/// Status is for the host's own operator: only loopback peers are answered.
-async fn status(
-    State(ingest): State<Arc<Ingest>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Response {
-    if !peer.ip().is_loopback() {
-        return not_ok(
-            StatusCode::FORBIDDEN,
-            vec!["status is served to loopback clients only".into()],
-        );
-    }
-    let spool = ingest.spool.clone();
-    match tokio::task::spawn_blocking(move || spool.summary()).await {
-        Ok(Ok(summary)) => {
-            let room = ingest.committer.room().status();
-            Json(ingest.board.running(summary, &ingest.rules.load(), room)).into_response()
-        }
-        Ok(Err(e)) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
-        Err(e) => not_ok(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
     }
 }
 

@@ -2,6 +2,7 @@
 //! Handshakes run in each connection's own task, under the listener's header
 //! timeout (see `listen`), so a slow or silent client never holds up the others.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
@@ -9,7 +10,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsFiles;
+/// PEM files of the ingest listener's certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

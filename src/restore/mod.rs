@@ -31,8 +31,8 @@ use sort::{HourSorter, Kept, Printed};
 use crate::account::AccountId;
 use crate::clock::EpochMs;
 use crate::hour::{day_prefix, Hour, ObjectName};
-use crate::target::read::Listed;
-use crate::target::{Target, TargetError};
+use crate::store::read::Listed;
+use crate::store::{Target, TargetError};
 
 const DAY_MS: i64 = 24 * 3_600_000;
 /// Past this many days a range is listed whole instead of day by day.

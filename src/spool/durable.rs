@@ -17,7 +17,9 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use crate::files::sync_dir;
 
@@ -68,10 +70,7 @@ impl Durability {
     /// Flush sled and fsync what the flush wrote. Returns once the data is on
     /// stable storage; after a failure, never again.
     pub fn flush(&self, db: &sled::Db) -> Result<(), sled::Error> {
-        let mut last_blob = self
-            .flushing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last_blob = self.flushing.lock();
         if let Some(failed) = self.failed.get() {
             return Err(Self::lost(failed));
         }

@@ -46,7 +46,7 @@ impl Spool {
                     hour: id.hour.0,
                     key: u.key,
                     size: u.size,
-                    sha256: crate::target::hex(&u.sha256),
+                    sha256: hex::encode(u.sha256),
                     lines: u.lines,
                     uploaded_at: u.at,
                 }),

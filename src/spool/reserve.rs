@@ -12,7 +12,6 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const RESERVE_BYTES: u64 = 32 << 20;
@@ -71,13 +70,10 @@ impl Reserve {
 }
 
 fn allocate(file: &mut File, bytes: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(bytes).map_err(io::Error::other)?;
-    // SAFETY: a valid descriptor for the duration of the call.
-    let err = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    match err {
-        0 => Ok(()),
+    match rustix::fs::fallocate(&*file, rustix::fs::FallocateFlags::empty(), 0, bytes) {
+        Ok(()) => Ok(()),
         // Filesystems without fallocate get the bytes written.
-        libc::EINVAL | libc::EOPNOTSUPP => {
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
             let chunk = vec![0u8; 1 << 20];
             let mut left = bytes;
             while left > 0 {
@@ -87,7 +83,7 @@ fn allocate(file: &mut File, bytes: u64) -> io::Result<()> {
             }
             Ok(())
         }
-        errno => Err(io::Error::from_raw_os_error(errno)),
+        Err(errno) => Err(errno.into()),
     }
 }
 

@@ -4,7 +4,7 @@
 //! `spool.max_size`, and the disk under it keeps `spool.min_free_space` free for the
 //! rest of the host. Past either, new lines are refused *before* anything is
 //! stored (507), file sources stop reading (their offsets stay), open parts are
-//! sealed at once (see `daemon`), and what is held keeps being archived, which
+//! sealed at once ([`watch`]), and what is held keeps being archived, which
 //! makes room again by itself.
 //!
 //! Close to the limit (the last tenth of `spool.max_size`, or less than twice
@@ -24,12 +24,18 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::reserve::{Reserve, RELEASE_BELOW, RESERVE_BYTES};
+use super::{Spool, SpoolError, SpoolHandle};
 use crate::account::AccountId;
+use crate::units::mib;
 
 /// The limits, from the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +112,8 @@ impl Room {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Measured> {
-        self.measured.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Measured> {
+        self.measured.lock()
     }
 
     /// Measures the spool and the disk again; `waiting` gives the bytes each
@@ -247,11 +253,6 @@ impl Room {
     }
 }
 
-/// Bytes as MiB with one decimal, for messages and `larch status`.
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-}
-
 /// Bytes of the files directly in `dir` and its subdirectories (sled keeps a `blobs/`).
 fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
@@ -279,15 +280,71 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
 
 /// Bytes an unprivileged writer may still use on the disk holding `dir`.
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `stat` a valid out-pointer for the call.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// How often the spool's size and the free disk are measured.
+const MEASURE_EVERY: Duration = Duration::from_secs(1);
+
+/// Measures the room once: the spool's files, the disk, each account's waiting bytes.
+pub async fn measure(room: &Arc<Room>, spool: &SpoolHandle) {
+    let room = room.clone();
+    let measured = spool
+        .run(move |spool| {
+            Ok::<_, SpoolError>(room.measure(|| spool.waiting_by_account().unwrap_or_default()))
+        })
+        .await;
+    match measured {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot measure the spool's size and free disk: {e}"),
+        Err(e) => tracing::warn!("spool measuring task failed: {e}"),
     }
-    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Measures the room every second and says when refusing starts and ends.
+/// While it refuses, open parts are sealed at once: their lines can only make
+/// room by being archived, and waiting for their hour to end could take hours.
+pub async fn watch(
+    room: Arc<Room>,
+    spool: SpoolHandle,
+    sealed: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut refusing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(MEASURE_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        measure(&room, &spool).await;
+        let why = room.refusing();
+        if why.is_some() {
+            match spool.run(Spool::seal_all).await {
+                Ok(parts) if !parts.is_empty() => {
+                    tracing::warn!("sealed {} open part(s) early to make room; later lines of their hours go to follow-up parts", parts.len());
+                    sealed.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("cannot seal parts to make room, will try again: {e}")
+                }
+            }
+        }
+        match (why, refusing) {
+            (Some(why), false) => {
+                tracing::error!(
+                    "refusing new lines: {why}. Held lines are still archived; file sources pause."
+                );
+                refusing = true;
+            }
+            (None, true) => {
+                tracing::info!("the spool has room again; taking lines");
+                refusing = false;
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]

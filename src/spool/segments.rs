@@ -9,12 +9,12 @@
 //! then gives sled the references, so a reference never points at bytes that
 //! are not on disk. A segment is deleted once no reference points into it.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
 use crate::files::sync_dir;
 
@@ -138,7 +138,7 @@ impl Segments {
     pub fn lock(&self) -> SegmentWriter<'_> {
         SegmentWriter {
             dir: &self.dir,
-            writer: self.writer.lock().unwrap_or_else(|p| p.into_inner()),
+            writer: self.writer.lock(),
         }
     }
 

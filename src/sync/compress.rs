@@ -8,7 +8,9 @@
 
 use std::io::{self, Write};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use flate2::{Compression, GzBuilder};
 
@@ -56,7 +58,7 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
     lower_priority();
     loop {
         let job = {
-            let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let rx = jobs.lock();
             rx.recv()
         };
         let Ok(job) = job else { return };
@@ -83,7 +85,7 @@ impl Pool {
         let (done, result) = mpsc::sync_channel(1);
         let job = Job { piece, level, done };
         let sent = if self.threads > 0 {
-            let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let jobs = self.jobs.lock();
             jobs.send(job).map_err(|e| e.0)
         } else {
             Err(job)

@@ -10,26 +10,29 @@
 //! - lines are deleted only after the target confirmed the object.
 
 mod backoff;
+mod board;
 mod compress;
 pub mod stage;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tokio::sync::{watch, Notify};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
+pub use board::{Board, SyncReport};
 use stage::{StageError, Staged};
 
 use crate::clock::SharedClock;
 use crate::hour::object_key;
-use crate::spool::{PartId, PartRecord, PartState, Spool, SpoolError, Upload};
-use crate::status::Board;
-use crate::target::{Created, Ownership, Target, TargetError};
+use crate::spool::{PartId, PartRecord, PartState, Spool, SpoolError, SpoolHandle, Upload};
+use crate::store::{Created, Ownership, Target, TargetError};
 
 /// Parts compressed and uploaded at once.
 const CONCURRENCY: usize = 2;
@@ -50,19 +53,6 @@ enum SyncError {
     Spool(#[from] SpoolError),
     #[error("upload to {key}: {source}")]
     Target { key: String, source: TargetError },
-    #[error("a background task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// Runs blocking spool work off the async runtime.
-async fn blocking<T: Send + 'static, E>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, SyncError>
-where
-    E: Send + 'static,
-    SyncError: From<E>,
-{
-    Ok(tokio::task::spawn_blocking(f).await??)
 }
 
 pub struct SyncSettings {
@@ -75,7 +65,7 @@ pub struct SyncSettings {
 }
 
 pub struct Syncer {
-    spool: Arc<Spool>,
+    spool: SpoolHandle,
     target: Arc<Target>,
     settings: SyncSettings,
     clock: SharedClock,
@@ -93,7 +83,7 @@ pub const STAGING_DIR: &str = "staging";
 
 impl Syncer {
     pub fn new(
-        spool: Arc<Spool>,
+        spool: SpoolHandle,
         target: Arc<Target>,
         settings: SyncSettings,
         clock: SharedClock,
@@ -118,39 +108,34 @@ impl Syncer {
         })
     }
 
-    /// Runs until `shutdown` flips. Work in flight is abandoned safely: its
-    /// recorded state lets the next start pick it up where it stood.
-    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `stop`. Work in flight is abandoned safely: its recorded
+    /// state lets the next start pick it up where it stood.
+    pub async fn run(self: Arc<Self>, wake: Arc<Notify>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = self.clone().pass() => {}
-                _ = shutdown.changed() => return,
+                _ = stop.cancelled() => return,
             }
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
-                _ = shutdown.changed() => return,
+                _ = stop.cancelled() => return,
             }
         }
     }
 
     /// One pass over every part that has sync work and is not backing off.
     pub async fn pass(self: Arc<Self>) {
-        let spool = self.spool.clone();
-        let parts = match tokio::task::spawn_blocking(move || spool.parts_to_sync()).await {
-            Ok(Ok(parts)) => parts,
-            Ok(Err(e)) => {
-                tracing::error!("cannot list parts to upload, will try again: {e}");
-                return;
-            }
+        let parts = match self.spool.run(Spool::parts_to_sync).await {
+            Ok(parts) => parts,
             Err(e) => {
-                tracing::error!("part listing task failed: {e}");
+                tracing::error!("cannot list parts to upload, will try again: {e}");
                 return;
             }
         };
         let now = Instant::now();
         let ready: Vec<_> = {
-            let retry_at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+            let retry_at = self.retry_at.lock();
             parts
                 .into_iter()
                 .filter(|(id, _)| retry_at.get(id).is_none_or(|(_, at)| *at <= now))
@@ -169,7 +154,7 @@ impl Syncer {
     /// Forgets ledger entries older than `ledger_keep`, at most every `PRUNE_EVERY`.
     async fn prune_ledger(&self) {
         {
-            let mut last = self.last_pruned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last_pruned.lock();
             if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
                 return;
             }
@@ -177,14 +162,10 @@ impl Syncer {
         }
         let keep_ms = self.settings.ledger_keep.as_millis().min(i64::MAX as u128) as i64;
         let before = self.clock.now_ms().saturating_sub(keep_ms);
-        let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.prune_ledger(before)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => {
-                tracing::info!("ledger: forgot {n} uploaded part(s) older than ledger_keep")
-            }
-            Ok(Err(e)) => tracing::warn!("could not prune the ledger, will try again: {e}"),
-            Err(e) => tracing::warn!("ledger pruning task failed: {e}"),
+        match self.spool.run(move |s| s.prune_ledger(before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("ledger: forgot {n} uploaded part(s) older than ledger_keep"),
+            Err(e) => tracing::warn!("could not prune the ledger, will try again: {e}"),
         }
     }
 
@@ -192,10 +173,7 @@ impl Syncer {
     /// `COLLECT_EVERY`: it reads every block reference.
     async fn collect_segments(&self) {
         {
-            let mut last = self
-                .last_collected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last_collected.lock();
             if last.is_some_and(|at| at.elapsed() < COLLECT_EVERY)
                 || !self.segments_to_collect.swap(false, Ordering::Relaxed)
             {
@@ -203,21 +181,19 @@ impl Syncer {
             }
             *last = Some(Instant::now());
         }
-        let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.collect_segments()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::debug!("removed {n} spool segment file(s) no part needs"),
-            Ok(Err(e)) => {
+        match self.spool.run(Spool::collect_segments).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("removed {n} spool segment file(s) no part needs"),
+            Err(e) => {
                 tracing::warn!("could not remove unused spool segments, will try again: {e}");
                 self.segments_to_collect.store(true, Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!("segment collection task failed: {e}"),
         }
     }
 
     async fn sync_one(&self, id: PartId, record: PartRecord) {
         let result = self.advance(&id, record).await;
-        let mut retry_at = self.retry_at.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retry_at = self.retry_at.lock();
         match result {
             Ok(()) => {
                 if retry_at.remove(&id).is_some() && retry_at.is_empty() {
@@ -282,8 +258,8 @@ impl Syncer {
                     next
                 }
                 PartState::Uploaded(upload) => {
-                    let (spool, part) = (self.spool.clone(), id.clone());
-                    blocking(move || spool.delete_blocks(&part)).await?;
+                    let part = id.clone();
+                    self.spool.run(move |s| s.delete_blocks(&part)).await?;
                     self.segments_to_collect.store(true, Ordering::Relaxed);
                     if let Some(s) = staged.take() {
                         self.discard_staged(&s);
@@ -294,8 +270,8 @@ impl Syncer {
                 }
             };
             record.state = next;
-            let (spool, part, rec) = (self.spool.clone(), id.clone(), record.clone());
-            blocking(move || spool.set_record(&part, &rec)).await?;
+            let (part, rec) = (id.clone(), record.clone());
+            self.spool.run(move |s| s.set_record(&part, &rec)).await?;
         }
     }
 
@@ -329,7 +305,7 @@ impl Syncer {
             )));
         }
         let owner = Ownership {
-            instance: self.spool.instance_hex(),
+            instance: self.spool.blocking().instance_hex(),
             part: id.to_string(),
             sha256: staged.sha256,
             lines: staged.lines,
@@ -384,9 +360,11 @@ impl Syncer {
     }
 
     async fn stage(&self, id: &PartId, level: u32) -> Result<Staged, SyncError> {
-        let (spool, part) = (self.spool.clone(), id.clone());
-        let dir = self.settings.staging_dir.clone();
-        blocking(move || stage::stage(&spool, &part, level, &dir)).await
+        let (part, dir) = (id.clone(), self.settings.staging_dir.clone());
+        Ok(self
+            .spool
+            .run(move |s| stage::stage(s, &part, level, &dir))
+            .await?)
     }
 
     fn discard_staged(&self, staged: &Staged) {

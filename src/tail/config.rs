@@ -103,6 +103,30 @@ pub struct FileSource {
     pub follow_symlinks: bool,
 }
 
+/// Equal when a reload would leave the source as it runs (its exclusions compared
+/// by their patterns, as compiled matchers have no equality of their own).
+impl PartialEq for FileSource {
+    fn eq(&self, other: &Self) -> bool {
+        let patterns = |s: &Self| {
+            s.exclude
+                .iter()
+                .map(|g| g.glob().clone())
+                .collect::<Vec<_>>()
+        };
+        self.name == other.name
+            && self.account == other.account
+            && self.include == other.include
+            && patterns(self) == patterns(other)
+            && self.app == other.app
+            && self.host == other.host
+            && self.tags == other.tags
+            && self.level == other.level
+            && self.start == other.start
+            && self.partial_line_after == other.partial_line_after
+            && self.follow_symlinks == other.follow_symlinks
+    }
+}
+
 impl FileSource {
     pub fn new(number: usize, c: FileSourceConfig) -> Result<Self, SourceError> {
         let account = AccountId::parse(&c.account)

@@ -42,10 +42,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::clock::SharedClock;
+use crate::intake::Intake;
 use crate::line::{Line, Origin};
-use crate::rules::LiveRules;
-use crate::spool::{Along, Committer, FileKey, FilePosition, PositionUpdate, Spool};
+use crate::spool::{Along, FileKey, FilePosition, PositionUpdate};
 use crate::telemetry::Source;
 use config::leading_dir;
 pub use config::{FileSource, FileSourceConfig, SourceError, SourcesConfig, StartAt};
@@ -78,18 +77,10 @@ pub struct Tails {
     wakers: Vec<std::sync::mpsc::Sender<()>>,
 }
 
-/// What every source thread shares.
-#[derive(Clone)]
-pub struct Shared {
-    pub committer: Committer,
-    pub spool: Arc<Spool>,
-    pub rules: LiveRules,
-    pub clock: SharedClock,
-    pub runtime: tokio::runtime::Handle,
-}
-
-/// Starts one thread per file source.
-pub fn start(sources: Vec<FileSource>, shared: Shared) -> std::io::Result<Tails> {
+/// Starts one thread per file source; called inside the async runtime,
+/// which the threads commit through.
+pub fn start(sources: Vec<FileSource>, intake: Intake) -> std::io::Result<Tails> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut tails = Tails {
         threads: Vec::new(),
@@ -99,7 +90,7 @@ pub fn start(sources: Vec<FileSource>, shared: Shared) -> std::io::Result<Tails>
     for source in sources {
         let (wake, woken) = std::sync::mpsc::channel();
         let watcher = watch::Watcher::new(&source, wake.clone());
-        let run = SourceRun::new(source, shared.clone(), stop.clone());
+        let run = SourceRun::new(source, intake.clone(), runtime.clone(), stop.clone());
         let name = format!("larch-tail-{}", tails.threads.len());
         tails.threads.push(
             std::thread::Builder::new()
@@ -128,7 +119,8 @@ impl Tails {
 
 struct SourceRun {
     source: FileSource,
-    shared: Shared,
+    intake: Intake,
+    runtime: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
     files: HashMap<(u64, u64), Tailed>,
     /// Positions from the spool whose file has not been seen yet in this run.
@@ -155,15 +147,21 @@ struct Found {
 }
 
 impl SourceRun {
-    fn new(source: FileSource, shared: Shared, stop: Arc<AtomicBool>) -> Self {
-        let stored: HashMap<_, _> = match shared.spool.file_positions(&source.name) {
+    fn new(
+        source: FileSource,
+        intake: Intake,
+        runtime: tokio::runtime::Handle,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let spool = intake.spool.blocking();
+        let stored: HashMap<_, _> = match spool.file_positions(&source.name) {
             Ok(list) => list.into_iter().map(|(k, p)| ((k.dev, k.ino), p)).collect(),
             Err(e) => {
                 tracing::error!(source = %source.name, "cannot read stored file positions: {e}; files are read as new");
                 HashMap::new()
             }
         };
-        let instance = shared.spool.instance_hex();
+        let instance = spool.instance_hex();
         Self {
             first_run: stored.is_empty(),
             stored,
@@ -173,7 +171,8 @@ impl SourceRun {
             default_host: host_name(),
             instance,
             source,
-            shared,
+            intake,
+            runtime,
             stop,
             paused: false,
             store_retry_at: Cell::new(None),
@@ -214,7 +213,7 @@ impl SourceRun {
 
     /// Whether the spool takes lines; files wait unread (offsets kept) while it does not.
     fn room_to_read(&mut self, stopping: bool) -> bool {
-        match self.shared.committer.room().refusing() {
+        match self.intake.committer.room().refusing() {
             Some(why) if !stopping => {
                 if !self.paused {
                     tracing::warn!(source = %self.source.name, "file reading paused: {why}");
@@ -390,7 +389,7 @@ impl SourceRun {
             return;
         }
         let size = meta.len();
-        let now_ms = self.shared.clock.now_ms();
+        let now_ms = self.intake.clock.now_ms();
         let resumed = self
             .stored
             .remove(&(dev, ino))
@@ -501,7 +500,7 @@ impl SourceRun {
     }
 
     fn lines_of(&self, t: &Tailed, read: &[file::ReadLine]) -> (Vec<Line>, Vec<String>) {
-        let now = self.shared.clock.now_ms();
+        let now = self.intake.clock.now_ms();
         let origin = Arc::new(Origin {
             host: self
                 .source
@@ -523,7 +522,7 @@ impl SourceRun {
             if r.partial {
                 line.own_mut().meta_json = Some(PARTIAL_META.to_owned());
             }
-            if !self.shared.rules.load().keeps(&self.source.account, &line) {
+            if !self.intake.rules.load().keeps(&self.source.account, &line) {
                 continue;
             }
             ids.push(self.line_id(t, r.offset));
@@ -571,10 +570,9 @@ impl SourceRun {
         positions: Vec<PositionUpdate>,
     ) -> Result<String, crate::spool::CommitError> {
         let along = Along { ids, positions };
-        let committer = self.shared.committer.clone();
+        let committer = self.intake.committer.clone();
         let account = self.source.account.clone();
-        self.shared
-            .runtime
+        self.runtime
             .block_on(committer.commit_along(account, lines, along, Source::File))
     }
 

@@ -426,7 +426,7 @@ fn check_target(config: ConfigArgs, target: Option<String>) -> anyhow::Result<()
 
 fn probe_target(settings: Settings) -> anyhow::Result<()> {
     let single_writer = settings.target.single_writer;
-    let target = larch::target::Target::new(settings.target)?;
+    let target = larch::store::Target::new(settings.target)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -499,14 +499,14 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
     );
     println!(
         "uploaded         {} objects, {} bytes ({} before gzip; {} failed attempts)",
-        status.objects_uploaded,
-        status.bytes_uploaded,
-        status.input_bytes_uploaded,
-        status.upload_failures
+        status.sync.objects_uploaded,
+        status.sync.bytes_uploaded,
+        status.sync.input_bytes_uploaded,
+        status.sync.upload_failures
     );
     println!("quarantined      {} records", s.records_quarantined);
     let room = &status.room;
-    let mib = larch::spool::room::mib;
+    let mib = larch::units::mib;
     println!(
         "room             spool {} (limit {}), disk {} free (floor {})",
         mib(room.spool_bytes),
@@ -529,14 +529,14 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
     for (rule, lines) in &status.lines_dropped_by_rule {
         println!("dropped by rule  {lines} lines: {rule}");
     }
-    if let Some(p) = &status.sync_paused {
+    if let Some(p) = &status.sync.sync_paused {
         println!("SYNC PAUSED      {p}");
     }
     println!(
         "last error       {}",
-        status.last_error.as_deref().unwrap_or("-")
+        status.sync.last_error.as_deref().unwrap_or("-")
     );
-    if status.sync_paused.is_some() {
+    if status.sync.sync_paused.is_some() {
         bail!("uploads are paused; see above");
     }
     Ok(())

@@ -14,7 +14,7 @@ use larch::config::{Override, Settings};
 use larch::drain::Drained;
 use larch::restore::{parse_time, Filter, Restore};
 use larch::status::Status;
-use larch::target::Target;
+use larch::store::Target;
 use larch::verify::{Ledger, Verdict};
 
 /// Exit status of a restore that finished but had to skip objects.
@@ -290,9 +290,9 @@ fn describe_left(status: &Status) -> String {
         s.parts_uploaded,
         s.oldest_waiting_hour.as_deref().unwrap_or("-")
     );
-    if let Some(paused) = &status.sync_paused {
+    if let Some(paused) = &status.sync.sync_paused {
         text.push_str(&format!("; uploads are paused: {paused}"));
-    } else if let Some(error) = &status.last_error {
+    } else if let Some(error) = &status.sync.last_error {
         text.push_str(&format!("; last upload error: {error}"));
     }
     text

@@ -78,7 +78,7 @@ impl Ownership {
         );
         a.insert(
             Attribute::Metadata(META_SHA256.into()),
-            hex(&self.sha256).into(),
+            hex::encode(self.sha256).into(),
         );
         a.insert(
             Attribute::Metadata(META_LINES.into()),
@@ -89,10 +89,6 @@ impl Ownership {
         a.insert(Attribute::ContentType, "application/gzip".into());
         a
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the store can do, found by the probe.
@@ -144,7 +140,7 @@ impl Target {
         if let (Some(rate), false) = (&self.rate, matches!(self.location, Location::LocalDir(_))) {
             d.push_str(&format!(
                 ", uploads limited to {}/s",
-                crate::spool::room::mib(rate.bytes_per_second())
+                crate::units::mib(rate.bytes_per_second())
             ));
         }
         d
@@ -319,7 +315,7 @@ impl Target {
             .attributes
             .get(&Attribute::Metadata(META_SHA256.into()))
         {
-            return Ok(recorded.as_ref() == hex(sha256));
+            return Ok(recorded.as_ref() == hex::encode(sha256));
         }
         let mut stream = store.get(&location).await.map_err(classify)?.into_stream();
         let mut hasher = Sha256::new();

@@ -21,7 +21,7 @@ use object_store::{ClientConfigKey, ObjectStore, RetryConfig};
 
 /// What the user configured: the URL, the options of its store, and whether this
 /// larch may assume it is the only writer under the prefix.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TargetConfig {
     pub url: String,
     pub s3: BTreeMap<String, String>,

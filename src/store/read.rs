@@ -2,13 +2,15 @@
 //! under a prefix, asking after one object, and reading one as a blocking
 //! stream, so it can be gunzipped without holding it whole in memory.
 
-use std::io::{self, Read};
+use std::io;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{Attribute, GetOptions, ObjectStoreExt};
 use tokio::sync::mpsc;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::errors::classify;
 use super::{Target, TargetError, META_INSTANCE, META_SHA256};
@@ -114,29 +116,12 @@ impl Target {
                 }
             }
         });
-        Ok(ObjectReader {
-            chunks: rx,
-            current: Bytes::new(),
-        })
+        let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        Ok(SyncIoBridge::new(StreamReader::new(chunks.boxed())))
     }
 }
 
-/// A downloading object, read as `std::io::Read`.
-pub struct ObjectReader {
-    chunks: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl Read for ObjectReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.chunks.blocking_recv() {
-                Some(chunk) => self.current = chunk?,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
+/// A downloading object, read as `std::io::Read` (from a blocking thread).
+pub type ObjectReader = SyncIoBridge<StreamReader<BoxStream<'static, io::Result<Bytes>>, Bytes>>;
