@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 rate=${1:-1MiB/s}
 seconds=${2:-20}
 scripts/test-servers.sh moto >&2
-cargo build --release --locked --bin larch-bench >&2
+cargo build --release --locked -p larch-bench >&2
 . scripts/lib.sh
 port=$(free_port)
 .test-servers/venv/bin/moto_server -H 127.0.0.1 -p "$port" >/dev/null 2>&1 &

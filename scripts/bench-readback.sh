@@ -19,12 +19,8 @@ if [ ! -x /usr/bin/time ]; then
     fi
 fi
 
-cargo build --release --quiet --bins
-larch=target/release/larch
-bench=target/release/larch-bench
-root=${BENCH_DIR:-data/bench}
-mkdir -p "$root"
-work=$(mktemp -d "$root/readback.XXXXXX")
+. scripts/lib.sh
+bench_setup readback
 pid=
 cleanup() {
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
@@ -32,14 +28,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. scripts/lib.sh
 port=$(free_port)
 "$larch" run --data "$work/data" --listen "127.0.0.1:$port" --late-window 0s >"$work/larch.log" 2>&1 &
 pid=$!
-for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
-    sleep 0.01
-done
+wait_for_url "http://127.0.0.1:$port/health"
 "$bench" load --addr "127.0.0.1:$port" --duration "${seconds}s" --hours-back 3 >/dev/null
 "$larch" drain --data "$work/data" >/dev/null
 kill "$pid"; wait "$pid" || true; pid=

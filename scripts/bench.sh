@@ -31,12 +31,8 @@ fi
 s3s_fs=.test-servers/cargo/bin/s3s-fs
 [ -x "$s3s_fs" ] || scripts/test-servers.sh s3s-fs
 
-cargo build --release --quiet --bins
-larch=target/release/larch
-bench=target/release/larch-bench
-root=${BENCH_DIR:-data/bench}
-mkdir -p "$root"
-work=$(mktemp -d "$root/run.XXXXXX")
+. scripts/lib.sh
+bench_setup run
 results="$work/results"
 mkdir -p "$results"
 pid=
@@ -48,7 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. scripts/lib.sh
 addr=127.0.0.1:$(free_port)
 
 # Starts larch on $1 (data dir) with extra flags; sets $pid and waits for /health.
@@ -56,12 +51,7 @@ start() {
     local data=$1; shift
     "$larch" run --data "$data" --listen "$addr" "$@" >"$data.log" 2>&1 &
     pid=$!
-    for _ in $(seq 600); do
-        curl -sf "http://$addr/health" >/dev/null 2>&1 && return 0
-        sleep 0.01
-    done
-    echo "larch did not start; see $data.log" >&2
-    exit 1
+    wait_for_url "http://$addr/health" || { echo "larch did not start; see $data.log" >&2; exit 1; }
 }
 stop() {
     kill "$pid"; wait "$pid" || true; pid=

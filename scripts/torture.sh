@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The torture suite (tests/torture.rs): SIGKILLs at random moments, object store
+# The torture suite (tests/it/torture/): SIGKILLs at random moments, object store
 # faults (refused connections, resets mid-upload, stalls past the timeout, 500,
 # 503 SlowDown, a long outage), a full spool disk, damaged spool records, clock
 # jumps and multipart uploads, all under load from HTTP clients and rotating
@@ -33,7 +33,8 @@ done
 # One at a time: each runs its own store and load. A long mode of one kind
 # runs that kind alone.
 only=""
-if [ -n "$kills" ] && [ -z "$cuts" ]; then only="--exact torture"; fi
-if [ -n "$cuts" ] && [ -z "$kills" ]; then only="--exact power_cut_torture"; fi
+only="torture::"
+if [ -n "$kills" ] && [ -z "$cuts" ]; then only="torture::kills::torture --exact"; fi
+if [ -n "$cuts" ] && [ -z "$kills" ]; then only="torture::cuts::power_cut_torture --exact"; fi
 # shellcheck disable=SC2086
-cargo test --release --locked --test torture -- $only --test-threads 1 --nocapture
+cargo test --release --locked --test it -- $only --test-threads 1 --nocapture

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// An account ID that matched `[A-Za-z0-9_-]{1,64}` (FORMAT.md §1).
+/// An account ID that matched `[A-Za-z0-9_-]{1,64}` (docs/FORMAT.md §1).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AccountId(String);
 

@@ -239,10 +239,35 @@ pub async fn run(
     .merge(ops);
     announce(&settings, &listeners, &archiving.target);
 
-    // The listeners close on the shutdown signal, or when the target turns
-    // out unusable.
+    let (closed, unusable) = close_on(shutdown, archiving.target.clone());
+    listeners.serve(app, &settings, closed).await;
+    tracing::info!("shutting down: no longer accepting lines");
+    let stopped = Stages {
+        reloadable,
+        stop,
+        tasks,
+        commit_thread,
+        spool,
+    }
+    .stop()
+    .await;
+    AdminFile::remove(&data);
+    stopped?;
+    if let Some(why) = unusable.lock().take() {
+        return Err(DaemonError::TargetUnusable(why));
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// The token the listeners close on: cancelled by the shutdown signal, or
+/// when the probe finds the target unusable (the reason is kept beside it).
+fn close_on(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    target: Arc<Target>,
+) -> (CancellationToken, Arc<Mutex<Option<String>>>) {
     let (unusable_tx, unusable_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(probe_at_start(archiving.target.clone(), unusable_tx));
+    tokio::spawn(probe_at_start(target, unusable_tx));
     let unusable = Arc::new(Mutex::new(None));
     let closed = CancellationToken::new();
     tokio::spawn({
@@ -258,35 +283,45 @@ pub async fn run(
             closed.cancel();
         }
     });
-    listeners.serve(app, &settings, closed).await;
-    tracing::info!("shutting down: no longer accepting lines");
+    (closed, unusable)
+}
 
-    // File sources store what they have read (partial last lines included),
-    // then drop their committer handles.
-    let tails = reloadable.tails.lock().take();
-    drop(reloadable);
-    if let Some(tails) = tails {
-        let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
+/// What stays to take down once the listeners have closed and the requests
+/// in flight are answered.
+struct Stages {
+    /// Holds the file sources.
+    reloadable: Arc<Reloadable>,
+    /// Stops sealing, the room watcher, the sync loop and the reloader.
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    commit_thread: std::thread::JoinHandle<()>,
+    spool: SpoolHandle,
+}
+
+impl Stages {
+    async fn stop(self) -> Result<(), DaemonError> {
+        // File sources store what they have read (partial last lines
+        // included), then drop their committer handles.
+        let tails = self.reloadable.tails.lock().take();
+        drop(self.reloadable);
+        if let Some(tails) = tails {
+            let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
+        }
+        // The routes (and with them the last committer handle) are gone: the
+        // commit thread drains what it holds and ends.
+        self.stop.cancel();
+        let commit_thread = self.commit_thread;
+        let joined = tokio::task::spawn_blocking(move || commit_thread.join()).await;
+        self.tasks.wait().await;
+        let flushed = self.spool.run(Spool::make_durable).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            return Err(DaemonError::Task(
+                "commit",
+                "the commit thread panicked".into(),
+            ));
+        }
+        flushed.map_err(|e| DaemonError::Task("final flush", e.to_string()))
     }
-    // The routes (and with them the last committer handle) are gone: the
-    // commit thread drains what it holds and ends.
-    stop.cancel();
-    let joined = tokio::task::spawn_blocking(move || commit_thread.join()).await;
-    tasks.wait().await;
-    let flushed = spool.run(Spool::make_durable).await;
-    AdminFile::remove(&data);
-    if !matches!(joined, Ok(Ok(()))) {
-        return Err(DaemonError::Task(
-            "commit",
-            "the commit thread panicked".into(),
-        ));
-    }
-    flushed.map_err(|e| DaemonError::Task("final flush", e.to_string()))?;
-    if let Some(why) = unusable.lock().take() {
-        return Err(DaemonError::TargetUnusable(why));
-    }
-    tracing::info!("stopped cleanly");
-    Ok(())
 }
 
 /// Says where larch listens, where it keeps and sends lines, and whether it

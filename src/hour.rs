@@ -1,4 +1,4 @@
-//! UTC hours and the object names they map to (FORMAT.md §1).
+//! UTC hours and the object names they map to (docs/FORMAT.md §1).
 //!
 //! An hour is counted from the Unix epoch, so it orders and compares as an
 //! integer and turns into a calendar date only when a name is printed.
@@ -42,7 +42,7 @@ impl fmt::Display for Hour {
 }
 
 /// The object key of part `n` of an account's hour: `n == 0` is the first object,
-/// later ones carry `.n` (FORMAT.md §1). `prefix` is the optional user key prefix.
+/// later ones carry `.n` (docs/FORMAT.md §1). `prefix` is the optional user key prefix.
 pub fn object_key(prefix: &str, account: &AccountId, hour: Hour, n: u32) -> String {
     let t = hour.datetime();
     let (y, m, d, h) = (t.year(), t.month(), t.day(), t.hour());

@@ -1,22 +1,29 @@
 //! larch: a log archiver for edge hosts.
 //!
-//! A line's path through the crate follows the product:
+//! A line's path through the crate follows the product, and every import
+//! points down it:
 //!
 //! ```text
-//! ingest (HTTP, files, pipe) → rules → spool (sled, group commit) → seal (hour closes)
-//!     → sync (gzip) → target → ledger                      restore ← target
+//! ingest (HTTP) / tail / pipe → intake → rules → spool (commit, seal, room) → sync (gzip) → store
+//!                                                                 restore, verify ← store
 //! ```
 //!
-//! - [`ingest`] accepts Mezmo-compatible requests and answers only once lines are durable;
-//!   [`tail`] and [`pipe`] are the other ways in, [`rules`] what is kept;
-//! - [`spool`] keeps lines on local disk, keyed by account, UTC hour and part, and
-//!   remembers what it uploaded (the ledger);
-//! - [`seal`] closes a part once its hour (plus the late window) is over;
+//! - [`ingest`] accepts Mezmo-compatible requests and answers only once lines
+//!   are durable; [`tail`] and [`pipe`] are the other ways in; every source
+//!   hands its lines to an [`intake`], whose [`rules`] decide what is kept;
+//! - [`spool`] keeps lines on local disk, keyed by account, UTC hour and part,
+//!   seals parts when their time is up, watches its room, and remembers what it
+//!   uploaded (the ledger);
 //! - [`sync`] turns sealed parts into gzip NDJSON objects and uploads them exactly once;
-//! - [`store`] is where objects go (a local directory by default);
-//! - [`restore`] reads archives back, [`verify`] checks them against the ledger, and
-//!   [`drain`] empties a spool into the target, with a running daemon through [`admin`];
-//! - [`files`] keeps what larch writes private (file and directory modes).
+//! - [`store`] is where objects go (a local directory by default, S3, GCS, Azure);
+//! - [`restore`] reads archives back and [`verify`] checks them against the ledger;
+//! - [`status`] builds the daemon's status, [`ops`] serves it with the metrics,
+//!   [`admin`] lets local tools drive a running daemon, [`daemon`] wires the
+//!   stages together, [`drain`] empties a spool, [`reload`] applies SIGHUP;
+//! - leaves: [`line`], [`hour`], [`account`], [`clock`], [`files`] (modes and
+//!   durable directories), [`telemetry`] (metrics), [`units`], [`fault`], [`memory`].
+//!
+//! The formats and the invariants are in `docs/FORMAT.md` and `docs/DESIGN.md`.
 
 pub mod account;
 pub mod admin;

@@ -2,11 +2,11 @@
 //!
 //! [`Line`] is what every source produces once a line is accepted; the spool
 //! gives it its ID and receive time. [`ArchivedLine`] is the flat JSON object of
-//! FORMAT.md §2, with its field names and its "when known" rules.
+//! docs/FORMAT.md §2, with its field names and its "when known" rules.
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::clock::EpochMs;
@@ -101,6 +101,18 @@ impl Line {
         }
     }
 
+    /// The line borrowed, with its origin borrowed by the caller (once for
+    /// all the lines that share it).
+    pub fn borrowed<'a>(&'a self, origin: &'a OriginRef<'a>) -> LineRef<'a> {
+        LineRef {
+            ts: self.ts,
+            line: &self.line,
+            truncated: self.truncated,
+            own: OwnRef::of(self.own.as_deref()),
+            origin,
+        }
+    }
+
     /// The line's own fields, made on first use.
     pub fn own_mut(&mut self) -> &mut OwnFields {
         self.own.get_or_insert_with(Box::default)
@@ -177,8 +189,81 @@ pub struct StoredLine {
     pub line: Line,
 }
 
-/// A stored line read in place from a block's bytes (see the spool's
-/// `block`), every field resolved and borrowed, not copied.
+/// An [`Origin`] borrowed: as a block stores it (once, for the lines that
+/// point at it), and as readers see it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OriginRef<'a> {
+    #[serde(borrow)]
+    pub host: Option<&'a str>,
+    #[serde(borrow)]
+    pub app: Option<&'a str>,
+    #[serde(borrow)]
+    pub file: Option<&'a str>,
+    #[serde(borrow)]
+    pub level: Option<&'a str>,
+    #[serde(borrow)]
+    pub ip: Option<&'a str>,
+    #[serde(borrow)]
+    pub mac: Option<&'a str>,
+    #[serde(borrow)]
+    pub tags: Vec<&'a str>,
+    #[serde(borrow)]
+    pub ingester: &'a str,
+}
+
+impl<'a> OriginRef<'a> {
+    pub fn of(origin: &'a Origin) -> Self {
+        Self {
+            host: origin.host.as_deref(),
+            app: origin.app.as_deref(),
+            file: origin.file.as_deref(),
+            level: origin.level.as_deref(),
+            ip: origin.ip.as_deref(),
+            mac: origin.mac.as_deref(),
+            tags: origin.tags.iter().map(String::as_str).collect(),
+            ingester: origin.ingester,
+        }
+    }
+}
+
+/// A line's [`OwnFields`] borrowed, as a block stores them with the line.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct OwnRef<'a> {
+    #[serde(borrow)]
+    pub host: Option<&'a str>,
+    #[serde(borrow)]
+    pub app: Option<&'a str>,
+    #[serde(borrow)]
+    pub file: Option<&'a str>,
+    #[serde(borrow)]
+    pub level: Option<&'a str>,
+    #[serde(borrow)]
+    pub env: Option<&'a str>,
+    #[serde(borrow)]
+    pub label_json: Option<&'a str>,
+    #[serde(borrow)]
+    pub meta_json: Option<&'a str>,
+}
+
+impl<'a> OwnRef<'a> {
+    pub fn of(own: Option<&'a OwnFields>) -> Self {
+        let Some(own) = own else {
+            return Self::default();
+        };
+        Self {
+            host: own.host.as_deref(),
+            app: own.app.as_deref(),
+            file: own.file.as_deref(),
+            level: own.level.as_deref(),
+            env: own.env.as_deref(),
+            label_json: own.label_json.as_deref(),
+            meta_json: own.meta_json.as_deref(),
+        }
+    }
+}
+
+/// A stored line read in place (from a block's bytes, or from a [`StoredLine`]),
+/// borrowed, not copied.
 #[derive(Debug)]
 pub struct StoredLineRef<'a> {
     pub id: &'a str,
@@ -186,25 +271,17 @@ pub struct StoredLineRef<'a> {
     pub line: LineRef<'a>,
 }
 
+/// A [`Line`] borrowed: its own fields, and the origin it shares with others.
 #[derive(Debug)]
 pub struct LineRef<'a> {
     pub ts: EpochMs,
     pub line: &'a str,
     pub truncated: bool,
-    pub host: Option<&'a str>,
-    pub app: Option<&'a str>,
-    pub file: Option<&'a str>,
-    pub level: Option<&'a str>,
-    pub env: Option<&'a str>,
-    pub ip: Option<&'a str>,
-    pub mac: Option<&'a str>,
-    pub tags: &'a [&'a str],
-    pub label_json: Option<&'a str>,
-    pub meta_json: Option<&'a str>,
-    pub ingester: &'a str,
+    pub own: OwnRef<'a>,
+    pub origin: &'a OriginRef<'a>,
 }
 
-/// FORMAT.md §2, field for field and in that order.
+/// docs/FORMAT.md §2, field for field and in that order.
 #[derive(Serialize)]
 pub struct ArchivedLine<'a> {
     #[serde(rename = "_id")]
@@ -256,27 +333,11 @@ fn raw(json: Option<&str>) -> Option<&RawValue> {
 impl StoredLine {
     /// The line as one NDJSON record, newline included.
     pub fn write_ndjson(&self, account: &str, out: &mut Vec<u8>) {
-        let l = &self.line;
-        let tags: Vec<&str> = l.origin.tags.iter().map(String::as_str).collect();
+        let origin = OriginRef::of(&self.line.origin);
         StoredLineRef {
             id: &self.id,
             received: self.received,
-            line: LineRef {
-                ts: l.ts,
-                line: &l.line,
-                truncated: l.truncated,
-                host: l.host(),
-                app: l.app(),
-                file: l.file(),
-                level: l.level(),
-                env: l.env(),
-                ip: l.origin.ip.as_deref(),
-                mac: l.origin.mac.as_deref(),
-                tags: &tags,
-                label_json: l.label_json(),
-                meta_json: l.meta_json(),
-                ingester: l.origin.ingester,
-            },
+            line: self.line.borrowed(&origin),
         }
         .write_ndjson(account, out)
     }
@@ -284,23 +345,23 @@ impl StoredLine {
 
 impl StoredLineRef<'_> {
     pub fn archived<'b>(&'b self, account: &'b str) -> ArchivedLine<'b> {
-        let l = &self.line;
+        let (l, own, origin) = (&self.line, &self.line.own, self.line.origin);
         ArchivedLine {
             id: self.id,
             account,
             ts: l.ts,
             line: l.line,
-            host: l.host,
-            app: l.app,
-            file: l.file,
-            level: l.level,
-            env: l.env,
-            ip: l.ip,
-            mac: l.mac,
-            tags: l.tags,
-            label: raw(l.label_json),
-            meta: raw(l.meta_json),
-            ingester: l.ingester,
+            host: own.host.or(origin.host),
+            app: own.app.or(origin.app),
+            file: own.file.or(origin.file),
+            level: own.level.or(origin.level),
+            env: own.env,
+            ip: origin.ip,
+            mac: origin.mac,
+            tags: &origin.tags,
+            label: raw(own.label_json),
+            meta: raw(own.meta_json),
+            ingester: origin.ingester,
             received: self.received,
             truncated: l.truncated,
         }

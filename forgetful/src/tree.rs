@@ -1,5 +1,9 @@
 //! The in-memory state: inodes, the current and durable name trees, faults,
 //! and the power cut itself.
+//!
+//! (Over 500 lines: every operation changes the current tree and the durable
+//! one under one lock, and a power cut is their difference; split, each half
+//! would need the other's invariants.)
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};

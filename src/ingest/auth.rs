@@ -1,4 +1,4 @@
-//! Ingestion keys: each key belongs to exactly one account (FORMAT.md §4).
+//! Ingestion keys: each key belongs to exactly one account (docs/FORMAT.md §4).
 //! Keys are secrets: they are compared and mapped here and never logged.
 
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
 //! The HTTP front door: Mezmo-compatible `POST /logs/ingest`. A request is
-//! answered 200 only after the committer says its lines are durable; every refusal uses FORMAT.md's error body.
+//! answered 200 only after the committer says its lines are durable; every
+//! refusal uses docs/FORMAT.md's error body.
 //!
 //! A request's memory comes from one shared [`budget`] before it is used, and
 //! gunzip, JSON parsing and the rules run on blocking threads, so a large or
@@ -39,12 +40,12 @@ pub struct Ingest {
 pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/logs/ingest", post(ingest_lines))
-        // The handler enforces the body limit itself, with FORMAT.md's 413 body.
+        // The handler enforces the body limit itself, with docs/FORMAT.md's 413 body.
         .layer(DefaultBodyLimit::disable())
         .with_state(ingest)
 }
 
-/// A refusal in FORMAT.md's error body.
+/// A refusal in docs/FORMAT.md's error body.
 pub fn not_ok(status: StatusCode, errors: Vec<String>) -> Response {
     (status, Json(json!({"status": "not ok", "errors": errors}))).into_response()
 }

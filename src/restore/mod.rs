@@ -1,7 +1,7 @@
 //! `larch restore`: archive objects read back from any target, filtered,
 //! deduplicated by line ID and printed as NDJSON, in time order per hour.
 //!
-//! Objects are chosen by their names (FORMAT.md §1): with a time range only the
+//! Objects are chosen by their names (docs/FORMAT.md §1): with a time range only the
 //! days it covers are listed (`year=/month=/day=` prefixes), so a narrow range
 //! never lists a whole bucket. Several objects download and gunzip at once, but
 //! results are taken in (hour, part) order, and an hour is printed only when
@@ -11,6 +11,9 @@
 //! that does not read to its end (not gzip, cut short, a line that is not JSON
 //! or longer than [`MAX_LINE_BYTES`]) is skipped whole and named in the report;
 //! the rest is still restored.
+//!
+//! (Over 500 lines with its tests, which take the last hundred: the code that
+//! picks, fetches and merges an hour reads best in one place.)
 
 mod filter;
 mod record;
@@ -45,7 +48,7 @@ const HOUR_MEMORY: usize = 64 << 20;
 const BATCH_BYTES: usize = 1 << 20;
 /// ... and a reader runs at most this many batches ahead.
 const BATCHES_AHEAD: usize = 2;
-/// The longest line restore reads from an object. FORMAT.md caps a line's text
+/// The longest line restore reads from an object. docs/FORMAT.md caps a line's text
 /// at 16 KB and its `meta` at 32 KB; with the other fields and JSON escaping
 /// (six bytes for a control character) an archived line stays well below this.
 /// A longer one means a damaged or crafted object (a gzip bomb without a

@@ -1,6 +1,6 @@
-//! One archived line read back: FORMAT.md's flat form, or the older wrapped
+//! One archived line read back: docs/FORMAT.md's flat form, or the older wrapped
 //! form `{"_source":{…}}` with `_lid` for the ID that Mezmo's own archives use.
-//! Either comes out as a flat FORMAT.md line.
+//! Either comes out as a flat docs/FORMAT.md line.
 
 use serde_json::{Map, Value};
 

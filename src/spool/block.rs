@@ -17,48 +17,12 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CorruptRecord};
 use crate::clock::EpochMs;
-use crate::line::{Line, LineRef, Origin, StoredLineRef};
+use crate::line::{Line, LineRef, Origin, OriginRef, OwnRef, StoredLineRef};
 
 /// Blocks whose lines carry every field themselves.
 const ALL_IN_LINE: u8 = 1;
 /// Blocks whose lines point at origins stored once.
 const SHARED_ORIGINS: u8 = 2;
-
-/// An origin as a block stores it.
-#[derive(Serialize, Deserialize)]
-struct OriginRecord<'a> {
-    #[serde(borrow)]
-    host: Option<&'a str>,
-    #[serde(borrow)]
-    app: Option<&'a str>,
-    #[serde(borrow)]
-    file: Option<&'a str>,
-    #[serde(borrow)]
-    level: Option<&'a str>,
-    #[serde(borrow)]
-    ip: Option<&'a str>,
-    #[serde(borrow)]
-    mac: Option<&'a str>,
-    #[serde(borrow)]
-    tags: Vec<&'a str>,
-    #[serde(borrow)]
-    ingester: &'a str,
-}
-
-impl<'a> OriginRecord<'a> {
-    fn of(origin: &'a Origin) -> Self {
-        Self {
-            host: origin.host.as_deref(),
-            app: origin.app.as_deref(),
-            file: origin.file.as_deref(),
-            level: origin.level.as_deref(),
-            ip: origin.ip.as_deref(),
-            mac: origin.mac.as_deref(),
-            tags: origin.tags.iter().map(String::as_str).collect(),
-            ingester: origin.ingester,
-        }
-    }
-}
 
 /// A line as a version 2 block stores it: its own fields, and its origin's number.
 #[derive(Serialize, Deserialize)]
@@ -72,25 +36,13 @@ struct LineRecord<'a> {
     truncated: bool,
     origin: u32,
     #[serde(borrow)]
-    host: Option<&'a str>,
-    #[serde(borrow)]
-    app: Option<&'a str>,
-    #[serde(borrow)]
-    file: Option<&'a str>,
-    #[serde(borrow)]
-    level: Option<&'a str>,
-    #[serde(borrow)]
-    env: Option<&'a str>,
-    #[serde(borrow)]
-    label_json: Option<&'a str>,
-    #[serde(borrow)]
-    meta_json: Option<&'a str>,
+    own: OwnRef<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct SharedBlock<'a> {
     #[serde(borrow)]
-    origins: Vec<OriginRecord<'a>>,
+    origins: Vec<OriginRef<'a>>,
     #[serde(borrow)]
     lines: Vec<LineRecord<'a>>,
 }
@@ -156,9 +108,6 @@ pub fn encode(lines: &[ToWrite<'_>]) -> Vec<u8> {
                 origins.len() - 1
             }
         };
-        let own = line.own.as_deref();
-        let field =
-            |f: fn(&crate::line::OwnFields) -> &Option<String>| own.and_then(|o| f(o).as_deref());
         records.push(LineRecord {
             id: &w.id,
             received: w.received,
@@ -166,17 +115,11 @@ pub fn encode(lines: &[ToWrite<'_>]) -> Vec<u8> {
             line: &line.line,
             truncated: line.truncated,
             origin: origin as u32,
-            host: field(|o| &o.host),
-            app: field(|o| &o.app),
-            file: field(|o| &o.file),
-            level: field(|o| &o.level),
-            env: field(|o| &o.env),
-            label_json: field(|o| &o.label_json),
-            meta_json: field(|o| &o.meta_json),
+            own: OwnRef::of(line.own.as_deref()),
         });
     }
     let block = SharedBlock {
-        origins: origins.into_iter().map(|o| OriginRecord::of(o)).collect(),
+        origins: origins.into_iter().map(|o| OriginRef::of(o)).collect(),
         lines: records,
     };
     codec::encode_version(SHARED_ORIGINS, &block)
@@ -189,7 +132,12 @@ pub enum Decoded<'a> {
 }
 
 pub struct SharedBlockView<'a>(SharedBlock<'a>);
-pub struct OldBlockView<'a>(OldBlock<'a>);
+pub struct OldBlockView<'a> {
+    block: OldBlock<'a>,
+    /// What each line carries of an origin, one per line, so old lines read
+    /// back through the same [`LineRef`] as new ones.
+    origins: Vec<OriginRef<'a>>,
+}
 
 /// Checks and decodes a block record of either version.
 pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, CorruptRecord> {
@@ -210,7 +158,24 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, CorruptRecord> {
             }
             Ok(Decoded::Shared(SharedBlockView(block)))
         }
-        ALL_IN_LINE => Ok(Decoded::Old(OldBlockView(codec::decode_payload(payload)?))),
+        ALL_IN_LINE => {
+            let block: OldBlock = codec::decode_payload(payload)?;
+            let origins = block
+                .lines
+                .iter()
+                .map(|l| OriginRef {
+                    host: None,
+                    app: None,
+                    file: None,
+                    level: None,
+                    ip: l.ip,
+                    mac: l.mac,
+                    tags: l.tags.clone(),
+                    ingester: l.ingester,
+                })
+                .collect();
+            Ok(Decoded::Old(OldBlockView { block, origins }))
+        }
         other => Err(CorruptRecord::Version(other)),
     }
 }
@@ -222,34 +187,6 @@ impl Decoded<'_> {
             Decoded::Shared(SharedBlockView(block)) => block
                 .lines
                 .iter()
-                .map(|l| {
-                    // Checked when decoded: every line's origin is in the block.
-                    let o = &block.origins[l.origin as usize];
-                    StoredLineRef {
-                        id: l.id,
-                        received: l.received,
-                        line: LineRef {
-                            ts: l.ts,
-                            line: l.line,
-                            truncated: l.truncated,
-                            host: l.host.or(o.host),
-                            app: l.app.or(o.app),
-                            file: l.file.or(o.file),
-                            level: l.level.or(o.level),
-                            env: l.env,
-                            ip: o.ip,
-                            mac: o.mac,
-                            tags: &o.tags,
-                            label_json: l.label_json,
-                            meta_json: l.meta_json,
-                            ingester: o.ingester,
-                        },
-                    }
-                })
-                .collect(),
-            Decoded::Old(OldBlockView(block)) => block
-                .lines
-                .iter()
                 .map(|l| StoredLineRef {
                     id: l.id,
                     received: l.received,
@@ -257,17 +194,35 @@ impl Decoded<'_> {
                         ts: l.ts,
                         line: l.line,
                         truncated: l.truncated,
-                        host: l.host,
-                        app: l.app,
-                        file: l.file,
-                        level: l.level,
-                        env: l.env,
-                        ip: l.ip,
-                        mac: l.mac,
-                        tags: &l.tags,
-                        label_json: l.label_json,
-                        meta_json: l.meta_json,
-                        ingester: l.ingester,
+                        own: l.own,
+                        // Checked when decoded: every line's origin is in the block.
+                        origin: &block.origins[l.origin as usize],
+                    },
+                })
+                .collect(),
+            // An old line holds its origin's fields and its own together,
+            // host, app, file and level already resolved: they read as its own.
+            Decoded::Old(OldBlockView { block, origins }) => block
+                .lines
+                .iter()
+                .zip(origins)
+                .map(|(l, origin)| StoredLineRef {
+                    id: l.id,
+                    received: l.received,
+                    line: LineRef {
+                        ts: l.ts,
+                        line: l.line,
+                        truncated: l.truncated,
+                        own: OwnRef {
+                            host: l.host,
+                            app: l.app,
+                            file: l.file,
+                            level: l.level,
+                            env: l.env,
+                            label_json: l.label_json,
+                            meta_json: l.meta_json,
+                        },
+                        origin,
                     },
                 })
                 .collect(),
@@ -415,16 +370,79 @@ mod tests {
                 line: "x",
                 truncated: false,
                 origin: 3,
-                host: None,
-                app: None,
-                file: None,
-                level: None,
-                env: None,
-                label_json: None,
-                meta_json: None,
+                own: OwnRef::default(),
             }],
         };
         let bytes = codec::encode_version(SHARED_ORIGINS, &block);
         assert!(decode(&bytes).is_err());
+    }
+
+    /// A version 2 line as it was first written: its own fields inline. The
+    /// line record now holds them as one struct, which must encode the same.
+    #[derive(Serialize)]
+    struct FlatLineRecord<'a> {
+        id: &'a str,
+        received: EpochMs,
+        ts: EpochMs,
+        line: &'a str,
+        truncated: bool,
+        origin: u32,
+        host: Option<&'a str>,
+        app: Option<&'a str>,
+        file: Option<&'a str>,
+        level: Option<&'a str>,
+        env: Option<&'a str>,
+        label_json: Option<&'a str>,
+        meta_json: Option<&'a str>,
+    }
+
+    #[test]
+    fn version_2_blocks_written_with_flat_line_fields_read_the_same() {
+        #[derive(Serialize)]
+        struct FlatBlock<'a> {
+            origins: Vec<OriginRef<'a>>,
+            lines: Vec<FlatLineRecord<'a>>,
+        }
+        let origin = origin(&["edge"]);
+        let flat = FlatBlock {
+            origins: vec![OriginRef::of(&origin)],
+            lines: vec![FlatLineRecord {
+                id: "id0",
+                received: 9,
+                ts: 5,
+                line: "own host",
+                truncated: true,
+                origin: 0,
+                host: Some("mine"),
+                app: None,
+                file: Some("/var/log/x"),
+                level: Some("warn"),
+                env: Some("prod"),
+                label_json: Some(r#"{"a":"b"}"#),
+                meta_json: Some(r#"{"k":1}"#),
+            }],
+        };
+        let mut line = Line::new(5, "own host".into(), origin.clone());
+        line.truncated = true;
+        *line.own_mut() = crate::line::OwnFields {
+            host: Some("mine".into()),
+            file: Some("/var/log/x".into()),
+            level: Some("warn".into()),
+            env: Some("prod".into()),
+            label_json: Some(r#"{"a":"b"}"#.into()),
+            meta_json: Some(r#"{"k":1}"#.into()),
+            ..Default::default()
+        };
+        let written = encode(&[ToWrite {
+            id: "id0".into(),
+            received: 9,
+            line: &line,
+        }]);
+        assert_eq!(written, codec::encode_version(SHARED_ORIGINS, &flat));
+        let decoded = decode(&written).unwrap();
+        let text = ndjson(&decoded.lines());
+        assert!(text.contains(r#""_host":"mine""#), "{text}");
+        assert!(text.contains(r#""_env":"prod""#), "{text}");
+        assert!(text.contains(r#""_label":{"a":"b"}"#), "{text}");
     }
 }

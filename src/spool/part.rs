@@ -1,4 +1,4 @@
-//! A part's record: where it is in its life (DESIGN.md, "The life of a part").
+//! A part's record: where it is in its life (docs/DESIGN.md, "The life of a part").
 //!
 //! ```text
 //! open ──seal──▶ sealed ──pick key──▶ uploading(key) ──confirmed──▶ uploaded ──▶ deleted

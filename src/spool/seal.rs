@@ -44,11 +44,6 @@ impl SealRule {
             hour_due.max(first_line_ms.saturating_add(self.follow_up_after_ms))
         }
     }
-
-    /// Whether a line for `hour` arriving at `now` finds the hour already sealed.
-    pub fn hour_is_sealed(&self, hour: Hour, now: EpochMs) -> bool {
-        self.due_at(hour, 0, now) <= now
-    }
 }
 
 impl Spool {
@@ -138,8 +133,6 @@ mod tests {
         let rule = SealRule::default();
         let due = rule.due_at(H, 0, H.start_ms());
         assert_eq!(due, H.end_ms() + 6 * HOUR_MS);
-        assert!(!rule.hour_is_sealed(H, due - 1));
-        assert!(rule.hour_is_sealed(H, due));
     }
 
     #[test]
@@ -149,8 +142,6 @@ mod tests {
             ..SealRule::default()
         };
         assert_eq!(rule.due_at(H, 0, H.start_ms() + 10), H.end_ms());
-        assert!(!rule.hour_is_sealed(H, H.end_ms() - 1));
-        assert!(rule.hour_is_sealed(H, H.end_ms()));
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! takes further settings from the config's `[s3]`, `[gcs]` or `[azure]` table,
 //! whose keys are the `object_store` option names (`region`, `endpoint`, ...).
 //! Nothing here ever prints a setting's value: some of them are secrets.
+//!
+//! (Over 500 lines with its tests, which take the last 150; the code is one
+//! table of stores and their options.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

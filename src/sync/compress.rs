@@ -98,7 +98,7 @@ impl Pool {
 }
 
 /// One complete gzip member; the header carries no time or name, so the same
-/// input gives the same bytes (DESIGN.md invariant 4).
+/// input gives the same bytes (docs/DESIGN.md invariant 4).
 pub fn gzip_member(piece: &[u8], level: u32) -> io::Result<Vec<u8>> {
     let mut gz = GzBuilder::new().write(
         Vec::with_capacity(piece.len() / 3 + 64),

@@ -3,7 +3,7 @@
 //! The lines stream from the spool through gzip into a file in the staging
 //! directory, so memory stays flat whatever the part's size, and are compressed
 //! on every core (see [`stage`]). The gzip headers carry no time or name, so the
-//! same part at the same level always gives the same bytes (DESIGN.md invariant 4).
+//! same part at the same level always gives the same bytes (docs/DESIGN.md invariant 4).
 
 use std::collections::VecDeque;
 use std::fs::File;

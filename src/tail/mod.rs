@@ -29,24 +29,21 @@
 
 pub mod config;
 mod file;
+mod list;
+mod read;
 mod watch;
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 use crate::intake::Intake;
-use crate::line::{Line, Origin};
-use crate::spool::{Along, FileKey, FilePosition, PositionUpdate};
-use crate::telemetry::Source;
-use config::leading_dir;
+use crate::spool::{FilePosition, PositionUpdate};
 pub use config::{FileSource, FileSourceConfig, SourceError, SourcesConfig, StartAt};
 use file::{fingerprint, identity, open_regular, Tailed, FINGERPRINT_BYTES};
 
@@ -311,53 +308,6 @@ impl SourceRun {
         more
     }
 
-    /// The files the include globs match, minus the excluded ones, and the
-    /// symbolic links the listing skipped.
-    fn matching_paths(&self) -> (Vec<Found>, HashSet<PathBuf>) {
-        let mut found = Vec::new();
-        let mut links = HashSet::new();
-        for pattern in &self.source.include {
-            let root = leading_dir(pattern);
-            if self.source.follow_symlinks {
-                let Ok(paths) = glob::glob(pattern) else {
-                    continue;
-                };
-                for path in paths.flatten() {
-                    found.push(Found {
-                        path,
-                        root: root.clone(),
-                    });
-                }
-            } else {
-                list_without_links(pattern, root, &mut found, &mut links);
-            }
-        }
-        found.retain(|f| !self.excluded(&f.path));
-        (found, links)
-    }
-
-    /// Names each skipped link once, while it stays.
-    fn name_skipped(&mut self, links: HashSet<PathBuf>) {
-        for link in &links {
-            if !self.skipped_links.contains(link) && !self.excluded(link) {
-                tracing::warn!(source = %self.source.name, path = %link.display(), "skipping a symbolic link (or a file with several names, a hard link): file sources do not follow links, since one planted in a tailed directory could hand over any file larch may read; set follow_symlinks = true on this [[sources.files]] to tail files through links");
-            }
-        }
-        self.skipped_links = links;
-    }
-
-    /// Whether an exclude glob matches the path, or (when links are followed)
-    /// the path it resolves to: a link must not get around an exclude.
-    fn excluded(&self, path: &Path) -> bool {
-        if self.source.excluded(&path.to_string_lossy()) {
-            return true;
-        }
-        self.source.follow_symlinks
-            && !self.source.exclude.is_empty()
-            && std::fs::canonicalize(path)
-                .is_ok_and(|real| real != path && self.source.excluded(&real.to_string_lossy()))
-    }
-
     /// Takes note of the file a listing found as (`dev`, `ino`): a known one
     /// (perhaps truncated), one with a stored position, or a new one.
     fn track(&mut self, found: Found, dev: u64, ino: u64, open: &mut usize) {
@@ -449,133 +399,6 @@ impl SourceRun {
         }
     }
 
-    /// Reads and commits what was added to one file. Returns whether more is waiting.
-    fn read_file(&mut self, key: (u64, u64), stopping: bool) -> std::io::Result<bool> {
-        let Some(mut t) = self.files.remove(&key) else {
-            return Ok(false);
-        };
-        let result = self.read_tailed(&mut t, stopping);
-        self.files.insert(key, t);
-        result
-    }
-
-    fn read_tailed(&self, t: &mut Tailed, stopping: bool) -> std::io::Result<bool> {
-        // A file that left its path can only be read through a descriptor still open on it.
-        if t.orphaned_since.is_some() && t.file.is_none() {
-            return Ok(false);
-        }
-        let (size, same) = t.size_and_sameness()?;
-        if size < t.position.offset || !same {
-            tracing::info!(source = %self.source.name, path = %t.path.display(), "file was truncated or rewritten; reading it again from its start");
-            t.restart(size)?;
-        }
-        if size != t.seen_size {
-            t.seen_size = size;
-            t.last_growth = Instant::now();
-        }
-        let flush_partial = stopping || t.last_growth.elapsed() >= self.source.partial_line_after;
-        for _ in 0..CHUNKS_PER_PASS {
-            let Some(chunk) = t.read_chunk(size, flush_partial)? else {
-                return Ok(false);
-            };
-            let full = chunk.position.offset < size;
-            let (lines, ids) = self.lines_of(t, &chunk.lines);
-            let update = self.update(t, Some(chunk.position.clone()));
-            if let Err(e) = self.commit(lines, Some(ids), vec![update]) {
-                if self.store_retry_at.get().is_none() {
-                    tracing::warn!(source = %self.source.name, "lines could not be stored; reading them again in {}s: {e}", STORE_RETRY.as_secs());
-                }
-                self.store_retry_at.set(Some(Instant::now() + STORE_RETRY));
-                return Ok(false);
-            }
-            if self.store_retry_at.take().is_some() {
-                tracing::info!(source = %self.source.name, "lines are stored again");
-            }
-            t.position = chunk.position;
-            if !full {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    fn lines_of(&self, t: &Tailed, read: &[file::ReadLine]) -> (Vec<Line>, Vec<String>) {
-        let now = self.intake.clock.now_ms();
-        let origin = Arc::new(Origin {
-            host: self
-                .source
-                .host
-                .clone()
-                .or_else(|| self.default_host.clone()),
-            app: self.source.app.clone(),
-            file: Some(t.path.to_string_lossy().into_owned()),
-            level: self.source.level.clone(),
-            tags: self.source.tags.clone(),
-            ingester: "tail",
-            ..Origin::default()
-        });
-        let mut lines = Vec::with_capacity(read.len());
-        let mut ids = Vec::with_capacity(read.len());
-        for r in read {
-            let mut line = Line::new(now, r.text.clone(), origin.clone());
-            line.truncated = r.truncated;
-            if r.partial {
-                line.own_mut().meta_json = Some(PARTIAL_META.to_owned());
-            }
-            if !self.intake.rules.load().keeps(&self.source.account, &line) {
-                continue;
-            }
-            ids.push(self.line_id(t, r.offset));
-            lines.push(line);
-        }
-        (lines, ids)
-    }
-
-    /// The same file, generation and offset always give the same ID.
-    fn line_id(&self, t: &Tailed, offset: u64) -> String {
-        let mut h = Sha256::new();
-        h.update(self.instance.as_bytes());
-        h.update(self.source.name.as_bytes());
-        h.update(t.dev.to_be_bytes());
-        h.update(t.ino.to_be_bytes());
-        h.update(t.position.fingerprint);
-        h.update(t.position.generation.to_be_bytes());
-        h.update(offset.to_be_bytes());
-        let digest = h.finalize();
-        let mut low = [0u8; 16];
-        low[6..].copy_from_slice(&digest[..10]);
-        let ms = (t.position.first_seen_ms.max(0) as u128) & ((1 << 48) - 1);
-        ulid::Ulid((ms << 80) | u128::from_be_bytes(low)).to_string()
-    }
-
-    fn key(&self, (dev, ino): (u64, u64)) -> FileKey {
-        FileKey {
-            source: self.source.name.clone(),
-            dev,
-            ino,
-        }
-    }
-
-    fn update(&self, t: &Tailed, position: Option<FilePosition>) -> PositionUpdate {
-        PositionUpdate {
-            key: self.key((t.dev, t.ino)),
-            position,
-        }
-    }
-
-    fn commit(
-        &self,
-        lines: Vec<Line>,
-        ids: Option<Vec<String>>,
-        positions: Vec<PositionUpdate>,
-    ) -> Result<String, crate::spool::CommitError> {
-        let along = Along { ids, positions };
-        let committer = self.intake.committer.clone();
-        let account = self.source.account.clone();
-        self.runtime
-            .block_on(committer.commit_along(account, lines, along, Source::File))
-    }
-
     /// Drops a file that was renamed away or deleted and has been read to its end.
     fn forget(&mut self, key: (u64, u64)) {
         let Some(t) = self.files.get(&key) else {
@@ -613,72 +436,11 @@ impl SourceRun {
     }
 }
 
-/// Adds the regular files below `root` that `pattern` matches to `found`, and
-/// the links met on the way to `links`: those that match, and those the glob
-/// would have entered as directories. Linked directories are not entered, so
-/// a link loop cannot make the listing endless either.
-fn list_without_links(
-    pattern: &str,
-    root: PathBuf,
-    found: &mut Vec<Found>,
-    links: &mut HashSet<PathBuf>,
-) {
-    let Ok(matcher) = glob::Pattern::new(pattern) else {
-        return;
-    };
-    if glob::Pattern::escape(pattern) == pattern {
-        // One file named outright: no directory to list.
-        let path = PathBuf::from(pattern);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links.insert(path);
-            }
-            Ok(meta) if meta.is_file() => found.push(Found { path, root }),
-            _ => {}
-        }
-        return;
-    }
-    let options = glob::MatchOptions {
-        require_literal_separator: true,
-        ..glob::MatchOptions::new()
-    };
-    let depth = if pattern.contains("**") {
-        usize::MAX
-    } else {
-        let named = pattern.split('/').filter(|p| !p.is_empty()).count();
-        named.saturating_sub(root.components().count().saturating_sub(1))
-    };
-    let walk = walkdir::WalkDir::new(&root)
-        .min_depth(1)
-        .max_depth(depth)
-        .follow_links(false)
-        .sort_by_file_name();
-    for entry in walk.into_iter().flatten() {
-        let kind = entry.file_type();
-        if kind.is_symlink() {
-            let matches = matcher.matches_path_with(entry.path(), options);
-            let entered = entry.depth() < depth && entry.path().is_dir();
-            if matches || entered {
-                links.insert(entry.into_path());
-            }
-        } else if kind.is_file() && matcher.matches_path_with(entry.path(), options) {
-            found.push(Found {
-                path: entry.into_path(),
-                root: root.clone(),
-            });
-        }
-    }
-}
-
 /// This machine's host name, stamped on tailed lines unless the source names one.
 fn host_name() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most that.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     (!name.is_empty()).then_some(name)
 }

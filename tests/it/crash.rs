@@ -4,7 +4,7 @@
 //! `LARCH_CRASH_KILLS` sets the number of kills (default 24), `LARCH_CRASH_SEED`
 //! replays a run.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,7 +6,7 @@
 //!
 //! Each test mounts its own filesystem (FUSE, which needs root, as CI has).
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

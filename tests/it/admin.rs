@@ -3,7 +3,7 @@
 //! behind, and something else may listen on that address later: the token
 //! must never reach it, and its answers must not be believed.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

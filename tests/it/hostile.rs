@@ -6,8 +6,11 @@
 //! summary line and fails if an acknowledged honest line is missing from the
 //! archive, if larch's peak memory passes 256 MB, if a half-head connection
 //! outlives the header timeout by far, or if `/health` stops answering.
+//!
+//! (Just over 500 lines: each attack is a few lines, run side by side with the
+//! honest clients and the measurements they are judged by.)
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

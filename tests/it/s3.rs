@@ -1,7 +1,7 @@
 //! Archiving to a real S3-compatible server (moto) over HTTP on 127.0.0.1, with a
 //! fault proxy in front of it when the test needs the store to misbehave.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

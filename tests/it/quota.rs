@@ -3,7 +3,7 @@
 //! while the others still get in, and larch recovers by itself once uploads
 //! make room. Nothing acknowledged is lost, nothing refused is archived.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,6 +1,6 @@
 //! Lines in, objects out: names, fields and follow-up parts, through the real binary.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

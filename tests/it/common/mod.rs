@@ -1,5 +1,4 @@
 //! Helpers for tests that run the real `larch` binary against real files.
-#![allow(dead_code)]
 
 pub mod azure;
 pub mod objects;

@@ -1,7 +1,10 @@
 //! larch as an agent on a host: configuration layers and `validate`, the
 //! Prometheus endpoint, reload on SIGHUP, TLS on the ingest listener.
+//!
+//! (Over 500 lines: nine tests of what an operator configures, each short,
+//! sharing the config files and clients they build.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

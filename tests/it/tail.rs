@@ -4,8 +4,11 @@
 //! Each test tails a directory, then stops larch and starts it again two hours
 //! ahead (`LARCH_CLOCK_OFFSET`), so the hour the lines were read in is over and
 //! everything is archived; then it compares the archive with what was written.
+//!
+//! (Over 500 lines: sixteen tests of one source, one per kind of rotation,
+//! link and restart, sharing the writers and the archive check.)
 
-mod common;
+use crate::common;
 
 use std::fs::OpenOptions;
 use std::io::Write;

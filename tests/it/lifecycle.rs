@@ -1,8 +1,8 @@
-//! The life of a part (DESIGN.md), step by step, against a real sled spool and
+//! The life of a part (docs/DESIGN.md), step by step, against a real sled spool and
 //! a real archive directory, with time moved by a manual clock. Each test pins
 //! one invariant and fails when it breaks.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

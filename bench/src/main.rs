@@ -13,6 +13,9 @@
 //!   `target.upload_rate_limit`, and reports the rate they achieved together.
 //!
 //! Every figure is printed as JSON so the script can put them in one table.
+//!
+//! (Over 500 lines: one command per subcommand, each a page that shares only the
+//! argument parsing; none of it is part of larch itself.)
 
 use std::io::Write;
 use std::path::PathBuf;

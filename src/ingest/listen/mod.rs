@@ -15,30 +15,28 @@
 //! `header_timeout` of its first byte. The ingest handler bounds reading a
 //! body by `body_timeout` itself, and an answer the client does not read is
 //! given up after `idle_timeout`. hyper's own header timer would count the
-//! idle wait of a kept-alive connection as header time, so the clocks live
-//! here, in an I/O wrapper that learns the stage from the service around the
+//! idle wait of a kept-alive connection as header time, so the clocks live in
+//! `guard`, an I/O wrapper that learns the stage from the service around the
 //! router and from the answer's body, which marks the connection as waiting
 //! again once it is written out.
 
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+mod guard;
+use guard::{Guarded, IdleAfter, Stage, BUSY, HEAD};
 
 /// How long a listener may hold a connection in each stage, and how many it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,204 +67,6 @@ impl Default for ListenLimits {
 
 /// The largest request head (request line with its query, and headers) read.
 const MAX_HEAD: usize = 64 * 1024;
-
-/// Where a connection is in its life, which decides its reading clock.
-const IDLE: u8 = 0;
-const HEAD: u8 = 1;
-const BUSY: u8 = 2;
-
-/// The stage of one connection, shared by its I/O wrapper and its service.
-struct Stage {
-    stage: AtomicU8,
-    /// When the current stage began.
-    since: Mutex<Instant>,
-    /// A read left waiting while a request was answered: hyper polls the
-    /// socket then only to notice a close, and does not poll it again once
-    /// the answer is out, so the idle clock would never start. Woken when the
-    /// stage changes, it starts.
-    waiting_read: Mutex<Option<Waker>>,
-    /// Asks the connection to close, to make room for a new one.
-    evict: Notify,
-}
-
-impl Stage {
-    /// A new connection owes its first request head at once.
-    fn new() -> Self {
-        Self {
-            stage: AtomicU8::new(HEAD),
-            since: Mutex::new(Instant::now()),
-            waiting_read: Mutex::new(None),
-            evict: Notify::new(),
-        }
-    }
-
-    /// Whether the connection only waits (for a request, or its head), so
-    /// closing it loses nothing.
-    fn waiting(&self) -> bool {
-        self.stage.load(Ordering::Acquire) != BUSY
-    }
-
-    /// Returns once the connection is asked to close while it waits between
-    /// requests.
-    async fn evicted(&self) {
-        self.evicted_in(IDLE).await
-    }
-
-    /// Returns once the connection is asked to close while it still owes its
-    /// request head.
-    async fn evicted_in_head(&self) {
-        self.evicted_in(HEAD).await
-    }
-
-    /// An ask that finds the connection in another stage (a request came in
-    /// meanwhile) is let go: the new connection that needed the room has
-    /// been refused by then.
-    async fn evicted_in(&self, stage: u8) {
-        loop {
-            self.evict.notified().await;
-            if self.stage.load(Ordering::Acquire) == stage {
-                return;
-            }
-        }
-    }
-
-    fn enter(&self, stage: u8) {
-        *self.since.lock() = Instant::now();
-        self.stage.store(stage, Ordering::Release);
-        let waiting = self.waiting_read.lock().take();
-        if let Some(waker) = waiting {
-            waker.wake();
-        }
-    }
-
-    fn wait_for_change(&self, waker: &Waker) {
-        *self.waiting_read.lock() = Some(waker.clone());
-    }
-
-    fn since(&self) -> Instant {
-        *self.since.lock()
-    }
-}
-
-/// A connection's byte stream, timed by its stage.
-struct Guarded<IO> {
-    inner: IO,
-    stage: Arc<Stage>,
-    limits: ListenLimits,
-    read_timer: Option<Pin<Box<Sleep>>>,
-    write_timer: Option<(Instant, Pin<Box<Sleep>>)>,
-}
-
-fn timed_out(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
-}
-
-/// Arms `timer` for `deadline`; true once the deadline has passed.
-fn expired(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) -> bool {
-    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-    if sleep.deadline() != deadline {
-        sleep.as_mut().reset(deadline);
-    }
-    sleep.as_mut().poll(cx).is_ready()
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before && this.stage.stage.load(Ordering::Acquire) == IDLE {
-                    this.stage.enter(HEAD);
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                // While a request is being answered, the handler keeps its own clock.
-                let deadline = match this.stage.stage.load(Ordering::Acquire) {
-                    IDLE => this.stage.since() + this.limits.idle_timeout,
-                    HEAD => this.stage.since() + this.limits.header_timeout,
-                    _ => {
-                        this.stage.wait_for_change(cx.waker());
-                        return Poll::Pending;
-                    }
-                };
-                if expired(&mut this.read_timer, deadline, cx) {
-                    crate::telemetry::connection_timed_out();
-                    return Poll::Ready(Err(timed_out(
-                        "the client sent no complete request in time",
-                    )));
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl<IO> Guarded<IO> {
-    /// A write, flush or shutdown that stays pending: a client that does not
-    /// read its answer is given up after the idle timeout (with TLS, a write
-    /// is taken into a buffer at once and the wait shows in the flush).
-    fn write_clock<T>(
-        &mut self,
-        polled: Poll<io::Result<T>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<T>> {
-        if polled.is_ready() {
-            self.write_timer = None;
-            return polled;
-        }
-        let idle = self.limits.idle_timeout;
-        let (_, sleep) = self.write_timer.get_or_insert_with(|| {
-            let deadline = Instant::now() + idle;
-            (deadline, Box::pin(tokio::time::sleep_until(deadline)))
-        });
-        if sleep.as_mut().poll(cx).is_ready() {
-            crate::telemetry::connection_timed_out();
-            return Poll::Ready(Err(timed_out("the client does not read its answer")));
-        }
-        Poll::Pending
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        self.write_clock(polled, cx)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.write_clock(polled, cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.write_clock(polled, cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        // One slice at a time keeps the write clock in one place.
-        let first = bufs
-            .iter()
-            .find(|b| !b.is_empty())
-            .map_or(&[][..], |b| &**b);
-        self.as_mut().poll_write(cx, first)
-    }
-}
 
 /// Descriptors larch needs besides its connections: the spool, segment
 /// files, tailed files, store connections.
@@ -509,38 +309,5 @@ where
                 closing = true;
             }
         }
-    }
-}
-
-/// An answer's body that marks its connection as waiting again once hyper
-/// has written all of it (and drops it).
-struct IdleAfter {
-    body: axum::body::Body,
-    stage: Arc<Stage>,
-}
-
-impl http_body::Body for IdleAfter {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for IdleAfter {
-    fn drop(&mut self) {
-        self.stage.enter(IDLE);
     }
 }

@@ -2,7 +2,7 @@
 //! exactly the lines it matches, nothing dropped reaches the archive, and the
 //! counts in status add up.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

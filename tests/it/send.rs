@@ -1,7 +1,7 @@
 //! `larch send`: lines piped in reach the archive, and the exit status tells
 //! the truth when they could not.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -1,6 +1,6 @@
 //! Archiving to Azure Blob Storage, against Azurite on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Duration;

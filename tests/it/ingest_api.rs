@@ -1,7 +1,7 @@
-//! The ingest API against the real binary: FORMAT.md §4's statuses, error
+//! The ingest API against the real binary: docs/FORMAT.md §4's statuses, error
 //! bodies and limits, and that nothing of a rejected request is stored.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::Duration;

@@ -1,0 +1,313 @@
+//! The ingest parser against the limits table and the timestamp rules.
+
+use super::parse_freely as parse;
+use super::*;
+use serde_json::{json, Value};
+
+const NOW: EpochMs = 1_764_140_245_123;
+
+fn ctx() -> RequestContext {
+    RequestContext {
+        received: NOW,
+        max_skew_ms: 300_000,
+        ..RequestContext::default()
+    }
+}
+
+fn parse_json(v: Value) -> Result<Vec<Line>, Rejection> {
+    parse(v.to_string().as_bytes(), &ctx())
+}
+
+fn malformed(r: Result<Vec<Line>, Rejection>) -> String {
+    match r {
+        Err(Rejection::Malformed(e)) => e.join("; "),
+        other => panic!("expected 400, got {other:?}"),
+    }
+}
+
+#[test]
+fn lines_and_ls_are_both_accepted() {
+    let a = parse_json(json!({"lines":[{"line":"x","app":"nginx"}]})).unwrap();
+    let b = parse_json(json!({"e":"ls","ls":[{"line":"x","app":"nginx"}]})).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a[0].app(), Some("nginx"));
+    assert_eq!(a[0].ts, NOW);
+}
+
+#[test]
+fn missing_line_and_bad_json_are_400() {
+    assert!(
+        malformed(parse_json(json!({"lines":[{"line":"ok"},{"app":"a"}]})))
+            .contains("lines[1]: \"line\" is missing")
+    );
+    assert!(malformed(parse(b"{not json", &ctx())).contains("not valid JSON"));
+    assert!(malformed(parse_json(json!({"other":1}))).contains("no \"lines\""));
+}
+
+#[test]
+fn field_limits_are_enforced() {
+    let long = |n| "h".repeat(n);
+    assert!(parse_json(
+        json!({"lines":[{"line":"x","hostname":long(256),"app":long(512),"level":long(80)}]})
+    )
+    .is_ok());
+    assert!(malformed(parse_json(
+        json!({"lines":[{"line":"x","hostname":long(257)}]})
+    ))
+    .contains("hostname"));
+    assert!(malformed(parse_json(json!({"lines":[{"line":"x","app":long(513)}]}))).contains("app"));
+    assert!(
+        malformed(parse_json(json!({"lines":[{"line":"x","level":long(81)}]}))).contains("level")
+    );
+    let mut c = ctx();
+    c.tags = vec!["ok".into(), long(81)];
+    assert!(
+        matches!(parse(br#"{"lines":[{"line":"x"}]}"#, &c), Err(Rejection::Malformed(e)) if e[0].contains("tag"))
+    );
+}
+
+#[test]
+fn request_fields_are_checked_and_named() {
+    let body = br#"{"lines":[{"line":"x"}]}"#;
+    let with = |f: &dyn Fn(&mut RequestContext)| {
+        let mut c = ctx();
+        f(&mut c);
+        parse(body, &c)
+    };
+    for ip in ["10.1.2.3", "::1", "fe80::1"] {
+        assert!(with(&|c| c.ip = Some(ip.into())).is_ok(), "{ip}");
+    }
+    assert!(malformed(with(&|c| c.ip = Some("10.1.2".into()))).contains("ip parameter"));
+    for mac in ["00:1a:2b:3c:4d:5e", "00-1A-2B-3C-4D-5E", "001a.2b3c.4d5e"] {
+        assert!(with(&|c| c.mac = Some(mac.into())).is_ok(), "{mac}");
+    }
+    assert!(malformed(with(&|c| c.mac = Some("00:1a:2b".into()))).contains("mac parameter"));
+    let many: Vec<String> = (0..=MAX_TAGS).map(|i| i.to_string()).collect();
+    assert!(malformed(with(&|c| c.tags = many.clone())).contains("33 tags"));
+    let long = |n| "f".repeat(n);
+    assert!(
+        parse_json(json!({"lines":[{"line":"x","file":long(MAX_FILE),"env":long(MAX_ENV)}]}))
+            .is_ok()
+    );
+    assert!(malformed(parse_json(
+        json!({"lines":[{"line":"x","file":long(MAX_FILE + 1)}]})
+    ))
+    .contains("file"));
+    assert!(malformed(parse_json(
+        json!({"lines":[{"line":"x","env":long(MAX_ENV + 1)}]})
+    ))
+    .contains("env"));
+    assert!(malformed(parse_json(
+        json!({"lines":[{"line":"x","label":{"k":long(MAX_LABEL)}}]})
+    ))
+    .contains("label"));
+}
+
+#[test]
+fn lines_of_a_request_share_one_origin() {
+    let mut c = ctx();
+    c.tags = vec!["a".into(), "b".into()];
+    c.hostname = Some("edge-3".into());
+    let lines = parse(
+        br#"{"lines":[{"line":"x"},{"line":"y","hostname":"own"},{"line":"z"}]}"#,
+        &c,
+    )
+    .unwrap();
+    assert!(lines
+        .iter()
+        .all(|l| Arc::ptr_eq(&l.origin, &lines[0].origin)));
+    assert_eq!(lines[0].origin.tags, ["a", "b"]);
+    assert_eq!(lines[0].host(), Some("edge-3"));
+    assert_eq!(lines[1].host(), Some("own"));
+    assert!(
+        lines[0].own.is_none(),
+        "a line with no fields of its own holds none"
+    );
+}
+
+#[test]
+fn lines_wins_over_ls_and_other_keys_are_skipped() {
+    let l = parse(
+        br#"{"e":"ls","ls":[{"line":"from ls"}],"lines":[{"line":"from lines"}],"x":{"y":[1]}}"#,
+        &ctx(),
+    )
+    .unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].line, "from lines");
+}
+
+#[test]
+fn deep_meta_and_broken_text_are_refused() {
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let body = format!(r#"{{"lines":[{{"line":"x","meta":{deep}}}]}}"#);
+    assert!(malformed(parse(body.as_bytes(), &ctx())).contains("meta nests deeper than 128"));
+    let label = format!(r#"{{"lines":[{{"line":"x","label":{{"a":{deep}}}}}]}}"#);
+    assert!(malformed(parse(label.as_bytes(), &ctx())).contains("label nests deeper"));
+    // Within the limit, and white space gone as if serialized again.
+    let fine = r#"{"lines":[{"line":"x","meta":{ "a" : [1, 2.50, "s p\"ace"] }}]}"#;
+    assert_eq!(
+        parse(fine.as_bytes(), &ctx()).unwrap()[0].meta_json(),
+        Some(r#"{"a":[1,2.50,"s p\"ace"]}"#)
+    );
+    let mut bad = br#"{"lines":[{"line":"x"#.to_vec();
+    bad.extend_from_slice(&[0xff, 0xfe]);
+    bad.extend_from_slice(br#""}]}"#);
+    assert!(malformed(parse(&bad, &ctx())).contains("not valid JSON"));
+}
+
+#[test]
+fn lines_are_charged_as_they_are_read_and_stop_when_refused() {
+    let body = |line: &str| {
+        let mut body = String::from(r#"{"lines":["#);
+        for _ in 0..100_000 {
+            body.push_str(line);
+            body.push(',');
+        }
+        body.pop();
+        body.push_str("]}");
+        body
+    };
+    let shortest = body(r#"{"line":"x"}"#);
+    let mut asked = Vec::new();
+    let lines = super::parse(shortest.as_bytes(), &ctx(), &mut |held| {
+        asked.push(held);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(lines.capacity(), lines.len(), "sized once, never grown");
+    let last = *asked.last().unwrap();
+    let real = lines.capacity() * std::mem::size_of::<Line>()
+        + lines.iter().map(Line::heap_size).sum::<usize>();
+    assert_eq!(last, real, "the last charge is what the lines hold");
+    assert!(
+        asked.len() > 20,
+        "charged as they are read: {}",
+        asked.len()
+    );
+    assert!(asked.windows(2).all(|w| w[0] <= w[1]));
+    assert!(
+        last <= shortest.len() * crate::ingest::budget::PARSED_PER_BYTE,
+        "{last} bytes held for a body of {}",
+        shortest.len()
+    );
+    // Lines with fields of their own hold more, and are charged so.
+    let with_fields = body(r#"{"line":"x","app":"y"}"#);
+    let mut most = 0;
+    let _ = super::parse(with_fields.as_bytes(), &ctx(), &mut |held| {
+        most = most.max(held);
+        Ok(())
+    });
+    assert!(most > with_fields.len() * crate::ingest::budget::PARSED_PER_BYTE);
+    // No room: reading stops at once, and says why.
+    let mut calls = 0;
+    let refused = super::parse(shortest.as_bytes(), &ctx(), &mut |_| {
+        calls += 1;
+        if calls > 2 {
+            Err(Rejection::Busy)
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!(refused.unwrap_err(), Rejection::Busy);
+    assert_eq!(calls, 3);
+}
+
+#[test]
+fn meta_over_32k_is_400_and_under_is_kept() {
+    let big = "m".repeat(40 * 1024);
+    assert!(
+        malformed(parse_json(json!({"lines":[{"line":"x","meta":{"k":big}}]}))).contains("meta")
+    );
+    let ok = parse_json(json!({"lines":[{"line":"x","meta":{"status":200}}]})).unwrap();
+    assert_eq!(ok[0].meta_json(), Some(r#"{"status":200}"#));
+}
+
+#[test]
+fn meta_as_a_json_string_becomes_an_object() {
+    let l = parse_json(
+        json!({"lines":[{"line":"x","meta":"{\"a\":1,\"b\":[2]}"},{"line":"y","meta":"plain"}]}),
+    )
+    .unwrap();
+    assert_eq!(l[0].meta_json(), Some(r#"{"a":1,"b":[2]}"#));
+    assert_eq!(l[1].meta_json(), Some(r#""plain""#));
+}
+
+#[test]
+fn long_lines_are_cut_at_a_char_boundary() {
+    let text = format!("{}é tail", "a".repeat(MAX_LINE - 1));
+    let l = parse_json(json!({"lines":[{"line":text}]})).unwrap();
+    assert!(l[0].truncated);
+    assert_eq!(l[0].line.len(), MAX_LINE - 1);
+    let exact = parse_json(json!({"lines":[{"line":"a".repeat(MAX_LINE)}]})).unwrap();
+    assert!(!exact[0].truncated);
+}
+
+#[test]
+fn client_clocks_in_seconds_or_milliseconds() {
+    assert_eq!(epoch_ms_by_magnitude(1_764_140_245.0), 1_764_140_245_000);
+    assert_eq!(
+        epoch_ms_by_magnitude(1_764_140_245_123.0),
+        1_764_140_245_123
+    );
+    assert_eq!(epoch_ms_by_magnitude(1_764_140_245.5), 1_764_140_245_500);
+}
+
+#[test]
+fn timestamps_seconds_drift_and_skew() {
+    let ts = |v: Value, c: &RequestContext| {
+        parse(
+            json!({"lines":[{"line":"x","timestamp":v}]})
+                .to_string()
+                .as_bytes(),
+            c,
+        )
+        .unwrap()[0]
+            .ts
+    };
+    let c = ctx();
+    assert_eq!(ts(json!(NOW - 5000), &c), NOW - 5000);
+    assert_eq!(
+        ts(json!((NOW - 5000) / 1000), &c),
+        (NOW - 5000) / 1000 * 1000
+    );
+    // Ahead of the allowed skew: not believed.
+    assert_eq!(ts(json!(NOW + 3_600_000), &c), NOW);
+    // The client's clock is 10 s slow: its timestamps move forward 10 s.
+    let mut drift = ctx();
+    drift.client_now = Some(NOW - 10_000);
+    assert_eq!(ts(json!(NOW - 60_000), &drift), NOW - 50_000);
+    assert!(malformed(parse_json(
+        json!({"lines":[{"line":"x","timestamp":"soon"}]})
+    ))
+    .contains("timestamp"));
+}
+
+#[test]
+fn gzip_bodies_are_checked() {
+    assert!(matches!(
+        gunzip(b"plain text"),
+        Err(Rejection::Malformed(_))
+    ));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &vec![b' '; MAX_BODY + 10]).unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(matches!(gunzip(&bomb), Err(Rejection::TooLarge(_))));
+    let text = vec![b'x'; 3 << 20];
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &text).unwrap();
+    let body = gz.finish().unwrap();
+    assert_eq!(Gunzip::said_size(&body), text.len());
+    assert_eq!(gunzip(&body).unwrap(), text, "read in steps, whole");
+}
+
+#[test]
+fn an_absurd_client_clock_is_ignored() {
+    for client_now in [i64::MIN, -1, MAX_TS, i64::MAX] {
+        let c = RequestContext {
+            client_now: Some(client_now),
+            ..ctx()
+        };
+        let lines = parse(br#"{"lines":[{"line":"x","timestamp":1764140000000}]}"#, &c).unwrap();
+        assert_eq!(lines[0].ts, 1_764_140_000_000, "now={client_now}");
+    }
+}
