@@ -177,6 +177,8 @@ pub async fn run(
 
     // Background work stops on `stop`, after the listeners and the committer.
     let stop = CancellationToken::new();
+    // Also stops them should start-up fail from here on.
+    let _stop_on_return = stop.clone().drop_guard();
     let tasks = TaskTracker::new();
     let sealed = Arc::new(Notify::new());
     tasks.spawn(seal::run(
@@ -205,18 +207,18 @@ pub async fn run(
         ));
     }
 
-    let ops = crate::ops::router(Arc::new(Ops {
+    let ops = Arc::new(Ops {
         reporter: reporter.clone(),
         room,
         clock,
         exporter: crate::telemetry::install(),
         data_dir: data.clone(),
-    }));
+    });
     if let Some(metrics_addr) = settings.metrics_listen {
         tokio::spawn(serve(
             bind(metrics_addr).await?,
             None,
-            ops.clone(),
+            crate::ops::probes(ops.clone()),
             settings.listen_limits,
             stop.clone(),
         ));
@@ -236,7 +238,7 @@ pub async fn run(
         intake,
     }))
     .merge(admin)
-    .merge(ops);
+    .merge(crate::ops::router(ops));
     announce(&settings, &listeners, &archiving.target);
 
     let (closed, unusable) = close_on(shutdown, archiving.target.clone());
@@ -320,7 +322,7 @@ impl Stages {
                 "the commit thread panicked".into(),
             ));
         }
-        flushed.map_err(|e| DaemonError::Task("final flush", e.to_string()))
+        Ok(flushed?)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The operator's routes: `/status` (loopback only), Prometheus metrics at
-//! `/metrics`, liveness at `/health`, readiness at `/ready`. Served on the
-//! ingest listener, and on `metrics.listen` if set. Apart from `/status` they
-//! answer anyone: they hold counts, never lines or keys.
+//! `/metrics`, liveness at `/health`, readiness at `/ready`. All are served on
+//! the ingest listener; `metrics.listen`, if set, serves the last three
+//! ([`probes`]). Those answer anyone: they hold counts, never lines or keys.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,13 +29,21 @@ pub struct Ops {
     pub data_dir: PathBuf,
 }
 
+/// Every route, for the ingest listener.
 pub fn router(ops: Arc<Ops>) -> Router {
+    probe_routes().route("/status", get(status)).with_state(ops)
+}
+
+/// `/metrics`, `/health` and `/ready` alone, for `metrics.listen`.
+pub fn probes(ops: Arc<Ops>) -> Router {
+    probe_routes().with_state(ops)
+}
+
+fn probe_routes() -> Router<Arc<Ops>> {
     Router::new()
-        .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
-        .with_state(ops)
 }
 
 /// Status is for the host's own operator: only loopback peers are answered.
