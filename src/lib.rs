@@ -1,7 +1,7 @@
 //! larch: a log archiver for edge hosts.
 //!
-//! A line's path through the crate follows the product, and every import
-//! points down it:
+//! A line's path through the crate follows the product; the spool and the
+//! store, which the stages stand on, import none of them:
 //!
 //! ```text
 //! ingest (HTTP) / tail / pipe → intake → rules → spool (commit, seal, room) → sync (gzip) → store
@@ -20,7 +20,7 @@
 //! - [`status`] builds the daemon's status, [`ops`] serves it with the metrics,
 //!   [`admin`] lets local tools drive a running daemon, [`daemon`] wires the
 //!   stages together, [`drain`] empties a spool, [`reload`] applies SIGHUP;
-//! - leaves: [`line`], [`hour`], [`account`], [`clock`], [`files`] (modes and
+//! - leaves: [`line`](mod@line), [`hour`], [`account`], [`clock`], [`files`] (modes and
 //!   durable directories), [`telemetry`] (metrics), [`units`], [`fault`], [`memory`].
 //!
 //! The formats and the invariants are in `docs/FORMAT.md` and `docs/DESIGN.md`.
