@@ -27,9 +27,9 @@ s3_server = load("s3-server")
 rows = []
 
 
-def row(what, value, unit, limit="", ratio="", goal="", met=None):
+def row(what, value, unit, limit="", ratio="", goal="", met=None, digits=1):
     verdict = "" if met is None else ("met" if met else "NOT MET")
-    rows.append((what, f"{value:,.1f} {unit}".strip(), limit, ratio, goal, verdict))
+    rows.append((what, f"{value:,.{digits}f} {unit}".strip(), limit, ratio, goal, verdict))
 
 
 row("baseline: write+fsync", fsync["mb_per_s"], "MB/s")
@@ -57,6 +57,9 @@ row(
 )
 row("ingest: p50 / p99 latency", ingest["p50_ms"], f"/ {ingest['p99_ms']:.1f} ms")
 row("ingest: CPU", cores, "cores", "2 cores", f"{cores / 2:.0%}")
+# What a host gives up per line: CPU-seconds per million lines ingested.
+lines = ingest["lines_per_s"] * ingest["seconds"]
+row("ingest: CPU per million lines", ingest_proc["cpu_s"] / lines * 1e6 if lines else 0, "CPU-s")
 row("ingest: peak RSS", ingest_proc["peak_rss_mb"], "MB")
 if ingest["failed_requests"]:
     row("ingest: failed requests", ingest["failed_requests"], "")
@@ -112,6 +115,13 @@ def drain_rows(d):
 
 
 speed, cores, per_core = drain_rows(backlog)
+# How many hours of outage a disk holds: spool bytes per byte of NDJSON archived.
+row(
+    "backlog: spool bytes per NDJSON byte",
+    backlog_start["spool_mb"] / backlog["input_mb"] if backlog["input_mb"] else 0,
+    f"({backlog_start['spool_mb']:,} MB for {backlog['input_mb']:,.0f} MB NDJSON)",
+    digits=2,
+)
 row(
     "backlog: drain to a directory",
     speed,
