@@ -3,6 +3,8 @@
 //! - `load`: concurrent clients POST Mezmo bodies to a running larch and report
 //!   lines/s, MB/s and request latency percentiles (as JSON on stdout);
 //! - `fsync`: sequential write + fsync throughput of a directory's disk;
+//! - `deflate`: each deflate implementation larch could use (zlib-rs, today's,
+//!   and libdeflate), at several levels, on NDJSON in staging's 1 MiB pieces;
 //! - `gzip`: single-core gzip throughput on log lines like the ones `load` sends,
 //!   or on the NDJSON inside archive objects larch wrote;
 //! - `drain`: waits for a running larch to upload everything and reports how
@@ -44,6 +46,23 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 256)]
         mib: usize,
+    },
+    /// Single-core speed and ratio of each deflate implementation larch
+    /// could use, on the NDJSON cut into pieces as staging cuts it.
+    Deflate {
+        #[arg(long, default_value_t = 64)]
+        mib: usize,
+        /// Levels to try, comma-separated.
+        #[arg(long, default_value = "1,6,9", value_delimiter = ',')]
+        levels: Vec<u32>,
+        /// Bytes of NDJSON per gzip member (staging's pieces are 1 MiB).
+        #[arg(long, default_value_t = 1 << 20)]
+        piece: usize,
+        #[arg(long, default_value_t = 300)]
+        line_bytes: usize,
+        /// Compress the NDJSON in these archive objects instead of generated lines.
+        #[arg(long)]
+        archive: Option<PathBuf>,
     },
     /// Single-core gzip throughput on generated log lines.
     Gzip {
@@ -90,6 +109,13 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(plan) => load(plan),
         Command::Fsync { dir, mib } => fsync(&dir, mib),
+        Command::Deflate {
+            mib,
+            levels,
+            piece,
+            line_bytes,
+            archive,
+        } => deflate(mib, &levels, piece, line_bytes, archive.as_deref()),
         Command::Gzip {
             mib,
             level,
@@ -388,6 +414,73 @@ fn gzip(
         "{}",
         json!({"mb_per_s": data.len() as f64 / secs / 1e6, "ratio": data.len() as f64 / out.len() as f64, "seconds": secs, "mb": data.len() as f64 / 1e6})
     );
+    Ok(())
+}
+
+/// Each deflate implementation at each level, one JSON line per pair: the
+/// NDJSON cut at line ends into pieces of about `piece` bytes, each
+/// compressed on its own into a whole gzip member (as staging does), on one
+/// core, best of three.
+fn deflate(
+    mib: usize,
+    levels: &[u32],
+    piece: usize,
+    line_bytes: usize,
+    archive: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let data = match archive {
+        Some(dir) => archived_ndjson(dir, mib << 20)?,
+        None => generated_ndjson(mib << 20, line_bytes),
+    };
+    let mut pieces = Vec::new();
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let cut = rest[..piece.min(rest.len())]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(piece.min(rest.len()), |at| at + 1);
+        let (this, next) = rest.split_at(cut);
+        pieces.push(this);
+        rest = next;
+    }
+    type Member = fn(&[u8], u32) -> anyhow::Result<Vec<u8>>;
+    let implementations: [(&str, Member); 2] = [
+        ("zlib-rs (flate2)", |piece, level| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+            gz.write_all(piece)?;
+            Ok(gz.finish()?)
+        }),
+        ("libdeflate", |piece, level| {
+            let level = libdeflater::CompressionLvl::new(level as i32)
+                .map_err(|e| anyhow::anyhow!("libdeflate level {level}: {e:?}"))?;
+            let mut compressor = libdeflater::Compressor::new(level);
+            let mut out = vec![0; compressor.gzip_compress_bound(piece.len())];
+            let n = compressor
+                .gzip_compress(piece, &mut out)
+                .map_err(|e| anyhow::anyhow!("libdeflate: {e:?}"))?;
+            out.truncate(n);
+            Ok(out)
+        }),
+    ];
+    for &level in levels {
+        for (name, member) in implementations {
+            let (mut secs, mut bytes) = (f64::INFINITY, 0);
+            for _ in 0..3 {
+                let start = Instant::now();
+                let mut total = 0;
+                for p in &pieces {
+                    total += member(p, level)?.len();
+                }
+                secs = secs.min(start.elapsed().as_secs_f64());
+                bytes = total;
+            }
+            println!(
+                "{}",
+                json!({"implementation": name, "level": level, "mb_per_s": data.len() as f64 / secs / 1e6,
+                       "ratio": data.len() as f64 / bytes as f64, "mb": data.len() as f64 / 1e6, "pieces": pieces.len()})
+            );
+        }
+    }
     Ok(())
 }
 
