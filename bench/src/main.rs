@@ -395,21 +395,8 @@ fn gzip(
     line_bytes: usize,
     archive: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let data = match archive {
-        Some(dir) => archived_ndjson(dir, mib << 20)?,
-        None => generated_ndjson(mib << 20, line_bytes),
-    };
-    // The best of three runs: the machine is shared, and the baseline is the
-    // single-core speed it can reach, not what was left over at one moment.
-    let mut secs = f64::INFINITY;
-    let mut out = Vec::new();
-    for _ in 0..3 {
-        let start = Instant::now();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-        gz.write_all(&data)?;
-        out = gz.finish()?;
-        secs = secs.min(start.elapsed().as_secs_f64());
-    }
+    let data = ndjson(archive, mib, line_bytes)?;
+    let (secs, out) = best_of_three(|| zlib_rs_member(&data, level))?;
     println!(
         "{}",
         json!({"mb_per_s": data.len() as f64 / secs / 1e6, "ratio": data.len() as f64 / out.len() as f64, "seconds": secs, "mb": data.len() as f64 / 1e6})
@@ -428,10 +415,7 @@ fn deflate(
     line_bytes: usize,
     archive: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let data = match archive {
-        Some(dir) => archived_ndjson(dir, mib << 20)?,
-        None => generated_ndjson(mib << 20, line_bytes),
-    };
+    let data = ndjson(archive, mib, line_bytes)?;
     let mut pieces = Vec::new();
     let mut rest = &data[..];
     while !rest.is_empty() {
@@ -445,35 +429,17 @@ fn deflate(
     }
     type Member = fn(&[u8], u32) -> anyhow::Result<Vec<u8>>;
     let implementations: [(&str, Member); 2] = [
-        ("zlib-rs (flate2)", |piece, level| {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
-            gz.write_all(piece)?;
-            Ok(gz.finish()?)
-        }),
-        ("libdeflate", |piece, level| {
-            let level = libdeflater::CompressionLvl::new(level as i32)
-                .map_err(|e| anyhow::anyhow!("libdeflate level {level}: {e:?}"))?;
-            let mut compressor = libdeflater::Compressor::new(level);
-            let mut out = vec![0; compressor.gzip_compress_bound(piece.len())];
-            let n = compressor
-                .gzip_compress(piece, &mut out)
-                .map_err(|e| anyhow::anyhow!("libdeflate: {e:?}"))?;
-            out.truncate(n);
-            Ok(out)
-        }),
+        ("zlib-rs (flate2)", zlib_rs_member),
+        ("libdeflate", libdeflate_member),
     ];
     for &level in levels {
         for (name, member) in implementations {
-            let (mut secs, mut bytes) = (f64::INFINITY, 0);
-            for _ in 0..3 {
-                let start = Instant::now();
-                let mut total = 0;
-                for p in &pieces {
-                    total += member(p, level)?.len();
-                }
-                secs = secs.min(start.elapsed().as_secs_f64());
-                bytes = total;
-            }
+            let (secs, bytes) = best_of_three(|| {
+                pieces
+                    .iter()
+                    .map(|p| member(p, level).map(|m| m.len()))
+                    .sum::<anyhow::Result<usize>>()
+            })?;
             println!(
                 "{}",
                 json!({"implementation": name, "level": level, "mb_per_s": data.len() as f64 / secs / 1e6,
@@ -482,6 +448,52 @@ fn deflate(
         }
     }
     Ok(())
+}
+
+/// The NDJSON a baseline compresses: from archive objects, or generated.
+fn ndjson(
+    archive: Option<&std::path::Path>,
+    mib: usize,
+    line_bytes: usize,
+) -> anyhow::Result<Vec<u8>> {
+    match archive {
+        Some(dir) => archived_ndjson(dir, mib << 20),
+        None => Ok(generated_ndjson(mib << 20, line_bytes)),
+    }
+}
+
+/// The fastest of three runs, with what the last one made: the machine is
+/// shared, and a baseline is the single-core speed it can reach, not what
+/// was left over at one moment.
+fn best_of_three<T>(mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+    let mut secs = f64::INFINITY;
+    let mut made = None;
+    for _ in 0..3 {
+        let start = Instant::now();
+        made = Some(run()?);
+        secs = secs.min(start.elapsed().as_secs_f64());
+    }
+    Ok((secs, made.context("no run")?))
+}
+
+/// One gzip member through flate2 (zlib-rs), as larch compresses today.
+fn zlib_rs_member(data: &[u8], level: u32) -> anyhow::Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+    gz.write_all(data)?;
+    Ok(gz.finish()?)
+}
+
+/// One gzip member through libdeflate, whole buffer at once.
+fn libdeflate_member(data: &[u8], level: u32) -> anyhow::Result<Vec<u8>> {
+    let lvl = libdeflater::CompressionLvl::new(level as i32)
+        .map_err(|e| anyhow::anyhow!("libdeflate level {level}: {e:?}"))?;
+    let mut compressor = libdeflater::Compressor::new(lvl);
+    let mut out = vec![0; compressor.gzip_compress_bound(data.len())];
+    let n = compressor
+        .gzip_compress(data, &mut out)
+        .map_err(|e| anyhow::anyhow!("libdeflate: {e:?}"))?;
+    out.truncate(n);
+    Ok(out)
 }
 
 /// Up to `limit` bytes of NDJSON from the archive objects under `dir`.
