@@ -56,8 +56,11 @@ struct Writer {
     id: u64,
     file: File,
     len: u64,
-    /// Segments written since the last sync, the current one included.
-    unsynced: Vec<(u64, File)>,
+    /// Earlier segments written since the last sync.
+    unsynced: Vec<File>,
+    /// The current segment failed a write or an fsync: nothing in it is
+    /// synced again, and the next append starts a new one.
+    given_up: bool,
     /// A segment file was created since the last sync: the directory needs one too.
     new_file: bool,
 }
@@ -99,6 +102,7 @@ impl Segments {
                 file,
                 len: 0,
                 unsynced: Vec::new(),
+                given_up: false,
                 new_file: false,
             }),
         })
@@ -233,7 +237,11 @@ impl SegmentWriter<'_> {
         let id = w.id + 1;
         let file = create(self.dir, id)?;
         let old = std::mem::replace(&mut w.file, file);
-        w.unsynced.push((w.id, old));
+        // What a given-up segment holds was refused with its group; an fsync
+        // of it now could only fail again and refuse a group it owes nothing.
+        if !std::mem::take(&mut w.given_up) {
+            w.unsynced.push(old);
+        }
         w.id = id;
         w.len = 0;
         w.new_file = true;
@@ -241,7 +249,7 @@ impl SegmentWriter<'_> {
     }
 
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<BlockRef> {
-        if self.writer.len >= SEGMENT_BYTES {
+        if self.writer.len >= SEGMENT_BYTES || self.writer.given_up {
             self.rotate()?;
         }
         let w = &mut *self.writer;
@@ -254,7 +262,7 @@ impl SegmentWriter<'_> {
         };
         if let Err(e) = w.file.write_all(bytes) {
             // A short write leaves the file longer than we think: start afresh.
-            w.len = SEGMENT_BYTES;
+            w.given_up = true;
             return Err(e);
         }
         w.len += u64::from(len);
@@ -267,7 +275,7 @@ impl SegmentWriter<'_> {
     pub fn sync(&mut self) -> io::Result<()> {
         let w = &mut *self.writer;
         let synced = (|| {
-            for (_, file) in w.unsynced.drain(..) {
+            for file in w.unsynced.drain(..) {
                 file.sync_data()?;
             }
             w.file.sync_data()?;
@@ -278,7 +286,7 @@ impl SegmentWriter<'_> {
             Ok(())
         })();
         if synced.is_err() {
-            w.len = SEGMENT_BYTES;
+            w.given_up = true;
         }
         synced
     }

@@ -287,17 +287,8 @@ fn a_failed_segment_write_or_fsync_refuses_its_group_and_larch_goes_on() {
     let mut d = rig.start();
     let clients = Clients::start(&d.addr, 4);
     clients.wait_for_answers(20);
-    // The newest segment's number: collection removes old ones meanwhile.
-    let newest = |rig: &Rig| {
-        std::fs::read_dir(rig.data.join("segments"))
-            .unwrap()
-            .filter_map(|e| {
-                let name = e.unwrap().file_name().into_string().unwrap();
-                u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
-            })
-            .max()
-            .unwrap()
-    };
+    // Collection removes old segments meanwhile: the newest is the one written.
+    let newest = |rig: &Rig| newest_segment(&rig.data);
     for (failures, writes) in [(1, false), (2, false), (3, false), (1, true), (2, true)] {
         let before = newest(&rig);
         if writes {
@@ -334,6 +325,52 @@ fn a_failed_segment_write_or_fsync_refuses_its_group_and_larch_goes_on() {
         &archived(&rig.data.join("archive")),
         &answers,
         "failing segments",
+    );
+}
+
+/// The number of the newest segment file under `data`.
+fn newest_segment(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("segments"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
+        })
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn a_segment_given_up_is_not_fsynced_again() {
+    let rig = rig(false);
+    // No seal or collection rotates segments behind the test's back.
+    let d = Daemon::start_logging_to(
+        &format!("127.0.0.1:{}", common::free_port()),
+        &rig.data,
+        &rig.config.with_extension("log"),
+        &[
+            "--config",
+            rig.config.to_str().unwrap(),
+            "--late-window",
+            "6h",
+        ],
+        &[],
+    );
+    assert_eq!(d.ingest_json(KEY, &batch("before", 10).0).0, 200);
+    // A disk that keeps failing on one file: its next two fsyncs fail.
+    let given_up = format!("segments/{:016x}.seg", newest_segment(&rig.data));
+    rig.fs.fail_next_fsyncs_of(&given_up, 2);
+    let (code, _) = d.ingest_json(KEY, &batch("refused", 10).0);
+    assert_ne!(code, 200, "a group whose segment fsync failed is refused");
+    let (code, body) = d.ingest_json(KEY, &batch("after", 10).0);
+    assert_eq!(
+        code, 200,
+        "the next group goes to a new segment and owes nothing to {given_up}: {body}"
+    );
+    assert_eq!(
+        rig.fs.stats().failures_pending,
+        1,
+        "{given_up} was fsynced again after it was given up"
     );
 }
 
