@@ -32,7 +32,6 @@ done
 ./scripts/test-servers.sh
 # One at a time: each runs its own store and load. A long mode of one kind
 # runs that kind alone.
-only=""
 only="torture::"
 if [ -n "$kills" ] && [ -z "$cuts" ]; then only="torture::kills::torture --exact"; fi
 if [ -n "$cuts" ] && [ -z "$kills" ]; then only="torture::cuts::power_cut_torture --exact"; fi

@@ -232,7 +232,7 @@ async fn drain(State(admin): State<Arc<Admin>>) -> Response {
 async fn ledger(State(admin): State<Arc<Admin>>) -> Response {
     match admin.spool.run(Spool::ledger).await {
         Ok(entries) => Json(LedgerReply {
-            instance: admin.spool.blocking().instance_hex(),
+            instance: admin.spool.instance_hex(),
             entries,
         })
         .into_response(),

@@ -5,9 +5,9 @@
 //! watcher, the room watcher, the sync loop and the routes (ingest, admin,
 //! ops; the admin token goes to `<data>/admin.json`). Shutdown runs the other
 //! way: stop accepting and finish the requests in flight, let the file sources
-//! store what they read, let the committer drain, stop sealing and syncing (an
-//! upload in flight is abandoned; its recorded state resumes it on the next
-//! start), then flush the spool.
+//! store what they read, let the committer drain while sealing and syncing
+//! stop (an upload in flight is abandoned; its recorded state resumes it on
+//! the next start), then flush the spool.
 
 use std::future::Future;
 use std::net::SocketAddr;

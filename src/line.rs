@@ -145,14 +145,6 @@ impl Line {
         self.own_or_origin(|o| &o.level, &self.origin.level)
     }
 
-    pub fn env(&self) -> Option<&str> {
-        self.own.as_deref().and_then(|o| o.env.as_deref())
-    }
-
-    pub fn label_json(&self) -> Option<&str> {
-        self.own.as_deref().and_then(|o| o.label_json.as_deref())
-    }
-
     pub fn meta_json(&self) -> Option<&str> {
         self.own.as_deref().and_then(|o| o.meta_json.as_deref())
     }

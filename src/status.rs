@@ -48,22 +48,17 @@ impl Reporter {
     /// The status now (reads every part record, off the async runtime).
     pub async fn status(&self) -> Result<Status, SpoolError> {
         let spool = self.spool.run(Spool::summary).await?;
-        Ok(self.with_summary(spool))
-    }
-
-    /// The status, with the spool's counts read by the caller.
-    pub fn with_summary(&self, spool: SpoolSummary) -> Status {
         let (lines_dropped_by_rule, room) = match &self.running {
             Some(r) => (r.rules.load().dropped(), r.room.status()),
             None => Default::default(),
         };
-        Status {
-            instance: self.spool.blocking().instance_hex(),
+        Ok(Status {
+            instance: self.spool.instance_hex(),
             target: self.target.clone(),
             spool,
             sync: self.board.report(),
             lines_dropped_by_rule,
             room,
-        }
+        })
     }
 }

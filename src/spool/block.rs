@@ -377,6 +377,20 @@ mod tests {
         assert!(decode(&bytes).is_err());
     }
 
+    /// A version 2 origin as it was first written, before blocks and readers
+    /// shared one borrowed origin type.
+    #[derive(Serialize)]
+    struct FlatOriginRecord<'a> {
+        host: Option<&'a str>,
+        app: Option<&'a str>,
+        file: Option<&'a str>,
+        level: Option<&'a str>,
+        ip: Option<&'a str>,
+        mac: Option<&'a str>,
+        tags: Vec<&'a str>,
+        ingester: &'a str,
+    }
+
     /// A version 2 line as it was first written: its own fields inline. The
     /// line record now holds them as one struct, which must encode the same.
     #[derive(Serialize)]
@@ -400,12 +414,21 @@ mod tests {
     fn version_2_blocks_written_with_flat_line_fields_read_the_same() {
         #[derive(Serialize)]
         struct FlatBlock<'a> {
-            origins: Vec<OriginRef<'a>>,
+            origins: Vec<FlatOriginRecord<'a>>,
             lines: Vec<FlatLineRecord<'a>>,
         }
         let origin = origin(&["edge"]);
         let flat = FlatBlock {
-            origins: vec![OriginRef::of(&origin)],
+            origins: vec![FlatOriginRecord {
+                host: Some("edge-1"),
+                app: None,
+                file: None,
+                level: None,
+                ip: Some("10.0.0.7"),
+                mac: None,
+                tags: vec!["edge"],
+                ingester: "http",
+            }],
             lines: vec![FlatLineRecord {
                 id: "id0",
                 received: 9,

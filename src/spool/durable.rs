@@ -10,7 +10,8 @@
 //! kernel may have dropped the pages it could not write and report the next
 //! fsync as a success (PostgreSQL's "fsyncgate"), and sled's log would then
 //! hold a hole that its recovery stops at, taking every later commit with it.
-//! So the first failure is final: every later flush fails too, nothing more is
+//! So the first failure is final (and so is a sled batch that did not apply,
+//! which may have left part of itself in memory for the next flush): every later flush fails too, nothing more is
 //! acknowledged, and the spool's owner is told (the daemon exits, so that it
 //! restarts from what is durable).
 
@@ -34,7 +35,7 @@ pub struct Durability {
     flushing: Mutex<u64>,
     /// What failed first; once set, every flush fails.
     failed: OnceLock<String>,
-    /// Called once, with what failed, when the first flush fails.
+    /// Called once, with what failed, when the first flush (or sled batch) fails.
     on_failure: OnceLock<FailureHook>,
 }
 
@@ -90,15 +91,22 @@ impl Durability {
             Ok(()) => Ok(()),
             Err(what) => {
                 // Still holding the lock: the hook exits before anyone else flushes.
-                self.fail(&what);
+                self.mark_failed(&what);
                 Err(sled::Error::Io(io::Error::other(what)))
             }
         }
     }
 
     /// Marks the spool as no longer durable (the first failure wins) and
-    /// calls the hook; for failures found outside a flush too.
+    /// calls the hook, for a failure found outside a flush (a sled batch that
+    /// did not apply). Taken under the flush lock, so that no flush running
+    /// meanwhile can make what the failed batch left in memory durable.
     pub fn fail(&self, what: &str) {
+        let _flushing = self.flushing.lock();
+        self.mark_failed(what);
+    }
+
+    fn mark_failed(&self, what: &str) {
         if self.failed.set(what.to_owned()).is_ok() {
             if let Some(hook) = self.on_failure.get() {
                 hook(what);

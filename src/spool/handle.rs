@@ -20,6 +20,11 @@ impl SpoolHandle {
         }
     }
 
+    /// The spool's random ID (no disk involved), as status and object metadata show it.
+    pub fn instance_hex(&self) -> String {
+        self.spool.instance_hex()
+    }
+
     /// The spool itself, for code that runs on a thread of its own.
     pub fn blocking(&self) -> &Arc<Spool> {
         &self.spool

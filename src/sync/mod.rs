@@ -305,7 +305,7 @@ impl Syncer {
             )));
         }
         let owner = Ownership {
-            instance: self.spool.blocking().instance_hex(),
+            instance: self.spool.instance_hex(),
             part: id.to_string(),
             sha256: staged.sha256,
             lines: staged.lines,

@@ -155,14 +155,29 @@ fn a_spool_that_lost_its_segments_or_its_index_does_not_start_as_new() {
     for lose in ["segments", "spool"] {
         let aside = dir.path().join(format!("aside-{lose}"));
         std::fs::rename(data.join(lose), &aside).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_larch"))
+        let err_path = dir.path().join(format!("refused-{lose}.log"));
+        let mut larch = Command::new(env!("CARGO_BIN_EXE_larch"))
             .args(["run", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)
             .args(args)
-            .output()
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
             .expect("run larch");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "larch started without its {lose}");
+        // A larch that starts anyway runs until stopped: that is the failure.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = larch.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = larch.kill();
+                let _ = larch.wait();
+                panic!("larch started without its {lose} and kept running");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = std::fs::read_to_string(&err_path).unwrap();
+        assert!(!status.success(), "larch started without its {lose}");
         assert!(
             stderr.contains("has lost part of itself") && stderr.contains("move"),
             "the refusal says what is gone and what to do:\n{stderr}"
