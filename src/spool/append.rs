@@ -95,7 +95,7 @@ impl Spool {
             next_line += lines.len() as u64;
             let first_id = match along.ids.as_ref().and_then(|ids| ids.first()) {
                 Some(id) => id.clone(),
-                None => line_id(now, self.instance, request_seq),
+                None => line_id(now, self.instance, request_seq).to_string(),
             };
             batch_ids.push(first_id);
             taken.push(Taken {
@@ -111,7 +111,10 @@ impl Spool {
         let mut writer = self.segments.lock();
         for (part_id, runs) in runs_by_part {
             for (first_seq, block) in self.blocks(&taken, &runs, now) {
-                let at = writer.append(&block)?;
+                let at = writer.append_with(|out| {
+                    block::encode_into(&block, out);
+                    Ok::<(), std::convert::Infallible>(())
+                })?;
                 batch.insert(keys::block(&part_id, first_seq), &at.encode()[..]);
             }
         }
@@ -149,15 +152,15 @@ impl Spool {
         })
     }
 
-    /// A part's lines of one group, encoded as blocks of about [`BLOCK_BYTES`],
-    /// each with the spool's line number of its first line. Lines are encoded
-    /// from where they lie; only one block's IDs are held at a time.
+    /// A part's lines of one group, gathered as blocks of about [`BLOCK_BYTES`],
+    /// each with the spool's line number of its first line. Lines stay where
+    /// they lie; only one block's IDs are held at a time.
     fn blocks<'a>(
         &'a self,
         taken: &'a [Taken],
         runs: &'a [Run],
         now: EpochMs,
-    ) -> impl Iterator<Item = (u64, Vec<u8>)> + 'a {
+    ) -> impl Iterator<Item = (u64, Vec<block::ToWrite<'a>>)> + 'a {
         let mut lines = runs.iter().flat_map(move |run| {
             let request = &taken[run.request];
             run.lines.clone().map(move |i| {
@@ -178,15 +181,16 @@ impl Spool {
                 }
                 size += line_size;
                 block.push(block::ToWrite {
-                    id: given
-                        .cloned()
-                        .unwrap_or_else(|| line_id(now, self.instance, seq)),
+                    id: match given {
+                        Some(id) => block::IdText::Given(id),
+                        None => block::IdText::made(line_id(now, self.instance, seq)),
+                    },
                     received: now,
                     line,
                 });
                 pending = lines.next();
             }
-            Some((first_seq, block::encode(&block)))
+            Some((first_seq, block))
         })
     }
 
@@ -227,18 +231,33 @@ fn block_weight(line: &Line) -> usize {
 
 /// What lines take in the spool: their own fields, and each origin once per
 /// block it is stored in. Blocks are per part, so a run of lines for one hour
-/// fills its own blocks; runs that come back to an hour are counted again,
-/// which can only count more than is stored. Admission counts this, so fields
-/// a request shares are never counted less than they take.
+/// fills its own blocks, each holding the run's origins once; runs that come
+/// back to an hour are counted again, which can only count more than is
+/// stored. Admission counts this, so fields a request shares are never
+/// counted less than they take.
 pub(crate) fn stored_bytes(lines: &[Line]) -> usize {
     let own: usize = lines.iter().map(Line::stored_size).sum();
-    let same_block = |a: &Line, b: &Line| {
-        Hour::of(a.ts) == Hour::of(b.ts) && std::sync::Arc::ptr_eq(&a.origin, &b.origin)
-    };
-    let origins: usize = runs(lines, same_block)
+    let origins: usize = runs(lines, |a, b| Hour::of(a.ts) == Hour::of(b.ts))
         .map(|run| {
-            let weight: usize = lines[run.clone()].iter().map(block_weight).sum();
-            lines[run.start].origin.stored_size() * (weight / BLOCK_BYTES + 1)
+            let run = &lines[run];
+            let weight: usize = run.iter().map(block_weight).sum();
+            // Past a few distinct origins each line's is counted, so
+            // counting stays linear in the lines.
+            let mut distinct: Vec<&std::sync::Arc<crate::line::Origin>> = Vec::new();
+            let mut per_block = 0;
+            for line in run {
+                if distinct
+                    .iter()
+                    .any(|o| std::sync::Arc::ptr_eq(o, &line.origin))
+                {
+                    continue;
+                }
+                per_block += line.origin.stored_size();
+                if distinct.len() < 64 {
+                    distinct.push(&line.origin);
+                }
+            }
+            per_block * (weight / BLOCK_BYTES + 1)
         })
         .sum();
     own + origins
@@ -264,8 +283,8 @@ fn runs<'a>(
 
 /// A ULID-shaped line ID: receive time (ms), this spool's instance, and the
 /// spool's line counter, which never repeats even if the clock steps back.
-fn line_id(now: EpochMs, instance: u32, seq: u64) -> String {
+fn line_id(now: EpochMs, instance: u32, seq: u64) -> ulid::Ulid {
     let ms = (now.max(0) as u128) & ((1 << 48) - 1);
     let value = (ms << 80) | (u128::from(instance) << 48) | u128::from(seq & ((1 << 48) - 1));
-    ulid::Ulid(value).to_string()
+    ulid::Ulid(value)
 }

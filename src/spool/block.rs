@@ -87,15 +87,52 @@ struct OldBlock<'a> {
     lines: Vec<OldLineRecord<'a>>,
 }
 
+/// A line's ID as text: the one its source gave, or one the spool made,
+/// held in place so that making it allocates nothing.
+pub enum IdText<'a> {
+    Given(&'a str),
+    Made([u8; ulid::ULID_LEN]),
+}
+
+impl IdText<'_> {
+    pub fn made(id: ulid::Ulid) -> Self {
+        let mut text = [0; ulid::ULID_LEN];
+        id.array_to_str(&mut text);
+        IdText::Made(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            IdText::Given(id) => id,
+            // A ULID's text is ASCII: this never falls back.
+            IdText::Made(text) => std::str::from_utf8(text).unwrap_or_default(),
+        }
+    }
+}
+
+impl<'a> From<&'a str> for IdText<'a> {
+    fn from(id: &'a str) -> Self {
+        IdText::Given(id)
+    }
+}
+
 /// One line to write, with the ID and receive time the spool gave it.
 pub struct ToWrite<'a> {
-    pub id: String,
+    pub id: IdText<'a>,
     pub received: EpochMs,
     pub line: &'a Line,
 }
 
 /// Encodes lines as one block, each distinct origin stored once.
+#[cfg(test)]
 pub fn encode(lines: &[ToWrite<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(lines, &mut out);
+    out
+}
+
+/// Encodes lines as one block at the end of `out`, each distinct origin stored once.
+pub fn encode_into(lines: &[ToWrite<'_>], out: &mut impl codec::RecordBuf) {
     let mut origins: Vec<&Arc<Origin>> = Vec::new();
     let mut records = Vec::with_capacity(lines.len());
     for w in lines {
@@ -109,7 +146,7 @@ pub fn encode(lines: &[ToWrite<'_>]) -> Vec<u8> {
             }
         };
         records.push(LineRecord {
-            id: &w.id,
+            id: w.id.as_str(),
             received: w.received,
             ts: line.ts,
             line: &line.line,
@@ -122,7 +159,7 @@ pub fn encode(lines: &[ToWrite<'_>]) -> Vec<u8> {
         origins: origins.into_iter().map(|o| OriginRef::of(o)).collect(),
         lines: records,
     };
-    codec::encode_version(SHARED_ORIGINS, &block)
+    codec::encode_version_into(SHARED_ORIGINS, &block, out);
 }
 
 /// A block as read, its strings borrowed from the record's bytes.
@@ -280,7 +317,7 @@ mod tests {
         let write: Vec<ToWrite> = stored
             .iter()
             .map(|s| ToWrite {
-                id: s.id.clone(),
+                id: s.id.as_str().into(),
                 received: s.received,
                 line: &s.line,
             })

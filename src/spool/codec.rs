@@ -43,14 +43,44 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Like [`encode`], for a record kind with versions of its own (blocks).
 pub fn encode_version<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    let mut out = vec![version, 0, 0, 0, 0];
-    // Writing into a Vec cannot fail, and our records hold only serde-friendly types.
-    if let Err(e) = bincode::serde::encode_into_std_write(value, &mut out, config()) {
+    let mut out = Vec::new();
+    encode_version_into(version, value, &mut out);
+    out
+}
+
+/// A buffer records are encoded at the end of, in place.
+pub trait RecordBuf: std::io::Write {
+    fn len(&self) -> usize;
+    /// The bytes from `start` to the end, to finish a record's header.
+    fn bytes_from(&mut self, start: usize) -> &mut [u8];
+}
+
+impl RecordBuf for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+
+    fn bytes_from(&mut self, start: usize) -> &mut [u8] {
+        &mut self[start..]
+    }
+}
+
+/// Like [`encode_version`], at the end of `out`: no buffer of its own and no copy.
+pub fn encode_version_into<T: Serialize>(version: u8, value: &T, out: &mut impl RecordBuf) {
+    let start = out.len();
+    // Writing into memory cannot fail, and our records hold only serde-friendly types.
+    if let Err(e) = out
+        .write_all(&[version, 0, 0, 0, 0])
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            bincode::serde::encode_into_std_write(value, out, config()).map_err(|e| e.to_string())
+        })
+    {
         unreachable!("spool record failed to encode: {e}");
     }
-    let crc = crc32fast::hash(&out[HEADER..]);
-    out[1..HEADER].copy_from_slice(&crc.to_le_bytes());
-    out
+    let record = out.bytes_from(start);
+    let crc = crc32fast::hash(&record[HEADER..]);
+    record[1..HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CorruptRecord> {

@@ -6,6 +6,7 @@
 //! limits each field is held to read best side by side; gunzip, the tests and
 //! the fuzzing live beside it.)
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -73,23 +74,134 @@ pub struct RequestContext {
     pub max_skew_ms: i64,
 }
 
-/// One line object as sent. The JSON-valued fields stay the text they were
-/// sent as, borrowed from the body: built into values, a flat array of a few
-/// bytes per element would take tens of times the body's size.
+/// One line object as sent, its strings borrowed from the body where they
+/// hold no escapes: only the line's text is copied out, once. The JSON-valued
+/// fields stay the text they were sent as: built into values, a flat array of
+/// a few bytes per element would take tens of times the body's size.
 #[derive(Deserialize)]
 struct InLine<'a> {
-    line: Option<String>,
+    #[serde(borrow)]
+    line: Option<Text<'a>>,
     #[serde(borrow)]
     timestamp: Option<&'a RawValue>,
-    app: Option<String>,
-    level: Option<String>,
-    file: Option<String>,
-    env: Option<String>,
-    hostname: Option<String>,
+    #[serde(borrow)]
+    app: Option<Text<'a>>,
+    #[serde(borrow)]
+    level: Option<Text<'a>>,
+    #[serde(borrow)]
+    file: Option<Text<'a>>,
+    #[serde(borrow)]
+    env: Option<Text<'a>>,
+    #[serde(borrow)]
+    hostname: Option<Text<'a>>,
     #[serde(borrow)]
     meta: Option<&'a RawValue>,
     #[serde(borrow)]
     label: Option<&'a RawValue>,
+}
+
+/// A JSON string borrowed from the body, or unescaped into a copy when it
+/// holds escapes. (serde's own `Cow<str>` always copies inside an `Option`.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(TextVisitor(std::marker::PhantomData))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The origins a request's lines point at: the query's, and the query's with
+/// a line's own host, app, file or level in place. Lines that give the same
+/// ones (most lines of a request give the same app) share one, so those
+/// fields cost nothing per line, in memory or in the spool.
+struct Origins {
+    request: Arc<Origin>,
+    /// Recent ones first; past [`MAX_DERIVED`] lines keep their fields themselves.
+    derived: Vec<Arc<Origin>>,
+}
+
+/// Different origins one request's lines may make: enough for the apps and
+/// levels of a batch, few enough that a block finds its own quickly.
+const MAX_DERIVED: usize = 16;
+
+impl Origins {
+    /// The origin for a line with these fields of its own, if it can share one.
+    fn with(
+        &mut self,
+        host: Option<&str>,
+        app: Option<&str>,
+        file: Option<&str>,
+        level: Option<&str>,
+    ) -> Option<Arc<Origin>> {
+        if host.is_none() && app.is_none() && file.is_none() && level.is_none() {
+            return Some(self.request.clone());
+        }
+        let base = &self.request;
+        let field = |own: Option<&str>, of_request: &Option<String>| {
+            own.map(str::to_owned).or_else(|| of_request.clone())
+        };
+        let same = |o: &Origin| {
+            o.host.as_deref() == host.or(base.host.as_deref())
+                && o.app.as_deref() == app.or(base.app.as_deref())
+                && o.file.as_deref() == file.or(base.file.as_deref())
+                && o.level.as_deref() == level.or(base.level.as_deref())
+        };
+        if let Some(at) = self.derived.iter().position(|o| same(o)) {
+            self.derived[..=at].rotate_right(1);
+            return Some(self.derived[0].clone());
+        }
+        if self.derived.len() == MAX_DERIVED {
+            return None;
+        }
+        let origin = Arc::new(Origin {
+            host: field(host, &base.host),
+            app: field(app, &base.app),
+            file: field(file, &base.file),
+            level: field(level, &base.level),
+            ..(**base).clone()
+        });
+        self.derived.insert(0, origin.clone());
+        Some(origin)
+    }
+
+    /// Memory the derived origins hold.
+    fn heap_size(&self) -> usize {
+        self.derived
+            .iter()
+            .map(|o| std::mem::size_of::<Origin>() + o.stored_size())
+            .sum()
+    }
 }
 
 /// JSON nested deeper than this is refused: archive readers (serde_json,
@@ -172,7 +284,7 @@ pub fn parse(
     reserve: Reserve<'_>,
 ) -> Result<Vec<Line>, Rejection> {
     let mut errors = Vec::new();
-    let origin = Arc::new(origin_of(ctx, &mut errors));
+    let origin = origin_of(ctx, &mut errors);
     if !errors.is_empty() {
         return Err(Rejection::Malformed(errors));
     }
@@ -189,7 +301,10 @@ pub fn parse(
     reserve(held)?;
     let mut reader = Reader {
         ctx,
-        origin,
+        origins: Origins {
+            request: Arc::new(origin),
+            derived: Vec::new(),
+        },
         drift,
         lines: Vec::with_capacity(capacity),
         errors: Vec::new(),
@@ -205,7 +320,7 @@ pub fn parse(
     if let Some(refused) = reader.refused {
         return Err(refused);
     }
-    (reader.reserve)(reader.held)?;
+    (reader.reserve)(reader.held + reader.origins.heap_size())?;
     if let Err(e) = read {
         return Err(Rejection::Malformed(vec![format!(
             "the body is not valid JSON of the form {{\"lines\":[...]}}: {e}"
@@ -227,7 +342,7 @@ pub fn parse(
 /// What reading a body has produced so far.
 struct Reader<'c> {
     ctx: &'c RequestContext,
-    origin: Arc<Origin>,
+    origins: Origins,
     drift: i64,
     lines: Vec<Line>,
     errors: Vec<String>,
@@ -313,7 +428,7 @@ impl<'de> Visitor<'de> for LinesSeed<'_, '_> {
                     return Err(serde::de::Error::custom("no memory for more lines"));
                 }
             }
-            match convert(raw, reader.ctx, reader.drift, &reader.origin) {
+            match convert(raw, reader.ctx, reader.drift, &mut reader.origins) {
                 Ok(line) => {
                     if reader.lines.len() == reader.lines.capacity() {
                         // The estimate fell short: the vector doubles.
@@ -347,10 +462,10 @@ fn convert(
     raw: InLine<'_>,
     ctx: &RequestContext,
     drift: i64,
-    origin: &Arc<Origin>,
+    origins: &mut Origins,
 ) -> Result<Line, Vec<String>> {
     let mut errors = Vec::new();
-    let Some(mut text) = raw.line else {
+    let Some(text) = raw.line else {
         return Err(vec!["\"line\" is missing".into()]);
     };
     check_len(
@@ -395,25 +510,47 @@ fn convert(
         return Err(errors);
     }
     let truncated = text.len() > MAX_LINE;
-    if truncated {
+    let text = if truncated {
         let mut cut = MAX_LINE;
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        text.truncate(cut);
-        text.shrink_to_fit();
-    }
-    let mut line = Line::new(ts, text, origin.clone());
-    line.truncated = truncated;
-    let own = OwnFields {
-        host: raw.hostname,
-        app: raw.app,
-        file: raw.file,
-        level: raw.level,
-        env: raw.env,
-        label_json,
-        meta_json,
+        text[..cut].to_owned()
+    } else {
+        text.0.into_owned()
     };
+    let owned = |field: Option<Text<'_>>| field.map(|t| t.0.into_owned());
+    let shared = origins.with(
+        raw.hostname.as_deref(),
+        raw.app.as_deref(),
+        raw.file.as_deref(),
+        raw.level.as_deref(),
+    );
+    let (origin, own) = match shared {
+        Some(origin) => (
+            origin,
+            OwnFields {
+                env: owned(raw.env),
+                label_json,
+                meta_json,
+                ..OwnFields::default()
+            },
+        ),
+        None => (
+            origins.request.clone(),
+            OwnFields {
+                host: owned(raw.hostname),
+                app: owned(raw.app),
+                file: owned(raw.file),
+                level: owned(raw.level),
+                env: owned(raw.env),
+                label_json,
+                meta_json,
+            },
+        ),
+    };
+    let mut line = Line::new(ts, text, origin);
+    line.truncated = truncated;
     if own != OwnFields::default() {
         line.own = Some(Box::new(own));
     }

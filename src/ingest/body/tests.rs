@@ -113,16 +113,49 @@ fn lines_of_a_request_share_one_origin() {
         &c,
     )
     .unwrap();
-    assert!(lines
-        .iter()
-        .all(|l| Arc::ptr_eq(&l.origin, &lines[0].origin)));
+    assert!(Arc::ptr_eq(&lines[0].origin, &lines[2].origin));
     assert_eq!(lines[0].origin.tags, ["a", "b"]);
     assert_eq!(lines[0].host(), Some("edge-3"));
     assert_eq!(lines[1].host(), Some("own"));
+    assert_eq!(lines[1].origin.tags, ["a", "b"], "the query's fields stay");
     assert!(
-        lines[0].own.is_none(),
-        "a line with no fields of its own holds none"
+        lines.iter().all(|l| l.own.is_none()),
+        "a line's host, app, file and level go to a shared origin"
     );
+}
+
+#[test]
+fn lines_giving_the_same_app_share_an_origin_up_to_a_limit() {
+    let mut lines = Vec::new();
+    for i in 0..40 {
+        // Two apps in turn, then a new one per line.
+        let app = if i < 20 {
+            format!("app{}", i % 2)
+        } else {
+            format!("new{i}")
+        };
+        lines.push(json!({"line": "x", "app": app, "level": "info"}));
+    }
+    let lines = parse_json(json!({ "lines": lines })).unwrap();
+    assert!(Arc::ptr_eq(&lines[0].origin, &lines[18].origin));
+    assert!(Arc::ptr_eq(&lines[1].origin, &lines[19].origin));
+    assert!(!Arc::ptr_eq(&lines[0].origin, &lines[1].origin));
+    for (i, line) in lines.iter().enumerate() {
+        let app = if i < 20 {
+            format!("app{}", i % 2)
+        } else {
+            format!("new{i}")
+        };
+        assert_eq!(line.app(), Some(app.as_str()), "line {i}");
+        assert_eq!(line.level(), Some("info"));
+    }
+    // Past the limit a line keeps its fields itself, with the query's origin.
+    let last = &lines[39];
+    assert_eq!(
+        last.own.as_deref().and_then(|o| o.app.as_deref()),
+        Some("new39")
+    );
+    assert!(last.origin.app.is_none());
 }
 
 #[test]
@@ -191,7 +224,7 @@ fn lines_are_charged_as_they_are_read_and_stop_when_refused() {
         shortest.len()
     );
     // Lines with fields of their own hold more, and are charged so.
-    let with_fields = body(r#"{"line":"x","app":"y"}"#);
+    let with_fields = body(r#"{"line":"x","env":"y"}"#);
     let mut most = 0;
     let _ = super::parse(with_fields.as_bytes(), &ctx(), &mut |held| {
         most = most.max(held);
