@@ -44,6 +44,21 @@ const COLLECT_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// A part waiting for an operator is retried this often (or at the backoff cap, if lower).
 const OPERATOR_RETRY: Duration = Duration::from_secs(30);
+/// While every part backs off from a cloud store, it is asked this often
+/// whether it answers again (one HEAD request).
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// The key the probe asks for; whether it exists does not matter.
+const PROBE_KEY: &str = "larch-probe";
+
+/// A part that failed: how often, and when it may go again.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempt: u32,
+    at: Instant,
+    /// It failed on the way to the store (the network, a busy store), so a
+    /// store that answers again is worth retrying at once.
+    transient: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 enum SyncError {
@@ -71,7 +86,11 @@ pub struct Syncer {
     clock: SharedClock,
     board: Arc<Board>,
     /// Parts that failed, with their attempt count and when they may go again.
-    retry_at: Mutex<HashMap<PartId, (u32, Instant)>>,
+    retry_at: Mutex<HashMap<PartId, Retry>>,
+    /// When the store was last probed while every part backed off.
+    last_probe: Mutex<Option<Instant>>,
+    /// Parts were let go early (the store answers again): pass again now.
+    released: Notify,
     /// Set when parts left the spool: their segment files may be free now.
     segments_to_collect: AtomicBool,
     last_collected: Mutex<Option<Instant>>,
@@ -101,6 +120,8 @@ impl Syncer {
             clock,
             board,
             retry_at: Mutex::new(HashMap::new()),
+            last_probe: Mutex::new(None),
+            released: Notify::new(),
             // A previous run may have deleted parts without freeing their segments.
             segments_to_collect: AtomicBool::new(true),
             last_collected: Mutex::new(None),
@@ -118,13 +139,15 @@ impl Syncer {
             }
             tokio::select! {
                 _ = wake.notified() => {}
+                _ = self.released.notified() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
                 _ = stop.cancelled() => return,
             }
         }
     }
 
-    /// One pass over every part that has sync work and is not backing off.
+    /// One pass over every part that has sync work and is not backing off,
+    /// oldest hours first.
     pub async fn pass(self: Arc<Self>) {
         let parts = match self.spool.run(Spool::parts_to_sync).await {
             Ok(parts) => parts,
@@ -134,13 +157,28 @@ impl Syncer {
             }
         };
         let now = Instant::now();
-        let ready: Vec<_> = {
+        let mut ready: Vec<_> = {
             let retry_at = self.retry_at.lock();
             parts
-                .into_iter()
-                .filter(|(id, _)| retry_at.get(id).is_none_or(|(_, at)| *at <= now))
+                .iter()
+                .filter(|(id, _)| retry_at.get(id).is_none_or(|r| r.at <= now))
+                .cloned()
                 .collect()
         };
+        if ready.is_empty() && self.store_answers_again().await {
+            // One part goes first; when it lands, [`Self::release`] lets the rest go.
+            let oldest = {
+                let retry_at = self.retry_at.lock();
+                parts
+                    .into_iter()
+                    .filter(|(id, _)| retry_at.get(id).is_some_and(|r| r.transient))
+                    .min_by_key(|(id, _)| (id.hour, id.account.clone(), id.seq))
+            };
+            ready.extend(oldest);
+        }
+        ready.sort_by(|(a, _), (b, _)| {
+            (a.hour, &a.account, a.seq).cmp(&(b.hour, &b.account, b.seq))
+        });
         futures::stream::iter(ready)
             .for_each_concurrent(CONCURRENCY, |(id, record)| {
                 let this = self.clone();
@@ -149,6 +187,50 @@ impl Syncer {
             .await;
         self.collect_segments().await;
         self.prune_ledger().await;
+    }
+
+    /// Whether a cloud store that every waiting part is backing off from
+    /// answers again: asked at most every [`PROBE_EVERY`], with one HEAD
+    /// request. Any answer counts, even a refusal: the link is back. (A local
+    /// directory is not asked: what fails there is the disk, not a link.)
+    async fn store_answers_again(&self) -> bool {
+        if self.target.local_dir().is_some() {
+            return false;
+        }
+        if !self.retry_at.lock().values().any(|r| r.transient) {
+            return false;
+        }
+        {
+            let mut last = self.last_probe.lock();
+            if last.is_some_and(|at| at.elapsed() < PROBE_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        let answered = match self.target.head(PROBE_KEY).await {
+            Ok(_) | Err(TargetError::NeedsOperator(_)) => true,
+            Err(TargetError::Transient(_)) => false,
+        };
+        if answered {
+            tracing::info!("the store answers again; the oldest waiting part goes first");
+        }
+        answered
+    }
+
+    /// A part reached the store: every part that backs off for want of it
+    /// may go now (keeping its count of attempts, so a store that fails
+    /// again is not hammered).
+    fn release(&self, retry_at: &mut HashMap<PartId, Retry>) {
+        let now = Instant::now();
+        let mut released = 0;
+        for retry in retry_at.values_mut().filter(|r| r.transient && r.at > now) {
+            retry.at = now;
+            released += 1;
+        }
+        if released > 0 {
+            tracing::info!("{released} waiting part(s) go now: the store took an upload");
+            self.released.notify_one();
+        }
     }
 
     /// Forgets ledger entries older than `ledger_keep`, at most every `PRUNE_EVERY`.
@@ -199,6 +281,7 @@ impl Syncer {
                 if retry_at.remove(&id).is_some() && retry_at.is_empty() {
                     crate::telemetry::backoff_over();
                 }
+                self.release(&mut retry_at);
             }
             Err(e) => {
                 let needs_operator = matches!(
@@ -208,7 +291,14 @@ impl Syncer {
                         ..
                     }
                 );
-                let attempt = retry_at.get(&id).map_or(1, |(n, _)| n + 1);
+                let attempt = retry_at.get(&id).map_or(1, |r| r.attempt + 1);
+                let transient = matches!(
+                    e,
+                    SyncError::Target {
+                        source: TargetError::Transient(_),
+                        ..
+                    }
+                );
                 let delay = if needs_operator {
                     OPERATOR_RETRY.min(self.settings.backoff.cap)
                 } else {
@@ -226,7 +316,14 @@ impl Syncer {
                 crate::telemetry::backing_off(delay);
                 self.board
                     .upload_failed(format!("{id}: {e}"), self.clock.now_ms(), needs_operator);
-                retry_at.insert(id, (attempt, Instant::now() + delay));
+                retry_at.insert(
+                    id,
+                    Retry {
+                        attempt,
+                        at: Instant::now() + delay,
+                        transient,
+                    },
+                );
             }
         }
     }

@@ -248,6 +248,50 @@ fn an_outage_of_any_kind_loses_nothing_and_uploads_resume_by_themselves() {
     assert_exactly_once(&objects, &sent);
 }
 
+/// After an outage long enough that every part backs off for many seconds,
+/// the store answering again ends every part's wait at once: the probe finds
+/// it, the oldest part goes first, and its success lets the rest go.
+#[test]
+fn every_waiting_part_goes_up_within_seconds_of_the_link_returning() {
+    let moto = moto_with_bucket();
+    let proxy = FaultProxy::start(&moto.endpoint, Mode::Refuse);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("larch.toml");
+    std::fs::write(
+        &config,
+        "[target]\nretry_max_delay = \"60s\"\n[keys]\nk = \"acme\"\nk2 = \"beta\"\n",
+    )
+    .unwrap();
+    let d = start(
+        dir.path(),
+        "a",
+        &proxy.endpoint,
+        &config.display().to_string(),
+    );
+    let mut sent = Vec::new();
+    for hours in 2..5 {
+        sent.extend(send(&d, "k", hours, &format!("acme {hours}h"), 10));
+    }
+    for hours in 2..4 {
+        sent.extend(send(&d, "k2", hours, &format!("beta {hours}h"), 10));
+    }
+    // Six failures each: every part now waits 16 to 32 s for its next try.
+    wait_for(
+        "six failed attempts per part",
+        Duration::from_secs(120),
+        || d.status()["upload_failures"].as_u64().unwrap_or(0) >= 30,
+    );
+    proxy.set(Mode::Pass);
+    let back = Instant::now();
+    let s = d.wait_drained(Duration::from_secs(60));
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the last part landed {took:?} after the link returned: {s}"
+    );
+    assert_exactly_once(&archive_objects(&moto), &sent);
+}
+
 #[test]
 fn check_target_reports_each_point_and_a_refused_encryption_header() {
     let moto = moto_with_bucket();
