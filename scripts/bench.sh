@@ -2,8 +2,12 @@
 # The performance benchmark: one table of larch's figures beside the machine's
 # limits, measured in the same run on the same disk.
 #
-#   scripts/bench.sh            full run (several minutes)
-#   scripts/bench.sh --quick    about a minute
+#   scripts/bench.sh                  full run (about 25 minutes)
+#   scripts/bench.sh --quick          about 5 minutes
+#   scripts/bench.sh --baseline BIN   also runs the ingest and outage phases
+#                                     on another larch binary (an earlier
+#                                     build), alternating with this one, and
+#                                     prints its figures beside these
 #
 # Phases, each on a fresh larch (release build) with its spool under $BENCH_DIR
 # (default: data/bench, the disk larch would use):
@@ -12,6 +16,10 @@
 #   ingest    16 clients, 1000-line bodies, as fast as they go (nothing seals)
 #   steady    100k lines/s for past hours with sync running (--late-window 0s)
 #   parts     memory with 10, 1,000 and 10,000 open parts (accounts x 1 hour)
+#   outage    the S3-compatible server is down (5 minutes; 30 s in a quick
+#             run) after lines for 4 accounts x 2 past hours came in, then
+#             comes back: how long until the first and the last waiting part
+#             is uploaded
 #   backlog   a backlog ingested with sync held back (10 GB of spool in a full
 #             run, 1 GB in a quick one), copied, then each copy timed to start
 #             and drain: one to
@@ -21,11 +29,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=false
-[ "${1:-}" = "--quick" ] && quick=true
+baseline=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) quick=true ;;
+        --baseline) baseline=$(realpath "$2"); shift ;;
+        *) echo "usage: scripts/bench.sh [--quick] [--baseline LARCH_BINARY]" >&2; exit 2 ;;
+    esac
+    shift
+done
 if $quick; then
-    dur=10s; steady_dur=10s; gz_mib=64; fs_mib=128; backlog_gb=1; parts_dur=20s
+    dur=10s; steady_dur=10s; gz_mib=64; fs_mib=128; backlog_gb=1; parts_dur=20s; outage=30
 else
-    dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_gb=10; parts_dur=30s
+    dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_gb=10; parts_dur=30s; outage=300
 fi
 
 s3s_fs=.test-servers/cargo/bin/s3s-fs
@@ -46,10 +62,12 @@ trap cleanup EXIT
 
 addr=127.0.0.1:$(free_port)
 
-# Starts larch on $1 (data dir) with extra flags; sets $pid and waits for /health.
+# Starts larch ($run, this build unless set) on $1 (data dir) with extra
+# flags; sets $pid and waits for /health.
+run_larch=$larch
 start() {
     local data=$1; shift
-    "$larch" run --data "$data" --listen "$addr" "$@" >"$data.log" 2>&1 &
+    "$run_larch" run --data "$data" --listen "$addr" "$@" >"$data.log" 2>&1 &
     pid=$!
     wait_for_url "http://$addr/health" || { echo "larch did not start; see $data.log" >&2; exit 1; }
 }
@@ -65,13 +83,29 @@ status() { curl -sf "http://$addr/status"; }
 echo "baseline: $fs_mib MiB write+fsync..." >&2
 "$bench" fsync --dir "$work" --mib "$fs_mib" >"$results/fsync.json"
 
-echo "ingest: 16 clients, as fast as possible, $dur..." >&2
-start "$work/ingest"
-c0=$(cpu)
-"$bench" load --addr "$addr" --duration "$dur" >"$results/ingest.json"
-c1=$(cpu)
-echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/ingest_proc.json"
-stop
+# The ingest phase on larch binary $1, results under the name $2.
+ingest() {
+    run_larch=$1
+    echo "ingest ($2): 16 clients, as fast as possible, $dur..." >&2
+    rm -rf "$work/ingest"
+    start "$work/ingest" --late-window 6h
+    local c0 c1
+    c0=$(cpu)
+    "$bench" load --addr "$addr" --duration "$dur" >"$results/$2.json"
+    c1=$(cpu)
+    echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/$2_proc.json"
+    stop
+    run_larch=$larch
+}
+if [ -n "$baseline" ]; then
+    # Alternating, so a noisy moment of the machine does not favour either.
+    ingest "$baseline" baseline-ingest-1
+    ingest "$larch" ingest-1
+    ingest "$baseline" baseline-ingest
+    ingest "$larch" ingest
+else
+    ingest "$larch" ingest
+fi
 
 echo "steady: 100k lines/s into past hours with sync running, $steady_dur..." >&2
 start "$work/steady" --late-window 0s --follow-up-after 1s
@@ -94,6 +128,46 @@ for accounts in 10 1000 10000; do
     echo "{\"parts_open\": $open, \"peak_rss_mb\": $(peak_rss)}" >"$results/parts-$accounts-proc.json"
     stop
 done
+
+s3_port=$(free_port)
+# Serves an S3-compatible store on $s3_port from $work/s3 (bucket "bench"); sets $server.
+start_s3() {
+    mkdir -p "$work/s3/bench"
+    "$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key bench --secret-key bench-secret \
+        "$work/s3" >>"$work/s3s-fs.log" 2>&1 &
+    server=$!
+    until curl -s "http://127.0.0.1:$s3_port/" >/dev/null 2>&1; do sleep 0.05; done
+}
+stop_s3() {
+    kill "$server"; wait "$server" 2>/dev/null || true; server=
+}
+# Only the S3 targets read these.
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
+    AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port"
+
+# The outage phase on larch binary $1, results under the name $2: the store
+# goes away, lines for 4 accounts x 2 past hours come in (2 s at 5,000 lines/s,
+# about 20 parts), the parts keep failing and back off until the store comes back.
+outage_phase() {
+    run_larch=$1
+    echo "outage ($2): the S3 server down for ${outage}s, then back..." >&2
+    rm -rf "$work/outage" "$work/s3"
+    start_s3
+    start "$work/outage" --config "$conf" --late-window 0s --follow-up-after 2s --target s3://bench/
+    stop_s3
+    "$bench" load --addr "$addr" --key k --accounts 4 --hours-back 2 --rate 5000 \
+        --duration 2s >/dev/null
+    sleep $((outage - 2))
+    start_s3
+    "$bench" drain --addr "$addr" --pid "$pid" >"$results/$2.json"
+    stop
+    stop_s3
+    run_larch=$larch
+}
+if [ -n "$baseline" ]; then
+    outage_phase "$baseline" baseline-outage
+fi
+outage_phase "$larch" outage
 
 echo "backlog: ingest until the spool holds $backlog_gb GB, uploads held back..." >&2
 # A target directory that does not exist yet holds uploads back (they pause).
@@ -131,18 +205,12 @@ sync
 rm -rf "$held"
 
 echo "backlog: start and drain to an S3-compatible server (s3s-fs)..." >&2
-s3_port=$(free_port)
-mkdir -p "$work/s3/bench"
-"$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key bench --secret-key bench-secret \
-    "$work/s3" >"$work/s3s-fs.log" 2>&1 &
-server=$!
-until curl -s "http://127.0.0.1:$s3_port/" >/dev/null 2>&1; do sleep 0.05; done
+rm -rf "$work/s3"
+start_s3
 s3_cpu0=$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$server/stat")
-AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
-    AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port" \
-    drain "$work/backlog-s3" backlog-s3 --target s3://bench/
+drain "$work/backlog-s3" backlog-s3 --target s3://bench/
 s3_cpu1=$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$server/stat")
 echo "{\"cpu_s\": $(awk "BEGIN{print $s3_cpu1 - $s3_cpu0}")}" >"$results/s3-server.json"
-kill "$server"; wait "$server" 2>/dev/null || true; server=
+stop_s3
 
 python3 scripts/bench_table.py "$results"

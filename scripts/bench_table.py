@@ -12,6 +12,11 @@ def load(name):
     return json.loads((results / f"{name}.json").read_text())
 
 
+def maybe(name):
+    path = results / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 fsync = load("fsync")
 gzip = load("gzip")
 ingest = load("ingest")
@@ -23,6 +28,13 @@ backlog = load("backlog")
 s3_start = load("backlog-s3-start")
 s3 = load("backlog-s3")
 s3_server = load("s3-server")
+outage = load("outage")
+# With --baseline: an earlier build's figures, measured in the same run.
+baseline_ingest = [
+    (maybe(f"baseline-ingest{n}"), maybe(f"baseline-ingest{n}_proc")) for n in ("-1", "")
+]
+current_ingest = [(maybe(f"ingest{n}"), maybe(f"ingest{n}_proc")) for n in ("-1", "")]
+baseline_outage = maybe("baseline-outage")
 
 rows = []
 
@@ -57,9 +69,32 @@ row(
 )
 row("ingest: p50 / p99 latency", ingest["p50_ms"], f"/ {ingest['p99_ms']:.1f} ms")
 row("ingest: CPU", cores, "cores", "2 cores", f"{cores / 2:.0%}")
+
+
+def cpu_per_million(runs):
+    """CPU-seconds per million lines over the runs that were made."""
+    runs = [(r, p) for r, p in runs if r and p]
+    lines = sum(r["lines"] for r, _ in runs)
+    return sum(p["cpu_s"] for _, p in runs) / lines * 1e6 if lines else 0
+
+
 # What a host gives up per line: CPU-seconds per million lines ingested.
-lines = ingest["lines_per_s"] * ingest["seconds"]
-row("ingest: CPU per million lines", ingest_proc["cpu_s"] / lines * 1e6 if lines else 0, "CPU-s")
+per_million = cpu_per_million(current_ingest)
+if baseline_ingest[1][0]:
+    before = cpu_per_million(baseline_ingest)
+    row(
+        "ingest: CPU per million lines",
+        per_million,
+        "CPU-s",
+        f"{before:.2f} CPU-s baseline",
+        f"{per_million / before:.0%}" if before else "",
+        "<= 1/3 of baseline",
+        met=before > 0 and per_million <= before / 3,
+        digits=2,
+    )
+    row("ingest: baseline lines/s", baseline_ingest[1][0]["lines_per_s"], "")
+else:
+    row("ingest: CPU per million lines", per_million, "CPU-s", digits=2)
 row("ingest: peak RSS", ingest_proc["peak_rss_mb"], "MB")
 if ingest["failed_requests"]:
     row("ingest: failed requests", ingest["failed_requests"], "")
@@ -81,6 +116,18 @@ row(
     met=steady_proc["peak_rss_mb"] <= 64,
 )
 row("steady: CPU", steady_cores, "cores", "2 cores", f"{steady_cores / 2:.0%}")
+
+def outage_row(o, baseline=None):
+    row(
+        "outage: first / last part uploaded",
+        o["first_upload_s"],
+        f"/ {o['drain_s']:.1f} s after the store returned",
+        f"{o['objects']} objects, {o['input_mb']:,.0f} MB NDJSON",
+        "" if baseline is None else f"baseline {baseline['first_upload_s']:.1f} / {baseline['drain_s']:.1f} s",
+    )
+
+
+outage_row(outage, baseline_outage)
 
 few, mid, many = (load(f"parts-{n}-proc") for n in (10, 1000, 10000))
 for p in (few, mid):

@@ -8,8 +8,8 @@
 //! - `gzip`: single-core gzip throughput on log lines like the ones `load` sends,
 //!   or on the NDJSON inside archive objects larch wrote;
 //! - `drain`: waits for a running larch to upload everything and reports how
-//!   fast it went and what it cost (polling cheaply, so the waiting itself
-//!   takes no CPU from larch).
+//!   fast it went, when the first object landed, and what it cost (polling
+//!   cheaply, so the waiting itself takes no CPU from larch).
 //!
 //! - `rate`: uploads objects of known size to a target, several at once, under
 //!   `target.upload_rate_limit`, and reports the rate they achieved together.
@@ -586,18 +586,26 @@ fn drain(addr: &str, pid: u32, timeout: Duration) -> anyhow::Result<()> {
     };
     let start = Instant::now();
     let cpu_start = cpu_seconds(pid)?;
-    let uploaded_start = status()?["input_bytes_uploaded"].as_f64().unwrap_or(0.0);
+    let first = status()?;
+    let uploaded_start = first["input_bytes_uploaded"].as_f64().unwrap_or(0.0);
+    let objects_start = first["objects_uploaded"].as_u64().unwrap_or(0);
+    let mut first_upload_s = None;
     loop {
         let s = status()?;
+        if first_upload_s.is_none() && s["objects_uploaded"].as_u64().unwrap_or(0) > objects_start {
+            first_upload_s = Some(start.elapsed().as_secs_f64());
+        }
         let waiting = ["lines_waiting", "parts_sealed", "parts_uploading"]
             .iter()
             .any(|k| s[k].as_u64() != Some(0));
         if !waiting {
             let secs = start.elapsed().as_secs_f64();
             let input = s["input_bytes_uploaded"].as_f64().unwrap_or(0.0) - uploaded_start;
+            let objects = s["objects_uploaded"].as_u64().unwrap_or(0) - objects_start;
             println!(
                 "{}",
-                json!({"drain_s": secs, "cpu_s": cpu_seconds(pid)? - cpu_start,
+                json!({"drain_s": secs, "first_upload_s": first_upload_s.unwrap_or(secs),
+                    "objects": objects, "cpu_s": cpu_seconds(pid)? - cpu_start,
                     "input_mb": input / 1e6, "peak_rss_mb": peak_rss_mb(pid)})
             );
             return Ok(());
