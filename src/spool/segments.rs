@@ -15,8 +15,9 @@
 //! anything else on the ingest path, and the cache only kept the host's own
 //! files out. Direct writes cover whole pages, so the last page's bytes are
 //! kept and written again with the next group, and the file may end in zeros
-//! past the last block (no reference points there). File systems without
-//! direct I/O (tmpfs, most FUSE) get ordinary writes.
+//! past the last block (no reference points there); writes through the page
+//! cache do the same on disk, since the cache writes its last page back whole.
+//! File systems without direct I/O (some FUSE) get ordinary writes.
 
 use aligned_vec::{AVec, ConstAlign};
 use parking_lot::{Mutex, MutexGuard};
@@ -361,6 +362,11 @@ impl SegmentWriter<'_> {
     /// segment is given up: the next append starts a new one, since a later
     /// fsync of this one could report success for pages the kernel dropped.
     pub fn sync(&mut self) -> io::Result<()> {
+        // A group with no blocks (file positions only) after a failure: what
+        // the given-up segment holds is not this group's to make durable.
+        if self.writer.given_up {
+            self.rotate()?;
+        }
         let w = &mut *self.writer;
         let synced = (|| {
             w.write_pending()?;
@@ -411,6 +417,11 @@ impl Writer {
     /// Writes the pending bytes: with direct I/O, from the start of their
     /// first page to the end of their last, the rest of which is zeros.
     fn write_pending(&mut self) -> io::Result<()> {
+        if self.given_up {
+            return Err(io::Error::other(
+                "the segment was given up after a failed write; its bytes are not written again",
+            ));
+        }
         if self.written == self.len {
             return Ok(());
         }
@@ -449,7 +460,7 @@ impl Writer {
         self.pending.as_mut_slice().copy_within(tail.., 0);
         self.pending.truncate(kept);
         if self.pending.capacity() > KEEP_BUFFER {
-            self.pending.shrink_to_fit();
+            self.pending.shrink_to(PAGE);
         }
         self.pending_at = keep_from;
         Ok(())
@@ -546,6 +557,28 @@ mod tests {
         if direct {
             assert_eq!(std::fs::metadata(file).unwrap().len() % PAGE as u64, 0);
         }
+    }
+
+    #[test]
+    fn a_group_without_blocks_after_a_failed_write_goes_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        let mut w = segments.lock();
+        let kept = w.append(b"kept").unwrap();
+        w.sync().unwrap();
+        // The file can no longer be written: the next group fails.
+        let name = dir.path().join(file_name(w.writer.id));
+        w.writer.file = File::open(&name).unwrap();
+        w.append(&[1; 3 * PAGE]).unwrap();
+        assert!(w.sync().is_err());
+        // A group of file positions only: no panic, nothing of the failed one.
+        w.sync().unwrap();
+        assert_ne!(w.writer.id, kept.segment, "a new segment");
+        let next = w.append(b"next").unwrap();
+        w.sync().unwrap();
+        drop(w);
+        assert_eq!(segments.read(&kept).unwrap(), b"kept");
+        assert_eq!(segments.read(&next).unwrap(), b"next");
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! the store rejects (403, 401, 404 on write, other 4xx): those pause uploads and
 //! say what to fix, and are tried again now and then in case someone fixed them.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TargetError {
-    /// Worth retrying as is: the network, a busy store, a full disk.
+    /// Worth retrying as is: a busy or failing store, a full disk.
     #[error("{0}")]
     Transient(String),
+    /// The store did not answer at all (connection refused or reset, a
+    /// timeout, no route): worth retrying, and at once when it answers again.
+    #[error("{0}")]
+    Unreachable(String),
     /// Retrying will not help until someone changes something.
     #[error("{0}")]
     NeedsOperator(String),
@@ -78,8 +82,31 @@ pub fn classify(e: object_store::Error) -> TargetError {
     match (hint, local) {
         (Some(hint), _) => TargetError::NeedsOperator(format!("{message} ({hint})")),
         (None, true) => TargetError::NeedsOperator(message),
+        // An answer carries a status; without one the request never got one.
+        (None, false) if http_status(&e).is_none() && io_kind(&e).is_none_or(is_network) => {
+            TargetError::Unreachable(message)
+        }
         (None, false) => TargetError::Transient(message),
     }
+}
+
+/// An I/O error on the way to the store, not on this host's disk.
+fn is_network(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::NotConnected
+            | K::BrokenPipe
+            | K::TimedOut
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::NetworkDown
+            | K::AddrNotAvailable
+            | K::UnexpectedEof
+    )
 }
 
 fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
@@ -105,5 +132,33 @@ mod tests {
             "PUT x - Server returned non-2xx status code: 403 Forbidden: AccessDenied: Access Denied"
         );
         assert_eq!(tidy("connection refused"), "connection refused");
+    }
+
+    #[test]
+    fn a_store_that_did_not_answer_is_told_from_one_that_answered_busy() {
+        let generic =
+            |source: Box<dyn std::error::Error + Send + Sync>| object_store::Error::Generic {
+                store: "S3",
+                source,
+            };
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            classify(generic(Box::new(refused))),
+            TargetError::Unreachable(_)
+        ));
+        assert!(matches!(
+            classify(generic("error sending request".into())),
+            TargetError::Unreachable(_)
+        ));
+        let busy = "PUT x - Server returned non-2xx status code: 503 Service Unavailable: SlowDown";
+        assert!(matches!(
+            classify(generic(busy.into())),
+            TargetError::Transient(_)
+        ));
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert!(matches!(
+            classify(generic(Box::new(full))),
+            TargetError::Transient(_)
+        ));
     }
 }

@@ -43,8 +43,8 @@ pub struct Report {
     pub writable: Check,
     pub encryption: Check,
     pub conditional_create: Check,
-    /// Set when the failure is one a retry may fix (the store was down).
-    transient: Option<String>,
+    /// Set when the failure is one a retry may fix (the store was down or busy).
+    transient: Option<TargetError>,
 }
 
 impl Report {
@@ -52,7 +52,7 @@ impl Report {
     /// by the caller, which knows whether single-writer mode was chosen.
     pub fn problem(&self) -> Result<(), TargetError> {
         if let Some(t) = &self.transient {
-            return Err(TargetError::Transient(t.clone()));
+            return Err(t.clone());
         }
         for check in [&self.reachable, &self.writable, &self.encryption] {
             if let Check::Failed(why) = check {
@@ -143,14 +143,14 @@ pub async fn run(store: &dyn ObjectStore, location: &Location, config: &TargetCo
             let status = http_status(&e);
             let error = classify(e);
             match (&error, status) {
-                (TargetError::Transient(msg), None) => {
+                (TargetError::Unreachable(msg), _) | (TargetError::Transient(msg), None) => {
                     report.reachable = Check::Failed(msg.clone());
-                    report.transient = Some(msg.clone());
+                    report.transient = Some(error.clone());
                 }
                 (TargetError::Transient(msg), Some(_)) => {
                     report.reachable = Check::Passed("answered".into());
                     report.writable = Check::Failed(msg.clone());
-                    report.transient = Some(msg.clone());
+                    report.transient = Some(error.clone());
                 }
                 (TargetError::NeedsOperator(msg), Some(400 | 501)) if asked.is_some() => {
                     report.reachable = Check::Passed("answered".into());
@@ -189,8 +189,8 @@ pub async fn run(store: &dyn ObjectStore, location: &Location, config: &TargetCo
         }
         Err(e) => {
             let error = classify(e);
-            if let TargetError::Transient(msg) = &error {
-                report.transient = Some(msg.clone());
+            if !error.needs_operator() {
+                report.transient = Some(error.clone());
             }
             Check::Failed(error.to_string())
         }

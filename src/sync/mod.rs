@@ -44,9 +44,11 @@ const COLLECT_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// A part waiting for an operator is retried this often (or at the backoff cap, if lower).
 const OPERATOR_RETRY: Duration = Duration::from_secs(30);
-/// While every part backs off from a cloud store, it is asked this often
-/// whether it answers again (one HEAD request).
+/// While every part backs off from a cloud store that did not answer, it is
+/// asked this often whether it answers again (one HEAD request)...
 const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// ...and given this long to.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The key the probe asks for; whether it exists does not matter.
 const PROBE_KEY: &str = "larch-probe";
 
@@ -55,9 +57,21 @@ const PROBE_KEY: &str = "larch-probe";
 struct Retry {
     attempt: u32,
     at: Instant,
-    /// It failed on the way to the store (the network, a busy store), so a
-    /// store that answers again is worth retrying at once.
-    transient: bool,
+    /// The store did not answer it at all, so a store that answers again is
+    /// worth trying at once. (A store that answered with an error, busy or
+    /// refusing, keeps the part's own backoff.)
+    unreachable: bool,
+}
+
+/// What the probe knows: which part it let go first, and how often a part
+/// it let go found the store unreachable all the same (a store that answers
+/// a HEAD but not an upload), which spaces its next release out.
+#[derive(Default)]
+struct Probe {
+    last: Option<Instant>,
+    first_part: Option<PartId>,
+    strikes: u32,
+    not_before: Option<Instant>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +101,8 @@ pub struct Syncer {
     board: Arc<Board>,
     /// Parts that failed, with their attempt count and when they may go again.
     retry_at: Mutex<HashMap<PartId, Retry>>,
-    /// When the store was last probed while every part backed off.
-    last_probe: Mutex<Option<Instant>>,
+    /// The probe of a store every part backs off from.
+    probe: Mutex<Probe>,
     /// Parts were let go early (the store answers again): pass again now.
     released: Notify,
     /// Set when parts left the spool: their segment files may be free now.
@@ -120,7 +134,7 @@ impl Syncer {
             clock,
             board,
             retry_at: Mutex::new(HashMap::new()),
-            last_probe: Mutex::new(None),
+            probe: Mutex::new(Probe::default()),
             released: Notify::new(),
             // A previous run may have deleted parts without freeing their segments.
             segments_to_collect: AtomicBool::new(true),
@@ -171,9 +185,10 @@ impl Syncer {
                 let retry_at = self.retry_at.lock();
                 parts
                     .into_iter()
-                    .filter(|(id, _)| retry_at.get(id).is_some_and(|r| r.transient))
+                    .filter(|(id, _)| retry_at.get(id).is_some_and(|r| r.unreachable))
                     .min_by_key(|(id, _)| (id.hour, id.account.clone(), id.seq))
             };
+            self.probe.lock().first_part = oldest.as_ref().map(|(id, _)| id.clone());
             ready.extend(oldest);
         }
         ready.sort_by(|(a, _), (b, _)| {
@@ -191,45 +206,63 @@ impl Syncer {
 
     /// Whether a cloud store that every waiting part is backing off from
     /// answers again: asked at most every [`PROBE_EVERY`], with one HEAD
-    /// request. Any answer counts, even a refusal: the link is back. (A local
-    /// directory is not asked: what fails there is the disk, not a link.)
+    /// request. Any answer but a busy one counts, even a refusal: the link is
+    /// back. (A local directory is not asked: what fails there is the disk,
+    /// not a link.)
     async fn store_answers_again(&self) -> bool {
         if self.target.local_dir().is_some() {
             return false;
         }
-        if !self.retry_at.lock().values().any(|r| r.transient) {
+        if !self.retry_at.lock().values().any(|r| r.unreachable) {
             return false;
         }
         {
-            let mut last = self.last_probe.lock();
-            if last.is_some_and(|at| at.elapsed() < PROBE_EVERY) {
+            let mut probe = self.probe.lock();
+            let now = Instant::now();
+            if probe.last.is_some_and(|at| at + PROBE_EVERY > now)
+                || probe.not_before.is_some_and(|at| at > now)
+            {
                 return false;
             }
-            *last = Some(Instant::now());
+            probe.last = Some(now);
         }
-        let answered = match self.target.head(PROBE_KEY).await {
-            Ok(_) | Err(TargetError::NeedsOperator(_)) => true,
-            Err(TargetError::Transient(_)) => false,
-        };
+        let answered = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.target.head(PROBE_KEY)).await,
+            Ok(Ok(_) | Err(TargetError::NeedsOperator(_)))
+        );
         if answered {
             tracing::info!("the store answers again; the oldest waiting part goes first");
         }
         answered
     }
 
-    /// A part reached the store: every part that backs off for want of it
-    /// may go now (keeping its count of attempts, so a store that fails
-    /// again is not hammered).
+    /// A part reached the store: every part that backs off because the store
+    /// did not answer may go now (keeping its count of attempts).
     fn release(&self, retry_at: &mut HashMap<PartId, Retry>) {
+        *self.probe.lock() = Probe::default();
         let now = Instant::now();
         let mut released = 0;
-        for retry in retry_at.values_mut().filter(|r| r.transient && r.at > now) {
+        for retry in retry_at
+            .values_mut()
+            .filter(|r| r.unreachable && r.at > now)
+        {
             retry.at = now;
             released += 1;
         }
         if released > 0 {
             tracing::info!("{released} waiting part(s) go now: the store took an upload");
             self.released.notify_one();
+        }
+    }
+
+    /// The part the probe let go found no store all the same: the next
+    /// release waits as a part's next retry would.
+    fn probe_missed(&self, id: &PartId) {
+        let mut probe = self.probe.lock();
+        if probe.first_part.as_ref() == Some(id) {
+            probe.first_part = None;
+            probe.strikes += 1;
+            probe.not_before = Some(Instant::now() + self.settings.backoff.delay(probe.strikes));
         }
     }
 
@@ -277,11 +310,13 @@ impl Syncer {
         let result = self.advance(&id, record).await;
         let mut retry_at = self.retry_at.lock();
         match result {
-            Ok(()) => {
+            Ok(reached_store) => {
                 if retry_at.remove(&id).is_some() && retry_at.is_empty() {
                     crate::telemetry::backoff_over();
                 }
-                self.release(&mut retry_at);
+                if reached_store {
+                    self.release(&mut retry_at);
+                }
             }
             Err(e) => {
                 let needs_operator = matches!(
@@ -292,13 +327,16 @@ impl Syncer {
                     }
                 );
                 let attempt = retry_at.get(&id).map_or(1, |r| r.attempt + 1);
-                let transient = matches!(
+                let unreachable = matches!(
                     e,
                     SyncError::Target {
-                        source: TargetError::Transient(_),
+                        source: TargetError::Unreachable(_),
                         ..
                     }
                 );
+                if unreachable {
+                    self.probe_missed(&id);
+                }
                 let delay = if needs_operator {
                     OPERATOR_RETRY.min(self.settings.backoff.cap)
                 } else {
@@ -321,19 +359,21 @@ impl Syncer {
                     Retry {
                         attempt,
                         at: Instant::now() + delay,
-                        transient,
+                        unreachable,
                     },
                 );
             }
         }
     }
 
-    /// Walks one part through its states until it is deleted or a step fails.
-    async fn advance(&self, id: &PartId, mut record: PartRecord) -> Result<(), SyncError> {
+    /// Walks one part through its states until it is deleted or a step fails;
+    /// says whether the store took (or already held) its object on the way.
+    async fn advance(&self, id: &PartId, mut record: PartRecord) -> Result<bool, SyncError> {
         let mut staged: Option<Staged> = None;
+        let mut reached_store = false;
         loop {
             let next = match &record.state {
-                PartState::Open | PartState::Deleted(_) => return Ok(()),
+                PartState::Open | PartState::Deleted(_) => return Ok(reached_store),
                 PartState::Sealed => {
                     let s = self.stage(id, self.settings.gzip_level).await?;
                     if s.lines == 0 {
@@ -351,6 +391,7 @@ impl Syncer {
                         None => self.stage(id, upload.level).await?,
                     };
                     let next = self.upload(id, upload, &s).await?;
+                    reached_store |= matches!(next, PartState::Uploaded(_));
                     staged = Some(s);
                     next
                 }
