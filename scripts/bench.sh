@@ -15,7 +15,8 @@
 #             very NDJSON larch archived in the backlog phase
 #   ingest    16 clients, 1000-line bodies, as fast as they go (nothing seals)
 #   steady    100k lines/s for past hours with sync running (--late-window 0s)
-#   parts     memory with 10, 1,000 and 10,000 open parts (accounts x 1 hour)
+#   parts     memory with 10, 1,000 and 10,000 open parts (accounts x 1 hour), at
+#             100k lines/s, so the figure does not move with ingest speed
 #   outage    the S3-compatible server is down (5 minutes; 30 s in a quick
 #             run) after lines for 4 accounts x 2 past hours came in, then
 #             comes back: how long until the first and the last waiting part
@@ -122,7 +123,7 @@ conf="$work/accounts.toml"
 for accounts in 10 1000 10000; do
     echo "open parts: $accounts accounts x 1 hour..." >&2
     start "$work/accounts-$accounts" --config "$conf"
-    "$bench" load --addr "$addr" --key k --accounts "$accounts" --lines-per-request 100 \
+    "$bench" load --addr "$addr" --key k --accounts "$accounts" --lines-per-request 100 --rate 100000 \
         --duration "$parts_dur" >"$results/parts-$accounts.json"
     open=$(status | python3 -c 'import json,sys; print(json.load(sys.stdin)["parts_open"])')
     echo "{\"parts_open\": $open, \"peak_rss_mb\": $(peak_rss)}" >"$results/parts-$accounts-proc.json"

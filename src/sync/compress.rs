@@ -107,8 +107,11 @@ impl Pool {
 /// the same input gives the same bytes (docs/DESIGN.md invariant 4).
 pub fn gzip_member(piece: &[u8], level: u32) -> io::Result<Vec<u8>> {
     thread_local! {
-        // A compressor holds about a MiB of tables: one per thread, kept.
+        // A compressor holds about a MiB of tables: one per thread, kept, with
+        // the room it compresses into (the worst case of a piece, so members
+        // waiting to be written hold only their own bytes).
         static COMPRESSOR: RefCell<Option<(u32, Compressor)>> = const { RefCell::new(None) };
+        static ROOM: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
     COMPRESSOR.with_borrow_mut(|slot| {
         let compressor = match slot {
@@ -126,12 +129,13 @@ pub fn gzip_member(piece: &[u8], level: u32) -> io::Result<Vec<u8>> {
                 &mut slot.insert((level, Compressor::new(lvl))).1
             }
         };
-        let mut out = vec![0; compressor.gzip_compress_bound(piece.len())];
-        let n = compressor
-            .gzip_compress(piece, &mut out)
-            .map_err(|e| io::Error::other(format!("libdeflate: {e:?}")))?;
-        out.truncate(n);
-        Ok(out)
+        ROOM.with_borrow_mut(|room| {
+            room.resize(compressor.gzip_compress_bound(piece.len()), 0);
+            let n = compressor
+                .gzip_compress(piece, room)
+                .map_err(|e| io::Error::other(format!("libdeflate: {e:?}")))?;
+            Ok(room[..n].to_vec())
+        })
     })
 }
 
