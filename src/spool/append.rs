@@ -111,10 +111,7 @@ impl Spool {
         let mut writer = self.segments.lock();
         for (part_id, runs) in runs_by_part {
             for (first_seq, block) in self.blocks(&taken, &runs, now) {
-                let at = writer.append_with(|out| {
-                    block::encode_into(&block, out);
-                    Ok::<(), std::convert::Infallible>(())
-                })?;
+                let at = writer.append_with(|out| block::encode_into(&block, out))?;
                 batch.insert(keys::block(&part_id, first_seq), &at.encode()[..]);
             }
         }

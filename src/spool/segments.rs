@@ -320,31 +320,26 @@ impl SegmentWriter<'_> {
     /// Takes a block into the group; it is durable after [`Self::sync`].
     #[cfg(test)]
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<BlockRef> {
-        self.append_with(|out| io::Write::write_all(out, bytes).map_err(|e| e.to_string()))
+        self.append_with(|out| out.buf.extend_from_slice(bytes))
     }
 
     /// Takes a block that `encode` writes in place into the group; it is
     /// durable after [`Self::sync`].
-    pub fn append_with<E: std::fmt::Display>(
-        &mut self,
-        encode: impl FnOnce(&mut Pending<'_>) -> Result<(), E>,
-    ) -> io::Result<BlockRef> {
+    pub fn append_with(&mut self, encode: impl FnOnce(&mut Pending<'_>)) -> io::Result<BlockRef> {
         if self.writer.len >= SEGMENT_BYTES || self.writer.given_up {
             self.rotate()?;
         }
         let w = &mut *self.writer;
         let start = w.pending.len();
-        let encoded = encode(&mut Pending {
+        encode(&mut Pending {
             buf: &mut w.pending,
         });
-        let len = u32::try_from(w.pending.len() - start);
-        let (Ok(()), Ok(len)) = (&encoded, len) else {
+        let Ok(len) = u32::try_from(w.pending.len() - start) else {
             w.pending.truncate(start);
-            let problem = match encoded {
-                Err(e) => e.to_string(),
-                Ok(()) => "block too large".into(),
-            };
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, problem));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "block too large",
+            ));
         };
         let r = BlockRef {
             segment: w.id,
