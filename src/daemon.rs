@@ -31,6 +31,7 @@ use crate::intake::Intake;
 use crate::ops::Ops;
 use crate::reload::{Reloadable, Reloader};
 use crate::rules::LiveRules;
+use crate::spool::compact::Compactor;
 use crate::spool::{room, seal, Committer, Reserve, Room, Spool, SpoolError, SpoolHandle};
 use crate::status::{Reporter, Running};
 use crate::store::{Target, TargetSpecError};
@@ -158,6 +159,8 @@ pub async fn run(
     room::measure(&room, &spool).await;
     let (committer, commit_thread) = Committer::start(spool.blocking().clone(), room.clone())
         .map_err(|e| DaemonError::Task("commit", format!("cannot start its thread: {e}")))?;
+    let compactor = Compactor::start(spool.blocking().clone(), settings.gzip_level)
+        .map_err(|e| DaemonError::Task("compactor", format!("cannot start its thread: {e}")))?;
     let keys: LiveKeys = Arc::new(ArcSwap::from_pointee(settings.keys.clone()));
     let rules: LiveRules = Arc::new(ArcSwap::new(settings.rules.clone()));
     let intake = Intake {
@@ -249,6 +252,7 @@ pub async fn run(
         stop,
         tasks,
         commit_thread,
+        compactor,
         spool,
     }
     .stop()
@@ -297,6 +301,7 @@ struct Stages {
     stop: CancellationToken,
     tasks: TaskTracker,
     commit_thread: std::thread::JoinHandle<()>,
+    compactor: Compactor,
     spool: SpoolHandle,
 }
 
@@ -315,6 +320,8 @@ impl Stages {
         let commit_thread = self.commit_thread;
         let joined = tokio::task::spawn_blocking(move || commit_thread.join()).await;
         self.tasks.wait().await;
+        let compactor = self.compactor;
+        let _ = tokio::task::spawn_blocking(move || compactor.stop()).await;
         let flushed = self.spool.run(Spool::make_durable).await;
         if !matches!(joined, Ok(Ok(()))) {
             return Err(DaemonError::Task(

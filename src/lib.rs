@@ -21,7 +21,7 @@
 //!   [`admin`] lets local tools drive a running daemon, [`daemon`] wires the
 //!   stages together, [`drain`] empties a spool, [`reload`] applies SIGHUP;
 //! - leaves: [`line`](mod@line), [`hour`], [`account`], [`clock`], [`files`] (modes and
-//!   durable directories), [`telemetry`] (metrics), [`units`], [`fault`], [`memory`].
+//!   durable directories), [`gzip`] (the members objects are made of), [`telemetry`] (metrics), [`units`], [`fault`], [`memory`].
 //!
 //! The formats and the invariants are in `docs/FORMAT.md` and `docs/DESIGN.md`.
 
@@ -33,6 +33,7 @@ pub mod daemon;
 pub mod drain;
 pub mod fault;
 pub mod files;
+pub mod gzip;
 pub mod hour;
 pub mod ingest;
 pub mod intake;

@@ -177,8 +177,14 @@ pub struct OldBlockView<'a> {
 }
 
 /// Checks and decodes a block record of either version.
+#[cfg(test)]
 pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, CorruptRecord> {
     let (version, payload) = codec::check(bytes)?;
+    decode_payload(version, payload)
+}
+
+/// Decodes a checked block payload of either version.
+pub fn decode_payload(version: u8, payload: &[u8]) -> Result<Decoded<'_>, CorruptRecord> {
     match version {
         SHARED_ORIGINS => {
             let block: SharedBlock = codec::decode_payload(payload)?;

@@ -83,6 +83,21 @@ pub fn encode_version_into<T: Serialize>(version: u8, value: &T, out: &mut impl 
     record[1..HEADER].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// A record of raw byte `parts`, framed like every other (version and CRC),
+/// at the end of `out`.
+pub fn frame_into(version: u8, parts: &[&[u8]], out: &mut impl RecordBuf) {
+    let start = out.len();
+    if let Err(e) = out
+        .write_all(&[version, 0, 0, 0, 0])
+        .and_then(|()| parts.iter().try_for_each(|part| out.write_all(part)))
+    {
+        unreachable!("spool record failed to encode: {e}");
+    }
+    let record = out.bytes_from(start);
+    let crc = crc32fast::hash(&record[HEADER..]);
+    record[1..HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CorruptRecord> {
     decode_borrowed(bytes)
 }
@@ -175,6 +190,9 @@ mod fuzz {
         if let Ok(block) = crate::spool::block::decode(bytes) {
             let _ = block.lines();
         }
+        if let Ok((_, payload)) = check(bytes) {
+            let _ = crate::spool::member::decode_payload(payload);
+        }
     }
 
     proptest! {
@@ -182,8 +200,9 @@ mod fuzz {
         fn fuzz_spool_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             try_all(&bytes);
             try_all(&framed(&bytes));
-            // Blocks that share their origins have a version of their own.
+            // Blocks that share their origins have a version of their own, members too.
             try_all(&framed_as(2, &bytes));
+            try_all(&framed_as(crate::spool::member::VERSION, &bytes));
         }
 
         #[test]

@@ -1,5 +1,6 @@
 //! Giving disk back: an uploaded part's block references go, then segment
-//! files that no reference points into.
+//! files that no reference points into (blocks the compactor replaced by a
+//! member included).
 
 use super::{keys, segments, PartId, Spool, SpoolError};
 
@@ -19,10 +20,16 @@ impl Spool {
         let start = self.segments.lock().position();
         let mut live = std::collections::HashSet::new();
         for value in self.db.scan_prefix([keys::BLOCK]).values() {
-            if let Some(at) = segments::BlockRef::decode(&value?) {
+            if let Some((at, _)) = segments::BlockRef::decode(&value?) {
                 live.insert(at.segment);
             }
         }
+        // The scan saw references as sled holds them in memory. The compactor
+        // swaps blocks for members there first and makes it durable after; a
+        // segment whose blocks it replaced goes only once sled on disk no
+        // longer names them either, or a power cut would bring the
+        // references back without their bytes.
+        self.make_durable()?;
         after_scan();
         let before = {
             let mut writer = self.segments.lock();
@@ -83,8 +90,10 @@ mod tests {
     fn texts_of(spool: &Spool, id: &PartId) -> Vec<String> {
         let mut out = Vec::new();
         spool
-            .for_each_block(id, |block| -> Result<(), SpoolError> {
-                out.extend(block.iter().map(|l| l.line.line.to_string()));
+            .for_each_record(id, |record| -> Result<(), SpoolError> {
+                if let crate::spool::Stored::Lines(block) = record {
+                    out.extend(block.iter().map(|l| l.line.line.to_string()));
+                }
                 Ok(())
             })
             .unwrap();

@@ -28,6 +28,13 @@ pub struct PartId {
     pub seq: u32,
 }
 
+impl PartId {
+    /// The order parts go in: oldest hour first, then by account and part number.
+    pub fn oldest_first(a: &PartId, b: &PartId) -> std::cmp::Ordering {
+        (a.hour, &a.account, a.seq).cmp(&(b.hour, &b.account, b.seq))
+    }
+}
+
 impl std::fmt::Display for PartId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}/part {}", self.account, self.hour, self.seq)

@@ -19,14 +19,17 @@
 
 mod append;
 pub(crate) mod block;
+mod claim;
 mod codec;
 mod collect;
 mod commit;
+pub mod compact;
 mod durable;
 mod error;
 mod handle;
 pub mod keys;
 mod ledger;
+mod member;
 mod open;
 pub mod part;
 mod positions;
@@ -53,16 +56,19 @@ pub use keys::PartId;
 pub use ledger::LedgerEntry;
 pub use part::{PartRecord, PartState, Upload};
 pub use positions::{FileKey, FilePosition, PositionUpdate};
+pub use read::Stored;
 pub use reserve::Reserve;
 pub use room::{NoRoom, Room, RoomLimits, RoomStatus};
 pub use seal::SealRule;
 pub use summary::SpoolSummary;
 
 /// Bumped when the on-disk layout changes incompatibly: 3 writes blocks that
-/// store each origin once, which a larch reading 2 would set aside as damaged.
-const FORMAT_VERSION: u32 = 3;
+/// store each origin once, which a larch reading 2 would set aside as damaged;
+/// 4 stores runs of lines compressed as members, which a larch reading 3
+/// would set aside the same way.
+const FORMAT_VERSION: u32 = 4;
 /// Older layouts this larch still reads, and moves up to [`FORMAT_VERSION`].
-const READS_FORMATS: &[u64] = &[2];
+const READS_FORMATS: &[u64] = &[2, 3];
 /// Lines per sled value are capped by size so values stay well inside sled's
 /// inline limit and a block decodes in little memory.
 const BLOCK_BYTES: usize = 60 * 1024;
@@ -88,6 +94,9 @@ pub struct Spool {
     seal_rule: SealRule,
     instance: u32,
     quarantined: AtomicU64,
+    /// Who walks or rewrites which part's records now (staging, the compactor).
+    claims: claim::Claims,
+    compacted: compact::Compacted,
 }
 
 impl Spool {

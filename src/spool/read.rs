@@ -1,13 +1,24 @@
-//! Reading the spool back: part records, a part's blocks in order, and
+//! Reading the spool back: part records, a part's records (blocks and
+//! members) in order, and
 //! setting aside (quarantining) a record that does not decode, so a damaged
 //! record never stops the spool or takes healthy ones with it.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 
+use super::member::{self, Member};
 use super::part::{PartRecord, PartState};
 use super::{block, codec, keys, segments, PartId, Spool, SpoolError};
 use crate::line::StoredLineRef;
+
+/// One record of a part's lines as read back.
+pub enum Stored<'a, 'b> {
+    /// A block's lines, not yet compressed.
+    Lines(&'b [StoredLineRef<'a>]),
+    /// Lines compressed while their part was open: one gzip member.
+    Member(Member<'a>),
+}
 
 impl Spool {
     /// The part records `keep` accepts, in key order. A record that does not
@@ -49,9 +60,7 @@ impl Spool {
     pub fn parts_to_sync(&self) -> Result<Vec<(PartId, PartRecord)>, SpoolError> {
         // Open parts, however many, are not collected: only what has work.
         let mut parts = self.part_records(|r| r.state.needs_sync())?;
-        parts.sort_by(|(a, _), (b, _)| {
-            (a.hour, &a.account, a.seq).cmp(&(b.hour, &b.account, b.seq))
-        });
+        parts.sort_by(|(a, _), (b, _)| PartId::oldest_first(a, b));
         Ok(parts)
     }
 
@@ -68,17 +77,32 @@ impl Spool {
         self.make_durable()
     }
 
-    /// Calls `each` with every block of a part's lines, in the order they were
-    /// made durable. A block that fails its checksum is set aside and skipped.
-    pub fn for_each_block<E: From<SpoolError>>(
+    /// Calls `each` with every record of a part's lines (blocks and
+    /// members), in the order they were made durable. A record that fails its
+    /// checksum is set aside and skipped. Holds the part's claim meanwhile.
+    pub fn for_each_record<E: From<SpoolError>>(
         &self,
         id: &PartId,
-        mut each: impl FnMut(&[StoredLineRef<'_>]) -> Result<(), E>,
+        mut each: impl FnMut(Stored<'_, '_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let _claim = self.claims.wait_for(id);
+        self.walk_records(id, self.db.scan_prefix(keys::blocks_of(id)), |_, record| {
+            each(record).map(|()| ControlFlow::Continue(()))
+        })
+    }
+
+    /// Reads the records `refs` lists, for a caller that holds the part's
+    /// claim, until `each` breaks. `each` gets each record's key too.
+    pub(super) fn walk_records<E: From<SpoolError>>(
+        &self,
+        id: &PartId,
+        refs: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+        mut each: impl FnMut(&[u8], Stored<'_, '_>) -> Result<ControlFlow<()>, E>,
     ) -> Result<(), E> {
         let mut reader = self.segments.reader();
-        for item in self.db.scan_prefix(keys::blocks_of(id)) {
+        for item in refs {
             let (key, value) = item.map_err(SpoolError::from)?;
-            let Some(at) = segments::BlockRef::decode(&value) else {
+            let Some((at, _)) = segments::BlockRef::decode(&value) else {
                 self.quarantine(&key, &value, &format!("block reference of {id} is damaged"))?;
                 continue;
             };
@@ -102,9 +126,28 @@ impl Spool {
                 }
                 Err(e) => return Err(SpoolError::from(e).into()),
             };
-            match block::decode(bytes) {
-                Ok(block) => each(&block.lines())?,
-                Err(e) => self.quarantine(&key, bytes, &format!("block of {id}: {e}"))?,
+            let flow = match codec::check(bytes) {
+                Ok((member::VERSION, payload)) => match member::decode_payload(payload) {
+                    Ok(m) => each(&key, Stored::Member(m))?,
+                    Err(e) => {
+                        self.quarantine(&key, bytes, &format!("member of {id}: {e}"))?;
+                        continue;
+                    }
+                },
+                Ok((version, payload)) => match block::decode_payload(version, payload) {
+                    Ok(block) => each(&key, Stored::Lines(&block.lines()))?,
+                    Err(e) => {
+                        self.quarantine(&key, bytes, &format!("block of {id}: {e}"))?;
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    self.quarantine(&key, bytes, &format!("block of {id}: {e}"))?;
+                    continue;
+                }
+            };
+            if flow.is_break() {
+                break;
             }
         }
         Ok(())

@@ -54,6 +54,18 @@ pub struct BlockRef {
     pub len: u32,
 }
 
+/// What a reference's bytes point at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// A block of lines.
+    Lines,
+    /// A member: lines already compressed (`member`).
+    Member,
+}
+
+/// Marks a member's reference, after the 20 bytes every reference has.
+const MEMBER_MARK: u8 = b'M';
+
 impl BlockRef {
     const ENCODED: usize = 20;
 
@@ -65,15 +77,30 @@ impl BlockRef {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
+    /// A member's reference: marked, so where a part's compressed runs end is
+    /// found from the references alone, without reading a segment.
+    pub fn encode_member(&self) -> [u8; Self::ENCODED + 1] {
+        let mut out = [MEMBER_MARK; Self::ENCODED + 1];
+        out[..Self::ENCODED].copy_from_slice(&self.encode());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<(Self, Holds)> {
+        let (bytes, holds) = match bytes.split_last() {
+            Some((&MEMBER_MARK, rest)) if rest.len() == Self::ENCODED => (rest, Holds::Member),
+            _ => (bytes, Holds::Lines),
+        };
         let bytes: &[u8; Self::ENCODED] = bytes.try_into().ok()?;
         let (segment, rest) = bytes.split_at(8);
         let (offset, len) = rest.split_at(8);
-        Some(Self {
-            segment: u64::from_be_bytes(segment.try_into().ok()?),
-            offset: u64::from_be_bytes(offset.try_into().ok()?),
-            len: u32::from_be_bytes(len.try_into().ok()?),
-        })
+        Some((
+            Self {
+                segment: u64::from_be_bytes(segment.try_into().ok()?),
+                offset: u64::from_be_bytes(offset.try_into().ok()?),
+                len: u32::from_be_bytes(len.try_into().ok()?),
+            },
+            holds,
+        ))
     }
 }
 
@@ -234,8 +261,12 @@ impl Segments {
         let mut removed = 0;
         for id in Self::ids(&self.dir)? {
             if id < before && !live.contains(&id) {
-                std::fs::remove_file(self.dir.join(file_name(id)))?;
-                removed += 1;
+                match std::fs::remove_file(self.dir.join(file_name(id))) {
+                    Ok(()) => removed += 1,
+                    // Another collection (the sync loop's, the compactor's) was first.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         if removed > 0 {
@@ -480,7 +511,11 @@ mod tests {
         assert_eq!(refs[0].segment, refs[1].segment);
         assert_ne!(refs[1].segment, refs[2].segment, "rotated past the limit");
         for r in &refs {
-            assert_eq!(BlockRef::decode(&r.encode()), Some(*r));
+            assert_eq!(BlockRef::decode(&r.encode()), Some((*r, Holds::Lines)));
+            assert_eq!(
+                BlockRef::decode(&r.encode_member()),
+                Some((*r, Holds::Member))
+            );
             assert_eq!(segments.read(r).unwrap(), big);
         }
         drop(segments);

@@ -111,11 +111,6 @@ pub struct Syncer {
     last_pruned: Mutex<Option<Instant>>,
 }
 
-/// The order parts go in: oldest hour first, then by account and part number.
-fn oldest_first(a: &PartId, b: &PartId) -> std::cmp::Ordering {
-    (a.hour, &a.account, a.seq).cmp(&(b.hour, &b.account, b.seq))
-}
-
 /// The staging directory's name under the data directory.
 pub const STAGING_DIR: &str = "staging";
 
@@ -191,12 +186,12 @@ impl Syncer {
                 parts
                     .into_iter()
                     .filter(|(id, _)| retry_at.get(id).is_some_and(|r| r.unreachable))
-                    .min_by(|(a, _), (b, _)| oldest_first(a, b))
+                    .min_by(|(a, _), (b, _)| PartId::oldest_first(a, b))
             };
             self.probe.lock().first_part = oldest.as_ref().map(|(id, _)| id.clone());
             ready.extend(oldest);
         }
-        ready.sort_by(|(a, _), (b, _)| oldest_first(a, b));
+        ready.sort_by(|(a, _), (b, _)| PartId::oldest_first(a, b));
         futures::stream::iter(ready)
             .for_each_concurrent(CONCURRENCY, |(id, record)| {
                 let this = self.clone();

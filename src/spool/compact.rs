@@ -1,0 +1,310 @@
+//! The compactor: a part's lines compressed while the part is open, so the
+//! spool holds them at about the archive's size and a drain only uploads.
+//!
+//! It runs behind the ack path, on a thread of its own at low priority, and
+//! never holds up an ack for longer than one member's write. Each pass walks
+//! the parts that take or wait for lines (sealed ones first, oldest hour
+//! first) and cuts each one's raw blocks into the pieces staging would cut:
+//! [`PIECE_BYTES`] of NDJSON, cut at the first block boundary past it, counted
+//! from the end of the last member; a sealed part, which takes no more lines,
+//! also gets its last, shorter piece. So a member is exactly the bytes staging
+//! would make of those blocks, and an object is the same bytes whether its
+//! lines were compressed here or at staging.
+//!
+//! A member is appended to the current segment and fsynced; then one sled
+//! batch puts its reference under the key of the first block it covers and
+//! removes the other blocks' references, and is made durable. A crash before
+//! the batch leaves only an unreferenced member (collected with its segment);
+//! after it, only the member. Members are always a prefix of a part's records:
+//! the compactor cuts only after the last one. The blocks' bytes go with their
+//! segment once nothing refers to it (`collect`), which each pass that made
+//! members asks for.
+//!
+//! Staging and the compactor take turns on a part through its claim
+//! (`claim`): staging waits, the compactor skips a part that is being staged.
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::member::{self, Member};
+use super::part::PartState;
+use super::segments::{BlockRef, Holds};
+use super::{keys, PartId, Spool, SpoolError, Stored, BLOCK_BYTES};
+use crate::gzip::{gzip_member, lower_priority, PIECE_BYTES};
+
+/// How often the compactor looks for pieces to compress.
+const PASS_EVERY: Duration = Duration::from_secs(1);
+
+/// An open part's raw blocks are read once their encoded size reaches this:
+/// NDJSON is larger than the blocks it comes from (field names, and the
+/// origin each block stores once), so a piece is then nearly always there.
+const READ_AT: u64 = (PIECE_BYTES as u64) * 3 / 4;
+
+/// What the compactor did since the spool opened, for status and metrics.
+#[derive(Default)]
+pub struct Compacted {
+    pub members: AtomicU64,
+    pub lines: AtomicU64,
+    pub ndjson_bytes: AtomicU64,
+    pub gzip_bytes: AtomicU64,
+}
+
+/// The compactor's thread; it stops when this is stopped or dropped.
+pub struct Compactor {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Compactor {
+    /// Starts compressing `spool`'s parts at gzip `level`, the level their
+    /// objects are made at.
+    pub fn start(spool: Arc<Spool>, level: u32) -> io::Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("larch-compact".into())
+            .spawn(move || run(&spool, level, &stopped))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops after the member in hand, and waits for that.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the spool's compactor thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn run(spool: &Spool, level: u32, stopped: &mpsc::Receiver<()>) {
+    lower_priority();
+    let keep_going = || matches!(stopped.try_recv(), Err(TryRecvError::Empty));
+    let mut seen = HashMap::new();
+    loop {
+        match stopped.recv_timeout(PASS_EVERY) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        match spool.compact_pass(level, &mut seen, &keep_going) {
+            Ok(0) => {}
+            Ok(_) => {
+                if let Err(e) = spool.collect_segments() {
+                    tracing::warn!("cannot remove segments the compactor emptied: {e}. They go with the next collection.");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot compress lines in the spool now: {e}. They stay as they are, and are compressed when their part is staged."
+            ),
+        }
+    }
+}
+
+/// Where the compactor left a part.
+#[derive(Clone, Default)]
+pub struct Seen {
+    /// The part's line bytes and state when it last had nothing to compress:
+    /// until they change, it still has nothing.
+    idle_at: Option<(u64, bool)>,
+    /// The key of the part's last member: its raw blocks start after it.
+    last_member: Option<Vec<u8>>,
+}
+
+impl Spool {
+    /// One pass over the parts that take or wait for lines; returns the
+    /// members made. `keep_going` is asked between members.
+    pub fn compact_pass(
+        &self,
+        level: u32,
+        seen: &mut HashMap<PartId, Seen>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<usize, SpoolError> {
+        let mut parts = Vec::new();
+        for item in self.readable_parts() {
+            let (id, record) = item?;
+            let sealed = match record.state {
+                PartState::Open => false,
+                PartState::Sealed => true,
+                _ => continue,
+            };
+            parts.push((id, record.bytes, sealed));
+        }
+        seen.retain(|id, _| parts.iter().any(|(p, ..)| p == id));
+        // Sealed parts are staged next: their members are wanted first.
+        parts.sort_by(|(a, _, a_sealed), (b, _, b_sealed)| {
+            b_sealed
+                .cmp(a_sealed)
+                .then_with(|| PartId::oldest_first(a, b))
+        });
+        let mut made = 0;
+        for (id, bytes, sealed) in parts {
+            if !keep_going() {
+                break;
+            }
+            let at = seen.entry(id.clone()).or_default();
+            if at.idle_at == Some((bytes, sealed)) {
+                continue;
+            }
+            match self.compact_part(&id, level, &mut at.last_member, keep_going)? {
+                Some(0) => at.idle_at = Some((bytes, sealed)),
+                Some(n) => made += n,
+                // Being staged: nothing to do here any more.
+                None => {}
+            }
+        }
+        Ok(made)
+    }
+
+    /// Compresses every full piece of a part (and, for a sealed part, the
+    /// last one). `None` if someone else holds the part.
+    fn compact_part(
+        &self,
+        id: &PartId,
+        level: u32,
+        last_member: &mut Option<Vec<u8>>,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<Option<usize>, SpoolError> {
+        let Some(_claim) = self.claims.try_take(id) else {
+            return Ok(None);
+        };
+        // Checked under the claim: staging, which moves a part on from
+        // sealed, waits for it.
+        let sealed = match self.record(id)?.map(|r| r.state) {
+            Some(PartState::Open) => false,
+            Some(PartState::Sealed) => true,
+            _ => return Ok(Some(0)),
+        };
+        let prefix = keys::blocks_of(id);
+        let mut made = 0;
+        while keep_going() {
+            let Some(raw_from) = self.raw_blocks(&prefix, last_member, sealed)? else {
+                break;
+            };
+            let mut piece = Vec::with_capacity(PIECE_BYTES + 2 * BLOCK_BYTES);
+            let mut covered: Vec<sled::IVec> = Vec::new();
+            let mut lines = 0u64;
+            let blocks = self
+                .db
+                .range(raw_from..)
+                .take_while(|item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)));
+            self.walk_records(id, blocks, |key, record| -> Result<_, SpoolError> {
+                let Stored::Lines(block) = record else {
+                    // Members come first: one here means the walk started wrong.
+                    return Ok(ControlFlow::Break(()));
+                };
+                for line in block {
+                    line.write_ndjson(id.account.as_str(), &mut piece);
+                }
+                lines += block.len() as u64;
+                covered.push(key.into());
+                Ok(if piece.len() >= PIECE_BYTES {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
+            })?;
+            // An open part's short last piece may still grow: it waits.
+            if covered.is_empty() || (piece.len() < PIECE_BYTES && !sealed) {
+                break;
+            }
+            let gzip = gzip_member(&piece, level)?;
+            let member = Member {
+                lines,
+                ndjson_bytes: piece.len() as u64,
+                gzip: &gzip,
+            };
+            self.swap_in(&covered, &member)?;
+            *last_member = Some(covered[0].to_vec());
+            made += 1;
+        }
+        Ok(Some(made))
+    }
+
+    /// The key of a part's first raw block after its last member, if its raw
+    /// blocks are worth reading now (every one, for a sealed part).
+    fn raw_blocks(
+        &self,
+        prefix: &[u8],
+        last_member: &mut Option<Vec<u8>>,
+        sealed: bool,
+    ) -> Result<Option<sled::IVec>, SpoolError> {
+        let from = last_member.clone().unwrap_or_else(|| prefix.to_vec());
+        let mut first_raw = None;
+        let mut raw_bytes = 0u64;
+        for item in self.db.range(from..) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            match BlockRef::decode(&value) {
+                Some((_, Holds::Member)) => {
+                    *last_member = Some(key.to_vec());
+                    first_raw = None;
+                    raw_bytes = 0;
+                }
+                Some((at, Holds::Lines)) => {
+                    first_raw.get_or_insert(key);
+                    raw_bytes += u64::from(at.len);
+                }
+                // Damaged: the walk sets it aside.
+                None => {
+                    first_raw.get_or_insert(key);
+                }
+            }
+        }
+        Ok(first_raw.filter(|_| sealed || raw_bytes >= READ_AT))
+    }
+
+    /// Puts `member` in place of the blocks under `covered`, durably.
+    fn swap_in(&self, covered: &[sled::IVec], member: &Member<'_>) -> Result<(), SpoolError> {
+        let Some((first, rest)) = covered.split_first() else {
+            return Ok(());
+        };
+        // As for a group: the member is on disk before sled learns of it, and
+        // sled learns of it under the writer lock, which segment collection
+        // counts on (see `collect`).
+        let mut writer = self.segments.lock();
+        let at = writer.append_with(|out| member::encode_into(member, out))?;
+        writer.sync()?;
+        let mut batch = sled::Batch::default();
+        for key in rest {
+            batch.remove(key.clone());
+        }
+        batch.insert(first.clone(), &at.encode_member()[..]);
+        if let Err(e) = self.db.apply_batch(batch) {
+            self.durability
+                .fail(&format!("sled could not take a member's reference: {e}"));
+            return Err(e.into());
+        }
+        drop(writer);
+        self.make_durable()?;
+        let counts = &self.compacted;
+        counts.members.fetch_add(1, Ordering::Relaxed);
+        counts.lines.fetch_add(member.lines, Ordering::Relaxed);
+        counts
+            .ndjson_bytes
+            .fetch_add(member.ndjson_bytes, Ordering::Relaxed);
+        counts
+            .gzip_bytes
+            .fetch_add(member.gzip.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
