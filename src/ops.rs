@@ -109,6 +109,18 @@ fn observe(status: &Status, now: EpochMs) {
     let room = &status.room;
     gauge!("larch_disk_free_bytes").set(room.disk_free_bytes as f64);
     gauge!("larch_refusing_lines").set(if room.refusing.is_some() { 1.0 } else { 0.0 });
+    gauge!("larch_spool_disk_bytes").set(room.spool_bytes as f64);
+    gauge!("larch_intake_line_bytes_per_second").set(room.intake_line_bytes_per_s);
+    let outlook = &status.outlook;
+    if let Some(ndjson) = outlook.ndjson_waiting_bytes {
+        gauge!("larch_spool_ndjson_bytes").set(ndjson as f64);
+    }
+    if let Some(hours) = outlook.outage_hours_left {
+        gauge!("larch_outage_hours_left").set(hours);
+    }
+    let compressed = &spool.compressed;
+    counter!("larch_compacted_ndjson_bytes_total").absolute(compressed.ndjson_bytes);
+    counter!("larch_compacted_gzip_bytes_total").absolute(compressed.gzip_bytes);
     for (rule, lines) in &status.lines_dropped_by_rule {
         counter!("larch_rule_dropped_lines_total", "rule" => rule.clone()).absolute(*lines);
     }

@@ -147,6 +147,30 @@ fn describe() {
     );
     describe_gauge!("larch_disk_free_bytes", "Free bytes on the spool's disk");
     describe_gauge!(
+        "larch_spool_disk_bytes",
+        "Bytes of the spool's files on disk (sled and segments)"
+    );
+    describe_gauge!(
+        "larch_spool_ndjson_bytes",
+        "NDJSON bytes the spool's waiting lines make, estimated from the lines compressed so far"
+    );
+    describe_gauge!(
+        "larch_intake_line_bytes_per_second",
+        "Bytes of line text taken per second, over the last ten minutes"
+    );
+    describe_gauge!(
+        "larch_outage_hours_left",
+        "Hours until the spool refuses lines if nothing is uploaded, at the current intake"
+    );
+    describe_counter!(
+        "larch_compacted_ndjson_bytes_total",
+        "NDJSON bytes compressed in the spool while their parts were open"
+    );
+    describe_counter!(
+        "larch_compacted_gzip_bytes_total",
+        "gzip bytes the spool made of them"
+    );
+    describe_gauge!(
         "larch_refusing_lines",
         "1 while every new line is refused for lack of room"
     );

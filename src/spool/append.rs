@@ -46,6 +46,7 @@ impl Spool {
         let mut index = self.lock();
         let mut next_line = index.next_line;
         let mut follow_ups = 0;
+        let mut line_bytes = 0;
         let mut touched: HashMap<(AccountId, Hour), OpenPart> = HashMap::new();
         let mut runs_by_part: HashMap<PartId, Vec<Run>> = HashMap::new();
         let mut batch_ids = Vec::with_capacity(requests.len());
@@ -77,10 +78,12 @@ impl Spool {
                     }
                 };
                 part.record.lines += run.len() as u64;
-                part.record.bytes += lines[run.clone()]
+                let run_bytes = lines[run.clone()]
                     .iter()
                     .map(|l| l.line.len() as u64)
                     .sum::<u64>();
+                part.record.bytes += run_bytes;
+                line_bytes += run_bytes;
                 let id = PartId {
                     account: account.clone(),
                     hour,
@@ -142,6 +145,8 @@ impl Spool {
         drop(writer);
 
         index.next_line = next_line;
+        self.line_bytes_in
+            .fetch_add(line_bytes, std::sync::atomic::Ordering::Relaxed);
         index.open.extend(touched);
         Ok(Appended {
             batch_ids,

@@ -50,6 +50,8 @@ const READ_AT: u64 = (PIECE_BYTES as u64) * 3 / 4;
 pub struct Compacted {
     pub members: AtomicU64,
     pub lines: AtomicU64,
+    /// Bytes of the lines' text, as part records count them.
+    pub line_bytes: AtomicU64,
     pub ndjson_bytes: AtomicU64,
     pub gzip_bytes: AtomicU64,
 }
@@ -201,6 +203,7 @@ impl Spool {
             let mut piece = Vec::with_capacity(PIECE_BYTES + 2 * BLOCK_BYTES);
             let mut covered: Vec<sled::IVec> = Vec::new();
             let mut lines = 0u64;
+            let mut line_bytes = 0u64;
             let blocks = self
                 .db
                 .range(raw_from..)
@@ -212,6 +215,7 @@ impl Spool {
                 };
                 for line in block {
                     line.write_ndjson(id.account.as_str(), &mut piece);
+                    line_bytes += line.line.line.len() as u64;
                 }
                 lines += block.len() as u64;
                 covered.push(key.into());
@@ -232,6 +236,9 @@ impl Spool {
                 gzip: &gzip,
             };
             self.swap_in(&covered, &member)?;
+            self.compacted
+                .line_bytes
+                .fetch_add(line_bytes, Ordering::Relaxed);
             *last_member = Some(covered[0].to_vec());
             made += 1;
         }

@@ -38,7 +38,7 @@ pub mod reserve;
 pub mod room;
 pub mod seal;
 mod segments;
-mod summary;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -97,6 +97,8 @@ pub struct Spool {
     /// Who walks or rewrites which part's records now (staging, the compactor).
     claims: claim::Claims,
     compacted: compact::Compacted,
+    /// Bytes of line text appended since the spool opened (the intake rate).
+    line_bytes_in: AtomicU64,
 }
 
 impl Spool {
@@ -114,6 +116,12 @@ impl Spool {
     /// `durable`): the daemon exits, without answering what was waiting.
     pub fn on_durability_lost(&self, hook: durable::FailureHook) {
         self.durability.on_failure(hook);
+    }
+
+    /// Bytes of line text appended since the spool opened.
+    pub fn line_bytes_in(&self) -> u64 {
+        self.line_bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Flushes and fsyncs everything staged so far.

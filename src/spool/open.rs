@@ -162,6 +162,7 @@ impl Spool {
             quarantined: AtomicU64::new(0),
             claims: Default::default(),
             compacted: Default::default(),
+            line_bytes_in: AtomicU64::new(0),
         };
         let quarantined = spool.db.scan_prefix([keys::QUARANTINE]).count() as u64;
         spool.quarantined.store(quarantined, Ordering::Relaxed);

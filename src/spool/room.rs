@@ -21,11 +21,11 @@
 //! is under its limit, so the last one may cross it by its own size (a body
 //! is at most 10 MB); the next is refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,13 @@ pub struct RoomStatus {
     /// Whether larch holds its disk-full reserve (see `reserve`).
     #[serde(default)]
     pub reserve_held: bool,
+    /// Bytes the spool may still grow by before it refuses lines: the
+    /// nearer of `spool.max_size` and `spool.min_free_space`.
+    #[serde(default)]
+    pub room_left_bytes: u64,
+    /// Bytes of line text taken per second, over the last ten minutes.
+    #[serde(default)]
+    pub intake_line_bytes_per_s: f64,
 }
 
 #[derive(Debug, Default)]
@@ -98,7 +105,13 @@ pub struct Room {
     reserve: Reserve,
     /// Bytes admitted since the last measurement.
     admitted: AtomicU64,
+    /// (when, line bytes the spool had taken by then), over [`INTAKE_WINDOW`].
+    intake: Mutex<VecDeque<(Instant, u64)>>,
 }
+
+/// The intake rate is the average over this long: long enough that a burst
+/// does not swing the outage outlook, short enough to follow the day.
+const INTAKE_WINDOW: Duration = Duration::from_secs(600);
 
 impl Room {
     /// Room for the spool under `data` (its `spool/` and `segments/`).
@@ -109,6 +122,31 @@ impl Room {
             measured: Mutex::new(Measured::default()),
             reserve: Reserve::new(data),
             admitted: AtomicU64::new(0),
+            intake: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Notes that the spool has taken `line_bytes` of line text since it opened.
+    pub fn count_intake(&self, line_bytes: u64) {
+        let now = Instant::now();
+        let mut samples = self.intake.lock();
+        samples.push_back((now, line_bytes));
+        while samples.len() > 2
+            && samples
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > INTAKE_WINDOW)
+        {
+            samples.pop_front();
+        }
+    }
+
+    fn intake_rate(&self) -> f64 {
+        let samples = self.intake.lock();
+        match (samples.front(), samples.back()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+                b1.saturating_sub(*b0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
         }
     }
 
@@ -241,7 +279,15 @@ impl Room {
             Vec::new()
         };
         throttled.sort();
+        let spool_bytes = m.spool_bytes + admitted;
+        let free = m.disk_free_bytes.saturating_sub(admitted);
+        let below_max = self
+            .limits
+            .max_bytes
+            .map_or(u64::MAX, |max| max.saturating_sub(spool_bytes));
         RoomStatus {
+            room_left_bytes: below_max.min(free.saturating_sub(self.limits.min_free_bytes)),
+            intake_line_bytes_per_s: self.intake_rate(),
             spool_bytes: m.spool_bytes + admitted,
             spool_max_bytes: self.limits.max_bytes,
             disk_free_bytes: m.disk_free_bytes.saturating_sub(admitted),
@@ -292,6 +338,7 @@ pub async fn measure(room: &Arc<Room>, spool: &SpoolHandle) {
     let room = room.clone();
     let measured = spool
         .run(move |spool| {
+            room.count_intake(spool.line_bytes_in());
             Ok::<_, SpoolError>(room.measure(|| spool.waiting_by_account().unwrap_or_default()))
         })
         .await;

@@ -36,6 +36,31 @@ pub struct SpoolSummary {
     pub bytes_sealed: u64,
     #[serde(default)]
     pub bytes_uploading: u64,
+    /// What the compactor compressed since start: lines, their text bytes,
+    /// their NDJSON bytes and the gzip bytes it made of them.
+    #[serde(default)]
+    pub compressed: Compressed,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Compressed {
+    pub members: u64,
+    pub lines: u64,
+    pub line_bytes: u64,
+    pub ndjson_bytes: u64,
+    pub gzip_bytes: u64,
+}
+
+impl Compressed {
+    /// NDJSON bytes per byte of line text, as the lines compressed so far had it.
+    pub fn ndjson_per_line_byte(&self) -> Option<f64> {
+        (self.line_bytes > 0).then(|| self.ndjson_bytes as f64 / self.line_bytes as f64)
+    }
+
+    /// Disk bytes per byte of line text, once compressed.
+    pub fn gzip_per_line_byte(&self) -> Option<f64> {
+        (self.line_bytes > 0).then(|| self.gzip_bytes as f64 / self.line_bytes as f64)
+    }
 }
 
 impl Spool {
@@ -52,8 +77,16 @@ impl Spool {
     }
 
     pub fn summary(&self) -> Result<SpoolSummary, SpoolError> {
+        let c = &self.compacted;
         let mut s = SpoolSummary {
             records_quarantined: self.quarantined.load(Ordering::Relaxed),
+            compressed: Compressed {
+                members: c.members.load(Ordering::Relaxed),
+                lines: c.lines.load(Ordering::Relaxed),
+                line_bytes: c.line_bytes.load(Ordering::Relaxed),
+                ndjson_bytes: c.ndjson_bytes.load(Ordering::Relaxed),
+                gzip_bytes: c.gzip_bytes.load(Ordering::Relaxed),
+            },
             ..SpoolSummary::default()
         };
         let mut oldest: Option<Hour> = None;

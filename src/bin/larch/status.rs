@@ -74,6 +74,25 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
         mib(room.disk_free_bytes),
         mib(room.min_free_bytes)
     );
+    let outlook = &status.outlook;
+    match (
+        outlook.ndjson_waiting_bytes,
+        outlook.spool_bytes_per_ndjson_byte,
+    ) {
+        (Some(ndjson), Some(ratio)) => println!(
+            "spool on disk    {} for about {} of NDJSON ({ratio:.2} bytes per byte)",
+            mib(room.spool_bytes),
+            mib(ndjson)
+        ),
+        _ => println!("spool on disk    {}", mib(room.spool_bytes)),
+    }
+    println!(
+        "outage room      {} at {}/s of line text",
+        outlook
+            .outage_hours_left
+            .map_or("-".to_owned(), |h| format!("{h:.1} hours")),
+        mib(room.intake_line_bytes_per_s as u64)
+    );
     if !room.reserve_held {
         println!("reserve          released (the disk filled); held again once there is room");
     }
