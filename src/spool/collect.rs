@@ -51,6 +51,9 @@ impl Spool {
 
     /// Removes an uploaded part's lines from the spool.
     pub fn delete_blocks(&self, id: &PartId) -> Result<(), SpoolError> {
+        // After the compactor's member, if it is making one: a member put
+        // back after this would hold its segment for ever.
+        let _claim = self.claims.wait_for(id);
         let mut batch = sled::Batch::default();
         let mut pending = 0;
         for key in self.db.scan_prefix(keys::blocks_of(id)).keys() {

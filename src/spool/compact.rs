@@ -3,11 +3,12 @@
 //!
 //! It runs behind the ack path, on a thread of its own at low priority, and
 //! never holds up an ack for longer than one member's write. Each pass walks
-//! the parts that take or wait for lines (sealed ones first, oldest hour
+//! the parts that take or wait for lines (closed ones first, oldest hour
 //! first) and cuts each one's raw blocks into the pieces staging would cut:
 //! [`PIECE_BYTES`] of NDJSON, cut at the first block boundary past it, counted
-//! from the end of the last member; a sealed part, which takes no more lines,
-//! also gets its last, shorter piece. So a member is exactly the bytes staging
+//! from the end of the last member; a part closed to new lines (sealed, or
+//! waiting for its upload through an outage) also gets its last, shorter
+//! piece. So a member is exactly the bytes staging
 //! would make of those blocks, and an object is the same bytes whether its
 //! lines were compressed here or at staging.
 //!
@@ -120,6 +121,19 @@ fn run(spool: &Spool, level: u32, stopped: &mpsc::Receiver<()>) {
     }
 }
 
+/// Whether a part in `state` is compressed, and how: whether it is closed to
+/// new lines, and at which gzip level. A part being uploaded has its object's
+/// bytes recorded, made at the level it records: its members are made at
+/// that level, so the object it is staged into stays the same bytes.
+fn compactable(state: &PartState, level: u32) -> Option<(bool, u32)> {
+    match state {
+        PartState::Open => Some((false, level)),
+        PartState::Sealed => Some((true, level)),
+        PartState::Uploading(upload) => Some((true, upload.level)),
+        PartState::Uploaded(_) | PartState::Deleted(_) => None,
+    }
+}
+
 /// Where the compactor left a part.
 #[derive(Clone, Default)]
 pub struct Seen {
@@ -142,15 +156,12 @@ impl Spool {
         let mut parts = Vec::new();
         for item in self.readable_parts() {
             let (id, record) = item?;
-            let sealed = match record.state {
-                PartState::Open => false,
-                PartState::Sealed => true,
-                _ => continue,
-            };
-            parts.push((id, record.bytes, sealed));
+            if let Some((sealed, _)) = compactable(&record.state, level) {
+                parts.push((id, record.bytes, sealed));
+            }
         }
         seen.retain(|id, _| parts.iter().any(|(p, ..)| p == id));
-        // Sealed parts are staged next: their members are wanted first.
+        // Closed parts are staged next: their members are wanted first.
         parts.sort_by(|(a, _, a_sealed), (b, _, b_sealed)| {
             b_sealed
                 .cmp(a_sealed)
@@ -189,10 +200,9 @@ impl Spool {
         };
         // Checked under the claim: staging, which moves a part on from
         // sealed, waits for it.
-        let sealed = match self.record(id)?.map(|r| r.state) {
-            Some(PartState::Open) => false,
-            Some(PartState::Sealed) => true,
-            _ => return Ok(Some(0)),
+        let Some((sealed, level)) = self.record(id)?.and_then(|r| compactable(&r.state, level))
+        else {
+            return Ok(Some(0));
         };
         let prefix = keys::blocks_of(id);
         let mut made = 0;

@@ -366,8 +366,25 @@ impl Syncer {
 
     /// Walks one part through its states until it is deleted or a step fails;
     /// says whether the store took (or already held) its object on the way.
-    async fn advance(&self, id: &PartId, mut record: PartRecord) -> Result<bool, SyncError> {
+    async fn advance(&self, id: &PartId, record: PartRecord) -> Result<bool, SyncError> {
         let mut staged: Option<Staged> = None;
+        let advanced = self.walk(id, record, &mut staged).await;
+        // A staged object left after a failed step goes: through an outage it
+        // would hold the part's bytes on disk a second time, and the next
+        // attempt rebuilds it from the spool, where the part's lines are
+        // compressed already (`spool::compact`).
+        if let Some(s) = staged.take() {
+            self.discard_staged(&s);
+        }
+        advanced
+    }
+
+    async fn walk(
+        &self,
+        id: &PartId,
+        mut record: PartRecord,
+        staged: &mut Option<Staged>,
+    ) -> Result<bool, SyncError> {
         let mut reached_store = false;
         loop {
             let next = match &record.state {
@@ -379,18 +396,17 @@ impl Syncer {
                         PartState::Deleted(None)
                     } else {
                         let upload = self.upload_for(id, id.seq, &s, self.settings.gzip_level);
-                        staged = Some(s);
+                        *staged = Some(s);
                         PartState::Uploading(upload)
                     }
                 }
                 PartState::Uploading(upload) => {
-                    let s = match staged.take() {
+                    let s = match staged {
                         Some(s) => s,
-                        None => self.stage(id, upload.level).await?,
+                        None => staged.insert(self.stage(id, upload.level).await?),
                     };
-                    let next = self.upload(id, upload, &s).await?;
+                    let next = self.upload(id, upload, s).await?;
                     reached_store |= matches!(next, PartState::Uploaded(_));
-                    staged = Some(s);
                     next
                 }
                 PartState::Uploaded(upload) => {

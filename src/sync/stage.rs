@@ -283,6 +283,39 @@ mod tests {
     }
 
     #[test]
+    fn a_part_being_uploaded_is_compressed_at_the_level_its_object_was_made_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = tempfile::tempdir().unwrap();
+        let spool = open(dir.path());
+        for group in 0..8 {
+            append(&spool, group * 1000, 1000);
+        }
+        spool.seal_all().unwrap();
+        let before = stage(&spool, &part(), 1, staging.path()).unwrap();
+        let bytes = std::fs::read(&before.path).unwrap();
+        let mut record = spool.record(&part()).unwrap().unwrap();
+        record.state = crate::spool::PartState::Uploading(crate::spool::Upload {
+            key: "k".into(),
+            n: 0,
+            size: before.size,
+            sha256: before.sha256,
+            level: 1,
+            lines: before.lines,
+            at: 0,
+        });
+        spool.set_record(&part(), &record).unwrap();
+        // The configured level is 6; the recorded object was made at 1.
+        let made = spool
+            .compact_pass(6, &mut HashMap::new(), &|| true)
+            .unwrap();
+        assert!(made >= 2, "{made}");
+        assert_eq!(members(&spool), made);
+        let after = stage(&spool, &part(), 1, staging.path()).unwrap();
+        assert_eq!(after.sha256, before.sha256);
+        assert!(std::fs::read(&after.path).unwrap() == bytes);
+    }
+
+    #[test]
     fn a_damaged_member_is_set_aside_and_the_other_lines_still_go_up() {
         let dir = tempfile::tempdir().unwrap();
         let staging = tempfile::tempdir().unwrap();
