@@ -21,11 +21,14 @@
 #             run) after lines for 4 accounts x 2 past hours came in, then
 #             comes back: how long until the first and the last waiting part
 #             is uploaded
-#   backlog   a backlog ingested with sync held back (10 GB of spool in a full
-#             run, 1 GB in a quick one), copied, then each copy timed to start
-#             and drain: one to
-#             a local directory, one to an S3-compatible server (s3s-fs, on this
-#             machine; installed into .test-servers/ on first use)
+#   backlog   a backlog ingested at 100k lines/s while the S3-compatible
+#             server is down (8 GB of line text in a full run, 1 GB in a quick
+#             one; about 1.4 times that in NDJSON), copied, then each copy
+#             timed to start and drain: one to a local directory, one to the
+#             server (s3s-fs, on this machine; installed into .test-servers/
+#             on first use), one through upload_rate_limit (8 MiB/s, measured
+#             over 30 s); with --baseline, the other build builds and drains
+#             its own backlog to the server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,10 +43,11 @@ while [ $# -gt 0 ]; do
     shift
 done
 if $quick; then
-    dur=10s; steady_dur=10s; gz_mib=64; fs_mib=128; backlog_gb=1; parts_dur=20s; outage=30
+    dur=10s; steady_dur=10s; gz_mib=64; fs_mib=128; backlog_gb=1; parts_dur=20s; outage=30; rate_s=15
 else
-    dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_gb=10; parts_dur=30s; outage=300
+    dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_gb=8; parts_dur=30s; outage=300; rate_s=30
 fi
+rate_mib=8
 
 s3s_fs=.test-servers/cargo/bin/s3s-fs
 [ -x "$s3s_fs" ] || scripts/test-servers.sh s3s-fs
@@ -77,6 +81,11 @@ stop() {
 }
 # CPU seconds (user + system) of $pid so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$pid/stat"; }
+# CPU seconds of $pid's threads named $1 (the compactor: larch-compact).
+thread_cpu() {
+    awk -v t="$(getconf CLK_TCK)" -v name="($1)" '$2 == name {s += $14 + $15} END {print s / t + 0}' \
+        /proc/"$pid"/task/*/stat 2>/dev/null || echo 0
+}
 # Peak resident memory of $pid, in MB.
 peak_rss() { awk '/VmHWM/ {print $2 / 1024}' "/proc/$pid/status"; }
 status() { curl -sf "http://$addr/status"; }
@@ -90,11 +99,11 @@ ingest() {
     echo "ingest ($2): 16 clients, as fast as possible, $dur..." >&2
     rm -rf "$work/ingest"
     start "$work/ingest" --late-window 6h
-    local c0 c1
-    c0=$(cpu)
+    local c0 c1 k0 k1
+    c0=$(cpu); k0=$(thread_cpu larch-compact)
     "$bench" load --addr "$addr" --duration "$dur" >"$results/$2.json"
-    c1=$(cpu)
-    echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/$2_proc.json"
+    c1=$(cpu); k1=$(thread_cpu larch-compact)
+    echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"compact_cpu_s\": $(awk "BEGIN{print $k1 - $k0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/$2_proc.json"
     stop
     run_larch=$larch
 }
@@ -110,10 +119,10 @@ fi
 
 echo "steady: 100k lines/s into past hours with sync running, $steady_dur..." >&2
 start "$work/steady" --late-window 0s --follow-up-after 1s
-c0=$(cpu)
+c0=$(cpu); k0=$(thread_cpu larch-compact)
 "$bench" load --addr "$addr" --duration "$steady_dur" --rate 100000 --hours-back 3 >"$results/steady.json"
-c1=$(cpu)
-echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/steady_proc.json"
+c1=$(cpu); k1=$(thread_cpu larch-compact)
+echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"compact_cpu_s\": $(awk "BEGIN{print $k1 - $k0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/steady_proc.json"
 stop
 
 # Memory with many open parts: the same load spread over 10 accounts, 1,000
@@ -170,16 +179,28 @@ if [ -n "$baseline" ]; then
 fi
 outage_phase "$larch" outage
 
-echo "backlog: ingest until the spool holds $backlog_gb GB, uploads held back..." >&2
-# A target directory that does not exist yet holds uploads back (they pause).
-held="$work/held-archive"
+# The backlog phase on larch binary $1 into spool $2: lines for 6 past hours
+# at 100k lines/s while the S3 server is down (so every upload fails as on a
+# cut link), until the spool holds $backlog_gb GB of line text; then until
+# the compactor has caught up (its count of compressed lines stands still).
 sync_flags=(--late-window 0s --follow-up-after 1s)
-start "$work/backlog" "${sync_flags[@]}" --target "$held"
-until [ "$(du -sm "$work/backlog" | cut -f1)" -ge $((backlog_gb * 1000)) ]; do
-    "$bench" load --addr "$addr" --duration 10s --hours-back 6 >/dev/null
-done
-stop
+build_backlog() {
+    run_larch=$1
+    echo "backlog ($(basename "$2")): $backlog_gb GB of line text at 100k lines/s, store down..." >&2
+    start "$2" "${sync_flags[@]}" --target s3://bench/
+    until [ "$(status | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_waiting"] // 10**6)')" \
+        -ge $((backlog_gb * 1000)) ]; do
+        "$bench" load --addr "$addr" --duration 10s --rate 100000 --hours-back 6 >/dev/null
+    done
+    local before=-1 now
+    compressed() { status | python3 -c 'import json,sys; print(json.load(sys.stdin).get("compressed", {}).get("lines", 0))'; }
+    while now=$(compressed); [ "$now" != "$before" ]; do before=$now; sleep 3; done
+    stop
+    run_larch=$larch
+}
+build_backlog "$larch" "$work/backlog"
 cp -a "$work/backlog" "$work/backlog-s3"
+cp -a "$work/backlog" "$work/backlog-rate"
 sync
 
 # Restarts larch on a backlog ($1) with more flags, timing start-up into
@@ -197,6 +218,7 @@ drain() {
 }
 
 echo "backlog: start and drain to a local directory..." >&2
+held="$work/held-archive"
 mkdir -p "$held"
 drain "$work/backlog" backlog --target "$held"
 
@@ -205,13 +227,41 @@ sync
 "$bench" gzip --archive "$held" --mib "$gz_mib" >"$results/gzip.json"
 rm -rf "$held"
 
-echo "backlog: start and drain to an S3-compatible server (s3s-fs)..." >&2
+# Larch binary $1 drains backlog $3 to s3s-fs; results under the name $2.
+s3_drain() {
+    run_larch=$1
+    echo "backlog ($2): start and drain to an S3-compatible server (s3s-fs)..." >&2
+    rm -rf "$work/s3"
+    start_s3
+    local c0 c1
+    c0=$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$server/stat")
+    drain "$3" "$2" --target s3://bench/
+    c1=$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$server/stat")
+    echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}")}" >"$results/$2-server.json"
+    stop_s3
+    rm -rf "$3"
+    run_larch=$larch
+}
+s3_drain "$larch" backlog-s3 "$work/backlog-s3"
+if [ -n "$baseline" ]; then
+    build_backlog "$baseline" "$work/baseline-backlog"
+    s3_drain "$baseline" baseline-backlog-s3 "$work/baseline-backlog"
+fi
+
+# A metered link: the same backlog to s3s-fs through upload_rate_limit,
+# measured over $rate_s seconds once uploads run.
+echo "backlog: drain to S3 through upload_rate_limit = ${rate_mib}MiB/s for ${rate_s}s..." >&2
 rm -rf "$work/s3"
 start_s3
-s3_cpu0=$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$server/stat")
-drain "$work/backlog-s3" backlog-s3 --target s3://bench/
-s3_cpu1=$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$server/stat")
-echo "{\"cpu_s\": $(awk "BEGIN{print $s3_cpu1 - $s3_cpu0}")}" >"$results/s3-server.json"
+start "$work/backlog-rate" "${sync_flags[@]}" --target s3://bench/ \
+    --set "target.upload_rate_limit=${rate_mib}MiB/s"
+sleep 5
+uploaded() { status | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_uploaded"])'; }
+b0=$(uploaded); c0=$(cpu); t0=$(date +%s.%N)
+sleep "$rate_s"
+b1=$(uploaded); c1=$(cpu); t1=$(date +%s.%N)
+echo "{\"limit_mb_s\": $(awk "BEGIN{print $rate_mib * 1.048576}"), \"upload_mb_s\": $(awk "BEGIN{print ($b1 - $b0) / 1e6 / ($t1 - $t0)}"), \"cores\": $(awk "BEGIN{print ($c1 - $c0) / ($t1 - $t0)}")}" >"$results/rate-limited.json"
+stop
 stop_s3
 
 python3 scripts/bench_table.py "$results"

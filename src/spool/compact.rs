@@ -38,8 +38,21 @@ use super::segments::{BlockRef, Holds};
 use super::{keys, PartId, Spool, SpoolError, Stored, BLOCK_BYTES};
 use crate::gzip::{gzip_member, lower_priority, PIECE_BYTES};
 
-/// How often the compactor looks for pieces to compress.
+/// How often the compactor looks for pieces to compress in open parts (their
+/// sizes are in memory)...
 const PASS_EVERY: Duration = Duration::from_secs(1);
+/// ...and every how many passes in closed ones too (their records are read
+/// from sled, the ledger's among them).
+const CLOSED_EVERY: u64 = 10;
+
+/// Which parts a pass looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// Open parts only: those that grow.
+    Open,
+    /// Open, sealed and waiting for their upload.
+    All,
+}
 
 /// An open part's raw blocks are read once their encoded size reaches this:
 /// NDJSON is larger than the blocks it comes from (field names, and the
@@ -102,12 +115,17 @@ fn run(spool: &Spool, level: u32, stopped: &mpsc::Receiver<()>) {
     lower_priority();
     let keep_going = || matches!(stopped.try_recv(), Err(TryRecvError::Empty));
     let mut seen = HashMap::new();
-    loop {
+    for pass in 0u64.. {
         match stopped.recv_timeout(PASS_EVERY) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        match spool.compact_pass(level, &mut seen, &keep_going) {
+        let parts = if pass % CLOSED_EVERY == 0 {
+            Parts::All
+        } else {
+            Parts::Open
+        };
+        match spool.compact_pass(level, &mut seen, parts, &keep_going) {
             Ok(0) => {}
             Ok(_) => {
                 if let Err(e) = spool.collect_segments() {
@@ -151,16 +169,33 @@ impl Spool {
         &self,
         level: u32,
         seen: &mut HashMap<PartId, Seen>,
+        which: Parts,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<usize, SpoolError> {
-        let mut parts = Vec::new();
-        for item in self.readable_parts() {
-            let (id, record) = item?;
-            if let Some((sealed, _)) = compactable(&record.state, level) {
-                parts.push((id, record.bytes, sealed));
+        let mut parts: Vec<(PartId, u64, bool)> = self
+            .lock()
+            .open
+            .iter()
+            .map(|((account, hour), part)| {
+                let id = PartId {
+                    account: account.clone(),
+                    hour: *hour,
+                    seq: part.seq,
+                };
+                (id, part.record.bytes, false)
+            })
+            .collect();
+        if which == Parts::All {
+            for item in self.readable_parts() {
+                let (id, record) = item?;
+                if let Some((true, _)) = compactable(&record.state, level) {
+                    parts.push((id, record.bytes, true));
+                }
             }
+            let live: std::collections::HashSet<&PartId> =
+                parts.iter().map(|(id, ..)| id).collect();
+            seen.retain(|id, _| live.contains(id));
         }
-        seen.retain(|id, _| parts.iter().any(|(p, ..)| p == id));
         // Closed parts are staged next: their members are wanted first.
         parts.sort_by(|(a, _, a_sealed), (b, _, b_sealed)| {
             b_sealed

@@ -173,9 +173,17 @@ impl Syncer {
         let now = Instant::now();
         let mut ready: Vec<_> = {
             let retry_at = self.retry_at.lock();
+            // While parts back off from a store that does not answer, a part
+            // sealed meanwhile waits with them rather than be staged only to
+            // fail: the compactor compresses it in the spool, and the release
+            // lets it go with the others.
+            let store_down = retry_at.values().any(|r| r.unreachable && r.at > now);
             parts
                 .iter()
-                .filter(|(id, _)| retry_at.get(id).is_none_or(|r| r.at <= now))
+                .filter(|(id, record)| match retry_at.get(id) {
+                    Some(retry) => retry.at <= now,
+                    None => !(store_down && record.state == PartState::Sealed),
+                })
                 .cloned()
                 .collect()
         };

@@ -174,6 +174,7 @@ mod tests {
     use crate::clock::{ManualClock, SharedClock};
     use crate::hour::Hour;
     use crate::line::{Line, Origin};
+    use crate::spool::compact::Parts;
     use crate::spool::{Along, SealRule};
 
     const HOUR_MS: i64 = 3_600_000 * 100;
@@ -250,7 +251,9 @@ mod tests {
 
         // Open: full pieces become members, the short last one waits.
         let mut seen = HashMap::new();
-        let made = spool.compact_pass(6, &mut seen, &|| true).unwrap();
+        let made = spool
+            .compact_pass(6, &mut seen, Parts::All, &|| true)
+            .unwrap();
         assert!(made >= 4, "{made} members made of an open part");
         assert_eq!(members(&spool), made);
         let (open_bytes, open_staged, open_lines) = object(&spool, staging.path());
@@ -259,13 +262,20 @@ mod tests {
         assert_eq!(open_staged.input_bytes, raw_staged.input_bytes);
         assert!(open_bytes == raw, "members differ from what staging makes");
         // Nothing new: the next pass reads nothing.
-        assert_eq!(spool.compact_pass(6, &mut seen, &|| true).unwrap(), 0);
+        assert_eq!(
+            spool
+                .compact_pass(6, &mut seen, Parts::All, &|| true)
+                .unwrap(),
+            0
+        );
 
         // More lines, then sealed: the rest, short last piece included.
         append(&spool, 25_000, 700);
         spool.seal_all().unwrap();
         let (before, ..) = object(&spool, staging.path());
-        let more = spool.compact_pass(6, &mut seen, &|| true).unwrap();
+        let more = spool
+            .compact_pass(6, &mut seen, Parts::All, &|| true)
+            .unwrap();
         assert!(more >= 1);
         let (sealed_bytes, sealed_staged, sealed_lines) = object(&spool, staging.path());
         assert_eq!(sealed_lines, 25_700);
@@ -306,7 +316,7 @@ mod tests {
         spool.set_record(&part(), &record).unwrap();
         // The configured level is 6; the recorded object was made at 1.
         let made = spool
-            .compact_pass(6, &mut HashMap::new(), &|| true)
+            .compact_pass(6, &mut HashMap::new(), Parts::All, &|| true)
             .unwrap();
         assert!(made >= 2, "{made}");
         assert_eq!(members(&spool), made);
@@ -324,7 +334,7 @@ mod tests {
             append(&spool, group * 1000, 1000);
         }
         let made = spool
-            .compact_pass(6, &mut HashMap::new(), &|| true)
+            .compact_pass(6, &mut HashMap::new(), Parts::All, &|| true)
             .unwrap();
         assert!(made >= 2);
         // Flip a byte inside every member's gzip bytes, in the segment files.
