@@ -43,7 +43,10 @@ pub struct Outlook {
     /// Hours until the spool reaches `spool.max_size` or `spool.min_free_space`
     /// if nothing were uploaded from now on, at the current intake, with
     /// lines costing the disk what the compressed ones cost. `None` while
-    /// nothing comes in (or nothing was compressed yet).
+    /// nothing comes in (or nothing was compressed yet). It leaves out the
+    /// raw blocks still waiting for their piece to fill, and segments kept
+    /// for a few of them, so it is an upper bound by about a segment (64
+    /// MiB) per part.
     pub outage_hours_left: Option<f64>,
 }
 

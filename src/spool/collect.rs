@@ -14,10 +14,12 @@ impl Spool {
     /// [`Self::collect_segments`], calling `after_scan` between the scan of the
     /// references and the removal (where tests make appends happen).
     fn collect_segments_then(&self, after_scan: impl FnOnce()) -> Result<usize, SpoolError> {
-        // Taken under the writer lock, which a group holds from its first
-        // append until sled has its references: every reference into a segment
-        // older than this one is in sled by now, and no new one can come.
+        // Taken under the writers' locks, which a group (and a member's swap)
+        // holds from its first append until sled has its references: every
+        // reference into a segment older than these is in sled by now, and no
+        // new one can come.
         let start = self.segments.lock().position();
+        let members_start = self.segments.lock_members().position();
         let mut live = std::collections::HashSet::new();
         for value in self.db.scan_prefix([keys::BLOCK]).values() {
             if let Some((at, _)) = segments::BlockRef::decode(&value?) {
@@ -46,7 +48,9 @@ impl Spool {
                 start.0
             }
         };
-        Ok(self.segments.remove_unreferenced(before, &live)?)
+        Ok(self
+            .segments
+            .remove_unreferenced((before, members_start.0), &live)?)
     }
 
     /// Removes an uploaded part's lines from the spool.
@@ -54,6 +58,7 @@ impl Spool {
         // After the compactor's member, if it is making one: a member put
         // back after this would hold its segment for ever.
         let _claim = self.claims.wait_for(id);
+        self.uploads_waiting.lock().remove(id);
         let mut batch = sled::Batch::default();
         let mut pending = 0;
         for key in self.db.scan_prefix(keys::blocks_of(id)).keys() {
@@ -101,6 +106,76 @@ mod tests {
             })
             .unwrap();
         out
+    }
+
+    #[test]
+    fn segments_of_blocks_the_compactor_replaced_go_and_the_lines_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour_ms = 3_600_000 * 100;
+        let clock: SharedClock = std::sync::Arc::new(crate::clock::ManualClock::new(hour_ms));
+        let spool = Spool::open(dir.path(), clock, SealRule::default(), 1 << 20).unwrap();
+        let account = AccountId::parse("acme").unwrap();
+        let mut seen = std::collections::HashMap::new();
+        let mut made = 0;
+        for group in 0..6 {
+            let lines = (0..2000)
+                .map(|i| {
+                    let origin = std::sync::Arc::new(crate::line::Origin {
+                        ingester: "http",
+                        ..Default::default()
+                    });
+                    Line::new(hour_ms, format!("{group} {i} {}", "y".repeat(300)), origin)
+                })
+                .collect();
+            spool
+                .append(vec![(account.clone(), lines, Along::default())])
+                .unwrap();
+            spool.make_durable().unwrap();
+            // The compactor works while lines come in: its members are
+            // written while the segment of blocks still fills.
+            made += spool
+                .compact_pass(6, &mut seen, crate::spool::compact::Parts::All, &|| true)
+                .unwrap();
+        }
+        spool.segments.lock().rotate().unwrap();
+        let block_segments = || {
+            std::fs::read_dir(dir.path().join("segments"))
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    let id =
+                        u64::from_str_radix(name.to_str().unwrap().trim_end_matches(".seg"), 16);
+                    id.unwrap() & segments::MEMBER_SEGMENTS == 0
+                })
+                .count()
+        };
+        assert_eq!(block_segments(), 2);
+        assert!(made >= 2, "{made} members made while the part was open");
+        spool.seal_all().unwrap();
+        made += spool
+            .compact_pass(6, &mut seen, crate::spool::compact::Parts::All, &|| true)
+            .unwrap();
+        assert!(made >= 3, "{made}");
+        spool.collect_segments().unwrap();
+        // Only the writer's own segment is left of the blocks' segments.
+        assert_eq!(block_segments(), 1);
+        let part = PartId {
+            account,
+            hour: Hour::of(hour_ms),
+            seq: 0,
+        };
+        let mut lines = 0;
+        spool
+            .for_each_record(&part, |record| -> Result<(), SpoolError> {
+                match record {
+                    crate::spool::Stored::Member(m) => lines += m.lines,
+                    crate::spool::Stored::Lines(_) => panic!("a block left after compaction"),
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(lines, 12_000);
+        assert_eq!(spool.quarantined.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -2,21 +2,22 @@
 //! spool holds them at about the archive's size and a drain only uploads.
 //!
 //! It runs behind the ack path, on a thread of its own at low priority, and
-//! never holds up an ack for longer than one member's write. Each pass walks
+//! writes members to segments of their own: it holds up a group commit at
+//! most for one sled flush (they take turns at flushing). Each pass walks
 //! the parts that take or wait for lines (closed ones first, oldest hour
 //! first) and cuts each one's raw blocks into the pieces staging would cut:
 //! [`PIECE_BYTES`] of NDJSON, cut at the first block boundary past it, counted
 //! from the end of the last member; a part closed to new lines (sealed, or
-//! waiting for its upload through an outage) also gets its last, shorter
-//! piece. So a member is exactly the bytes staging
+//! waiting for its upload after a failed attempt) also gets its last,
+//! shorter piece. So a member is exactly the bytes staging
 //! would make of those blocks, and an object is the same bytes whether its
 //! lines were compressed here or at staging.
 //!
 //! A member is appended to the current segment and fsynced; then one sled
 //! batch puts its reference under the key of the first block it covers and
 //! removes the other blocks' references, and is made durable. A crash before
-//! the batch leaves only an unreferenced member (collected with its segment);
-//! after it, only the member. Members are always a prefix of a part's records:
+//! the batch is durable leaves the blocks and an unreferenced member
+//! (collected with its segment); after it, only the member. Members are always a prefix of a part's records:
 //! the compactor cuts only after the last one. The blocks' bytes go with their
 //! segment once nothing refers to it (`collect`), which each pass that made
 //! members asks for.
@@ -30,13 +31,16 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::member::{self, Member};
 use super::part::PartState;
 use super::segments::{BlockRef, Holds};
 use super::{keys, PartId, Spool, SpoolError, Stored, BLOCK_BYTES};
 use crate::gzip::{gzip_member, lower_priority, PIECE_BYTES};
+
+/// Segments the compactor emptied are looked for at most this often.
+const COLLECT_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the compactor looks for pieces to compress in open parts (their
 /// sizes are in memory)...
@@ -115,6 +119,8 @@ fn run(spool: &Spool, level: u32, stopped: &mpsc::Receiver<()>) {
     lower_priority();
     let keep_going = || matches!(stopped.try_recv(), Err(TryRecvError::Empty));
     let mut seen = HashMap::new();
+    let mut to_collect = false;
+    let mut collected = Instant::now();
     for pass in 0u64.. {
         match stopped.recv_timeout(PASS_EVERY) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -126,29 +132,35 @@ fn run(spool: &Spool, level: u32, stopped: &mpsc::Receiver<()>) {
             Parts::Open
         };
         match spool.compact_pass(level, &mut seen, parts, &keep_going) {
-            Ok(0) => {}
-            Ok(_) => {
-                if let Err(e) = spool.collect_segments() {
-                    tracing::warn!("cannot remove segments the compactor emptied: {e}. They go with the next collection.");
-                }
-            }
+            Ok(made) => to_collect |= made > 0,
             Err(e) => tracing::warn!(
-                "cannot compress lines in the spool now: {e}. They stay as they are, and are compressed when their part is staged."
+                "cannot list the spool's parts to compress their lines: {e}. Their lines stay as they are, and are compressed when staged."
             ),
+        }
+        // Collection reads every reference: at most every few seconds.
+        if to_collect && collected.elapsed() >= COLLECT_EVERY {
+            collected = Instant::now();
+            to_collect = false;
+            if let Err(e) = spool.collect_segments() {
+                tracing::warn!("cannot remove segments the compactor emptied: {e}. They go with the next collection.");
+                to_collect = true;
+            }
         }
     }
 }
 
 /// Whether a part in `state` is compressed, and how: whether it is closed to
-/// new lines, and at which gzip level. A part being uploaded has its object's
-/// bytes recorded, made at the level it records: its members are made at
-/// that level, so the object it is staged into stays the same bytes.
-fn compactable(state: &PartState, level: u32) -> Option<(bool, u32)> {
+/// new lines, and at which gzip level. A part being uploaded is compressed
+/// only once an attempt failed (`waiting`): it then waits, and each attempt
+/// stages it again. Its object's bytes are recorded, made at the level it
+/// records, so its members are made at that level and the object stays the
+/// same bytes.
+fn compactable(state: &PartState, level: u32, waiting: bool) -> Option<(bool, u32)> {
     match state {
         PartState::Open => Some((false, level)),
         PartState::Sealed => Some((true, level)),
-        PartState::Uploading(upload) => Some((true, upload.level)),
-        PartState::Uploaded(_) | PartState::Deleted(_) => None,
+        PartState::Uploading(upload) if waiting => Some((true, upload.level)),
+        PartState::Uploading(_) | PartState::Uploaded(_) | PartState::Deleted(_) => None,
     }
 }
 
@@ -160,11 +172,29 @@ pub struct Seen {
     idle_at: Option<(u64, bool)>,
     /// The key of the part's last member: its raw blocks start after it.
     last_member: Option<Vec<u8>>,
+    /// An open part whose raw blocks fell short of a piece is read again
+    /// once its line bytes reach this (long lines make little more NDJSON
+    /// than their blocks' size).
+    read_again_at: u64,
 }
 
 impl Spool {
+    /// Notes that an upload of part `id` failed: it waits now, and the
+    /// compactor compresses what staging would otherwise compress at each
+    /// attempt.
+    pub fn note_upload_waiting(&self, id: &PartId) {
+        self.uploads_waiting.lock().insert(id.clone());
+    }
+
+    fn upload_is_waiting(&self, id: &PartId, state: &PartState) -> bool {
+        // One recorded before this start has waited through a restart.
+        matches!(state, PartState::Uploading(u) if u.at < self.opened_ms)
+            || self.uploads_waiting.lock().contains(id)
+    }
+
     /// One pass over the parts that take or wait for lines; returns the
-    /// members made. `keep_going` is asked between members.
+    /// members made. `keep_going` is asked between members. A part that
+    /// cannot be compressed now is said so and left to staging.
     pub fn compact_pass(
         &self,
         level: u32,
@@ -188,7 +218,8 @@ impl Spool {
         if which == Parts::All {
             for item in self.readable_parts() {
                 let (id, record) = item?;
-                if let Some((true, _)) = compactable(&record.state, level) {
+                let waiting = self.upload_is_waiting(&id, &record.state);
+                if let Some((true, _)) = compactable(&record.state, level, waiting) {
                     parts.push((id, record.bytes, true));
                 }
             }
@@ -208,41 +239,49 @@ impl Spool {
                 break;
             }
             let at = seen.entry(id.clone()).or_default();
-            if at.idle_at == Some((bytes, sealed)) {
+            if at.idle_at == Some((bytes, sealed)) || (!sealed && bytes < at.read_again_at) {
                 continue;
             }
-            match self.compact_part(&id, level, &mut at.last_member, keep_going)? {
-                Some(0) => at.idle_at = Some((bytes, sealed)),
-                Some(n) => made += n,
+            match self.compact_part(&id, level, at, keep_going) {
+                Ok(Some(0)) => at.idle_at = Some((bytes, sealed)),
+                Ok(Some(n)) => made += n,
                 // Being staged: nothing to do here any more.
-                None => {}
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(part = %id, "cannot compress lines of this part now: {e}. They stay as they are, and are compressed when it is staged.");
+                    at.idle_at = Some((bytes, sealed));
+                }
             }
         }
         Ok(made)
     }
 
-    /// Compresses every full piece of a part (and, for a sealed part, the
-    /// last one). `None` if someone else holds the part.
+    /// Compresses every full piece of a part (and, for a closed part, the
+    /// last one). `None` if someone else held the part before any was made.
     fn compact_part(
         &self,
         id: &PartId,
         level: u32,
-        last_member: &mut Option<Vec<u8>>,
+        at: &mut Seen,
         keep_going: &dyn Fn() -> bool,
     ) -> Result<Option<usize>, SpoolError> {
-        let Some(_claim) = self.claims.try_take(id) else {
-            return Ok(None);
-        };
-        // Checked under the claim: staging, which moves a part on from
-        // sealed, waits for it.
-        let Some((sealed, level)) = self.record(id)?.and_then(|r| compactable(&r.state, level))
-        else {
-            return Ok(Some(0));
-        };
         let prefix = keys::blocks_of(id);
         let mut made = 0;
         while keep_going() {
-            let Some(raw_from) = self.raw_blocks(&prefix, last_member, sealed)? else {
+            // Claimed for one member at a time: staging waits for one at most.
+            let Some(_claim) = self.claims.try_take(id) else {
+                return Ok((made > 0).then_some(made));
+            };
+            // Checked under the claim: staging, which moves a part on from
+            // sealed, waits for it.
+            let Some(record) = self.record(id)? else {
+                break;
+            };
+            let waiting = self.upload_is_waiting(id, &record.state);
+            let Some((sealed, level)) = compactable(&record.state, level, waiting) else {
+                break;
+            };
+            let Some(raw_from) = self.raw_blocks(&prefix, &mut at.last_member, sealed)? else {
                 break;
             };
             let mut piece = Vec::with_capacity(PIECE_BYTES + 2 * BLOCK_BYTES);
@@ -270,8 +309,15 @@ impl Spool {
                     ControlFlow::Continue(())
                 })
             })?;
-            // An open part's short last piece may still grow: it waits.
-            if covered.is_empty() || (piece.len() < PIECE_BYTES && !sealed) {
+            if covered.is_empty() {
+                break;
+            }
+            if piece.len() < PIECE_BYTES && !sealed {
+                // An open part's short last piece may still grow: it is read
+                // again once about enough text for the rest has come.
+                let short = (PIECE_BYTES - piece.len()) as u64;
+                let text_per_ndjson = line_bytes as f64 / piece.len().max(1) as f64;
+                at.read_again_at = record.bytes + (short as f64 * text_per_ndjson) as u64;
                 break;
             }
             let gzip = gzip_member(&piece, level)?;
@@ -284,14 +330,16 @@ impl Spool {
             self.compacted
                 .line_bytes
                 .fetch_add(line_bytes, Ordering::Relaxed);
-            *last_member = Some(covered[0].to_vec());
+            at.last_member = Some(covered[0].to_vec());
             made += 1;
         }
         Ok(Some(made))
     }
 
     /// The key of a part's first raw block after its last member, if its raw
-    /// blocks are worth reading now (every one, for a sealed part).
+    /// blocks are worth reading now: for an open part, once they hold about a
+    /// piece; for a closed one, whatever they hold. Reads references only as
+    /// far as it needs to.
     fn raw_blocks(
         &self,
         prefix: &[u8],
@@ -313,16 +361,22 @@ impl Spool {
                     raw_bytes = 0;
                 }
                 Some((at, Holds::Lines)) => {
-                    first_raw.get_or_insert(key);
                     raw_bytes += u64::from(at.len);
+                    let first = first_raw.get_or_insert(key);
+                    if sealed || raw_bytes >= READ_AT {
+                        return Ok(Some(first.clone()));
+                    }
                 }
                 // Damaged: the walk sets it aside.
                 None => {
-                    first_raw.get_or_insert(key);
+                    let first = first_raw.get_or_insert(key);
+                    if sealed {
+                        return Ok(Some(first.clone()));
+                    }
                 }
             }
         }
-        Ok(first_raw.filter(|_| sealed || raw_bytes >= READ_AT))
+        Ok(None)
     }
 
     /// Puts `member` in place of the blocks under `covered`, durably.
@@ -331,9 +385,10 @@ impl Spool {
             return Ok(());
         };
         // As for a group: the member is on disk before sled learns of it, and
-        // sled learns of it under the writer lock, which segment collection
-        // counts on (see `collect`).
-        let mut writer = self.segments.lock();
+        // sled learns of it under its writer's lock, which segment collection
+        // counts on (see `collect`). Members have segments of their own, so
+        // the blocks' segments empty as their blocks are compressed.
+        let mut writer = self.segments.lock_members();
         let at = writer.append_with(|out| member::encode_into(member, out))?;
         writer.sync()?;
         let mut batch = sled::Batch::default();

@@ -25,6 +25,12 @@ impl SpoolHandle {
         self.spool.instance_hex()
     }
 
+    /// Notes that an upload of part `id` failed (in memory, no disk): see
+    /// [`Spool::note_upload_waiting`].
+    pub fn note_upload_waiting(&self, id: &super::PartId) {
+        self.spool.note_upload_waiting(id);
+    }
+
     /// The spool itself, for code that runs on a thread of its own.
     pub fn blocking(&self) -> &Arc<Spool> {
         &self.spool

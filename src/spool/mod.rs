@@ -99,6 +99,11 @@ pub struct Spool {
     compacted: compact::Compacted,
     /// Bytes of line text appended since the spool opened (the intake rate).
     line_bytes_in: AtomicU64,
+    /// Parts whose upload failed since the spool opened: they wait, and the
+    /// compactor compresses them (`compact`).
+    uploads_waiting: parking_lot::Mutex<std::collections::HashSet<PartId>>,
+    /// When the spool opened: a part whose upload began before had to wait.
+    opened_ms: crate::clock::EpochMs,
 }
 
 impl Spool {

@@ -148,6 +148,7 @@ impl Spool {
             }
         };
         let next_line = read_u64(&db, "next_line")?.unwrap_or(0);
+        let opened_ms = clock.now_ms();
         let spool = Self {
             db,
             segments,
@@ -163,6 +164,8 @@ impl Spool {
             claims: Default::default(),
             compacted: Default::default(),
             line_bytes_in: AtomicU64::new(0),
+            uploads_waiting: Default::default(),
+            opened_ms,
         };
         let quarantined = spool.db.scan_prefix([keys::QUARANTINE]).count() as u64;
         spool.quarantined.store(quarantined, Ordering::Relaxed);

@@ -126,9 +126,15 @@ struct Writer {
     new_file: bool,
 }
 
+/// Members (`member`) go to segments of their own, whose IDs have this bit
+/// set: a segment of blocks then holds nothing once its blocks were
+/// compressed, and goes, instead of being kept for the members beside them.
+pub const MEMBER_SEGMENTS: u64 = 1 << 63;
+
 pub struct Segments {
     dir: PathBuf,
     writer: Mutex<Writer>,
+    members: Mutex<Writer>,
 }
 
 fn file_name(id: u64) -> String {
@@ -176,24 +182,20 @@ impl Segments {
     /// tail of the last one may hold bytes of a commit that never finished.
     pub fn open(dir: &Path) -> io::Result<Self> {
         crate::files::own_dir(dir)?;
-        let newest = Self::ids(dir)?.into_iter().max().unwrap_or(0);
-        let id = newest + 1;
-        let (file, direct) = create(dir, id)?;
+        let ids = Self::ids(dir)?;
+        let newest = |members: bool| {
+            ids.iter()
+                .copied()
+                .filter(|id| (id & MEMBER_SEGMENTS != 0) == members)
+                .max()
+        };
+        let blocks = Writer::create(dir, newest(false).unwrap_or(0) + 1)?;
+        let members = Writer::create(dir, newest(true).unwrap_or(MEMBER_SEGMENTS) + 1)?;
         sync_dir(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
-            writer: Mutex::new(Writer {
-                id,
-                file,
-                direct,
-                len: 0,
-                written: 0,
-                pending: PageAligned::new(PAGE),
-                pending_at: 0,
-                unsynced: Vec::new(),
-                given_up: false,
-                new_file: false,
-            }),
+            writer: Mutex::new(blocks),
+            members: Mutex::new(members),
         })
     }
 
@@ -235,6 +237,15 @@ impl Segments {
         }
     }
 
+    /// The writer of members' segments, held as [`Self::lock`] is for blocks.
+    /// Taken after the blocks' writer where both are.
+    pub fn lock_members(&self) -> SegmentWriter<'_> {
+        SegmentWriter {
+            dir: &self.dir,
+            writer: self.members.lock(),
+        }
+    }
+
     /// Reads one block's bytes.
     #[cfg(test)]
     pub fn read(&self, r: &BlockRef) -> io::Result<Vec<u8>> {
@@ -256,11 +267,21 @@ impl Segments {
         self.lock().writer.id
     }
 
-    /// Deletes every segment older than `before` that no reference in `live` names.
-    pub fn remove_unreferenced(&self, before: u64, live: &HashSet<u64>) -> io::Result<usize> {
+    /// Deletes every segment that no reference in `live` names and that is
+    /// older than its writer's segment at `before` (blocks' and members').
+    pub fn remove_unreferenced(
+        &self,
+        before: (u64, u64),
+        live: &HashSet<u64>,
+    ) -> io::Result<usize> {
         let mut removed = 0;
         for id in Self::ids(&self.dir)? {
-            if id < before && !live.contains(&id) {
+            let bound = if id & MEMBER_SEGMENTS == 0 {
+                before.0
+            } else {
+                before.1
+            };
+            if id < bound && !live.contains(&id) {
                 match std::fs::remove_file(self.dir.join(file_name(id))) {
                     Ok(()) => removed += 1,
                     // Another collection (the sync loop's, the compactor's) was first.
@@ -440,6 +461,24 @@ impl super::codec::RecordBuf for Pending<'_> {
 }
 
 impl Writer {
+    /// A writer of a new segment `id`. Writing always starts a new segment:
+    /// the tail of the last one may hold bytes of a commit that never finished.
+    fn create(dir: &Path, id: u64) -> io::Result<Self> {
+        let (file, direct) = create(dir, id)?;
+        Ok(Self {
+            id,
+            file,
+            direct,
+            len: 0,
+            written: 0,
+            pending: PageAligned::new(PAGE),
+            pending_at: 0,
+            unsynced: Vec::new(),
+            given_up: false,
+            new_file: false,
+        })
+    }
+
     /// Writes the pending bytes: with direct I/O, from the start of their
     /// first page to the end of their last, the rest of which is zeros.
     fn write_pending(&mut self) -> io::Result<()> {
@@ -528,7 +567,7 @@ mod tests {
 
         let live: HashSet<u64> = [refs[2].segment].into();
         let removed = reopened
-            .remove_unreferenced(reopened.current(), &live)
+            .remove_unreferenced((reopened.current(), MEMBER_SEGMENTS), &live)
             .unwrap();
         assert_eq!(removed, 1);
         assert!(reopened.read(&refs[0]).is_err());

@@ -69,6 +69,8 @@ struct Retry {
 #[derive(Default)]
 struct Probe {
     last: Option<Instant>,
+    /// The last probe had an answer.
+    answered: bool,
     first_part: Option<PartId>,
     strikes: u32,
     not_before: Option<Instant>,
@@ -173,11 +175,13 @@ impl Syncer {
         let now = Instant::now();
         let mut ready: Vec<_> = {
             let retry_at = self.retry_at.lock();
-            // While parts back off from a store that does not answer, a part
-            // sealed meanwhile waits with them rather than be staged only to
-            // fail: the compactor compresses it in the spool, and the release
-            // lets it go with the others.
-            let store_down = retry_at.values().any(|r| r.unreachable && r.at > now);
+            // While parts back off from a store that does not answer (and
+            // the probe had no answer either), a part sealed meanwhile waits
+            // with them rather than be staged only to fail: the compactor
+            // compresses it in the spool, and the release lets it go with the
+            // others.
+            let store_down = retry_at.values().any(|r| r.unreachable && r.at > now)
+                && !self.probe.lock().answered;
             parts
                 .iter()
                 .filter(|(id, record)| match retry_at.get(id) {
@@ -236,6 +240,7 @@ impl Syncer {
             tokio::time::timeout(PROBE_TIMEOUT, self.target.head(PROBE_KEY)).await,
             Ok(Ok(_) | Err(TargetError::NeedsOperator(_)))
         );
+        self.probe.lock().answered = answered;
         if answered {
             tracing::info!("the store answers again; the oldest waiting part goes first");
         }
@@ -325,6 +330,7 @@ impl Syncer {
                 }
             }
             Err(e) => {
+                self.spool.note_upload_waiting(&id);
                 let needs_operator = matches!(
                     e,
                     SyncError::Target {

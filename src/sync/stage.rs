@@ -311,10 +311,20 @@ mod tests {
             sha256: before.sha256,
             level: 1,
             lines: before.lines,
-            at: 0,
+            at: HOUR_MS,
         });
         spool.set_record(&part(), &record).unwrap();
-        // The configured level is 6; the recorded object was made at 1.
+        // Being uploaded, it is left alone: its object was just compressed.
+        let mut seen = HashMap::new();
+        assert_eq!(
+            spool
+                .compact_pass(6, &mut seen, Parts::All, &|| true)
+                .unwrap(),
+            0
+        );
+        // An attempt failed: it waits now. The configured level is 6; the
+        // recorded object was made at 1.
+        spool.note_upload_waiting(&part());
         let made = spool
             .compact_pass(6, &mut HashMap::new(), Parts::All, &|| true)
             .unwrap();
