@@ -194,7 +194,8 @@ build_backlog() {
     done
     local before=-1 now
     compressed() { status | python3 -c 'import json,sys; print(json.load(sys.stdin).get("compressed", {}).get("lines", 0))'; }
-    while now=$(compressed); [ "$now" != "$before" ]; do before=$now; sleep 3; done
+    # Closed parts are looked at every ten seconds: it stands still longer.
+    while now=$(compressed); [ "$now" != "$before" ]; do before=$now; sleep 11; done
     stop
     run_larch=$larch
 }

@@ -2,6 +2,7 @@
 //! clock jumps and multipart uploads, cycle after cycle.
 
 use super::*;
+use std::io::Read;
 
 /// About `bytes` of incompressible lines for the current hour, in 1 MiB
 /// requests: one part big enough to go up as a multipart upload.
@@ -32,14 +33,19 @@ fn send_bulk(addr: &str, round: u32, bytes: usize, rng: &mut Rng, sent: &Shared)
 
 /// What a damaged record should lead to.
 enum Damage {
-    /// A block of lines: larch sets it aside naming its part; its lines are gone.
-    Block { part: String, markers: Vec<String> },
+    /// A block of lines, or a member (lines the spool compressed): larch
+    /// sets it aside naming it (`record`) and its part; its lines are gone.
+    Block {
+        part: String,
+        markers: Vec<String>,
+        record: &'static str,
+    },
     /// A part record: set aside and rebuilt, so its lines are still archived.
     Record { part: String },
 }
 
-/// Flips a byte in one stored record of a stopped larch: a block of lines in a
-/// segment file (two times in three) or a part record in sled.
+/// Flips a byte in one stored record of a stopped larch: a block of lines or
+/// a member in a segment file (two times in three) or a part record in sled.
 fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
     let db = sled::open(data.join("spool")).expect("open the stopped daemon's spool");
     let damage = if rng.one_in(3) {
@@ -51,9 +57,17 @@ fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
             .expect("write the damaged part record");
         Damage::Record { part }
     } else {
-        let (_, value, part) = pick(&db, larch::spool::keys::BLOCK, rng)?;
-        // A block reference: segment, offset, length (big-endian).
-        let at: &[u8; 20] = value.as_ref().try_into().ok()?;
+        // Members are few beside blocks (one replaces about twenty): one
+        // time in two, one of them if there is any.
+        let pick_member = rng.one_in(2);
+        let (_, value, part) = pick_where(&db, larch::spool::keys::BLOCK, rng, |v| {
+            !pick_member || v.len() == 21
+        })
+        .or_else(|| pick(&db, larch::spool::keys::BLOCK, rng))?;
+        // A block reference: segment, offset, length (big-endian); a
+        // member's has an 'M' after them.
+        let member = value.len() == 21 && value[20] == b'M';
+        let at: &[u8; 20] = value.get(..20)?.try_into().ok()?;
         let segment = u64::from_be_bytes(at[..8].try_into().ok()?);
         let offset = u64::from_be_bytes(at[8..16].try_into().ok()?);
         let len = u32::from_be_bytes(at[16..].try_into().ok()?) as usize;
@@ -66,12 +80,25 @@ fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
         let mut bytes = vec![0u8; len];
         file.read_exact_at(&mut bytes, offset)
             .expect("read a stored block");
-        let markers = markers_in(&bytes);
+        let markers = if member {
+            // Record header (5 bytes), lines and NDJSON bytes (8 each), gzip.
+            let mut ndjson = Vec::new();
+            flate2::read::GzDecoder::new(bytes.get(21..)?)
+                .read_to_end(&mut ndjson)
+                .expect("a stored member decompresses");
+            markers_in(&ndjson)
+        } else {
+            markers_in(&bytes)
+        };
         let flip = len / 2;
         file.write_all_at(&[bytes[flip] ^ 0x55], offset + flip as u64)
             .expect("damage a stored block");
         file.sync_all().expect("fsync the segment file");
-        Damage::Block { part, markers }
+        Damage::Block {
+            part,
+            markers,
+            record: if member { "member of" } else { "block of" },
+        }
     };
     db.flush().expect("flush the spool");
     Some(damage)
@@ -79,7 +106,21 @@ fn damage_spool(data: &Path, rng: &mut Rng) -> Option<Damage> {
 
 /// A random record under `tag` (part records or blocks), with the part it belongs to.
 fn pick(db: &sled::Db, tag: u8, rng: &mut Rng) -> Option<(sled::IVec, sled::IVec, String)> {
-    let records: Vec<_> = db.scan_prefix([tag]).filter_map(Result::ok).collect();
+    pick_where(db, tag, rng, |_| true)
+}
+
+/// [`pick`] among the records whose value `keep` takes.
+fn pick_where(
+    db: &sled::Db,
+    tag: u8,
+    rng: &mut Rng,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Option<(sled::IVec, sled::IVec, String)> {
+    let records: Vec<_> = db
+        .scan_prefix([tag])
+        .filter_map(Result::ok)
+        .filter(|(_, v)| keep(v))
+        .collect();
     if records.is_empty() {
         return None;
     }
@@ -364,7 +405,7 @@ fn torture() {
         refused_absent,
     );
     println!(
-        "torture: seed {seed}, {:.0} s, {} objects, {} long outages, {} refused with 507 while the disk was full ({} starts on a full disk, {} recoveries without one), {} clock jumps, {} bulk parts ({} objects went up in parts), {} records damaged ({} lines set aside with them), {} lines unanswered ({} of them archived), answers {:?}",
+        "torture: seed {seed}, {:.0} s, {} objects, {} long outages, {} refused with 507 while the disk was full ({} starts on a full disk, {} recoveries without one), {} clock jumps, {} bulk parts ({} objects went up in parts), {} records damaged ({} of them members; {} lines set aside with them), {} lines unanswered ({} of them archived), answers {:?}",
         started.elapsed().as_secs_f64(),
         archive.objects.len(),
         tally.outages,
@@ -375,6 +416,11 @@ fn torture() {
         tally.bulk_rounds,
         multipart_objects(&log),
         tally.damages.len(),
+        tally
+            .damages
+            .iter()
+            .filter(|d| matches!(d, Damage::Block { record: "member of", .. }))
+            .count(),
         set_aside,
         sent.unanswered.len(),
         unanswered_archived,
@@ -384,11 +430,15 @@ fn torture() {
     verdict.check(&archive, &sent, seed, &status);
     for damage in &tally.damages {
         let (part, why) = match damage {
-            Damage::Block { part, markers } => {
+            Damage::Block {
+                part,
+                markers,
+                record,
+            } => {
                 if markers.iter().all(|m| archive.markers.contains_key(m)) {
                     continue; // archived before the damage was done
                 }
-                (part, "block of")
+                (part, *record)
             }
             Damage::Record { part } => (part, "part record of"),
         };
