@@ -19,7 +19,7 @@ impl Spool {
         // reference into a segment older than these is in sled by now, and no
         // new one can come.
         let start = self.segments.lock().position();
-        let members_start = self.segments.lock_members().position();
+        let members_start = self.segments.members_position();
         let mut live = std::collections::HashSet::new();
         for value in self.db.scan_prefix([keys::BLOCK]).values() {
             if let Some((at, _)) = segments::BlockRef::decode(&value?) {

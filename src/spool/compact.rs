@@ -388,7 +388,7 @@ impl Spool {
         // sled learns of it under its writer's lock, which segment collection
         // counts on (see `collect`). Members have segments of their own, so
         // the blocks' segments empty as their blocks are compressed.
-        let mut writer = self.segments.lock_members();
+        let mut writer = self.segments.lock_members()?;
         let at = writer.append_with(|out| member::encode_into(member, out))?;
         writer.sync()?;
         let mut batch = sled::Batch::default();

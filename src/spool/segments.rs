@@ -20,7 +20,7 @@
 //! File systems without direct I/O (some FUSE) get ordinary writes.
 
 use aligned_vec::{AVec, ConstAlign};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
@@ -134,7 +134,15 @@ pub const MEMBER_SEGMENTS: u64 = 1 << 63;
 pub struct Segments {
     dir: PathBuf,
     writer: Mutex<Writer>,
-    members: Mutex<Writer>,
+    members: Mutex<MemberWriter>,
+}
+
+/// The members' writer, whose first segment is made only when the first
+/// member comes: a spool that never compresses (or a restart that does not
+/// yet) leaves no empty file.
+struct MemberWriter {
+    first_id: u64,
+    writer: Option<Writer>,
 }
 
 fn file_name(id: u64) -> String {
@@ -190,12 +198,14 @@ impl Segments {
                 .max()
         };
         let blocks = Writer::create(dir, newest(false).unwrap_or(0) + 1)?;
-        let members = Writer::create(dir, newest(true).unwrap_or(MEMBER_SEGMENTS) + 1)?;
         sync_dir(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
             writer: Mutex::new(blocks),
-            members: Mutex::new(members),
+            members: Mutex::new(MemberWriter {
+                first_id: newest(true).unwrap_or(MEMBER_SEGMENTS) + 1,
+                writer: None,
+            }),
         })
     }
 
@@ -233,16 +243,35 @@ impl Segments {
     pub fn lock(&self) -> SegmentWriter<'_> {
         SegmentWriter {
             dir: &self.dir,
-            writer: self.writer.lock(),
+            writer: MutexGuard::map(self.writer.lock(), |w| w),
         }
     }
 
-    /// The writer of members' segments, held as [`Self::lock`] is for blocks.
-    /// Taken after the blocks' writer where both are.
-    pub fn lock_members(&self) -> SegmentWriter<'_> {
-        SegmentWriter {
+    /// The writer of members' segments, held as [`Self::lock`] is for blocks
+    /// (its first segment is made now if it was not yet).
+    pub fn lock_members(&self) -> io::Result<SegmentWriter<'_>> {
+        let mut members = self.members.lock();
+        if members.writer.is_none() {
+            let mut writer = Writer::create(&self.dir, members.first_id)?;
+            writer.new_file = true;
+            members.writer = Some(writer);
+        }
+        let writer = MutexGuard::try_map(members, |m| m.writer.as_mut())
+            .map_err(|_| io::Error::other("the members' segment writer is missing"))?;
+        Ok(SegmentWriter {
             dir: &self.dir,
-            writer: self.members.lock(),
+            writer,
+        })
+    }
+
+    /// Where the members' writer is: like [`SegmentWriter::position`], held
+    /// as long as the writer lock would be (see `collect`). Taken after the
+    /// blocks' writer where both are.
+    pub fn members_position(&self) -> (u64, u64) {
+        let members = self.members.lock();
+        match &members.writer {
+            Some(w) => (w.id, w.len),
+            None => (members.first_id, 0),
         }
     }
 
@@ -335,7 +364,7 @@ impl BlockReader<'_> {
 /// The segment writer, held for one group commit.
 pub struct SegmentWriter<'a> {
     dir: &'a Path,
-    writer: MutexGuard<'a, Writer>,
+    writer: MappedMutexGuard<'a, Writer>,
 }
 
 impl SegmentWriter<'_> {

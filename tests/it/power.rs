@@ -307,9 +307,10 @@ fn a_failed_segment_write_or_fsync_refuses_its_group_and_larch_goes_on() {
     for (failures, writes) in [(1, false), (2, false), (3, false), (1, true), (2, true)] {
         let before = newest(&rig);
         if writes {
-            rig.fs.fail_next_writes_of("segments/", failures);
+            // Segments of blocks, where groups go (members' start with 8).
+            rig.fs.fail_next_writes_of("segments/0", failures);
         } else {
-            rig.fs.fail_next_fsyncs_of("segments/", failures);
+            rig.fs.fail_next_fsyncs_of("segments/0", failures);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while rig.fs.stats().failures_pending > 0 {
@@ -344,6 +345,7 @@ fn a_failed_segment_write_or_fsync_refuses_its_group_and_larch_goes_on() {
 }
 
 /// The number of the newest segment file under `data`.
+/// The newest segment of blocks (members' segments have the top bit set).
 fn newest_segment(data: &Path) -> u64 {
     std::fs::read_dir(data.join("segments"))
         .unwrap()
@@ -351,6 +353,7 @@ fn newest_segment(data: &Path) -> u64 {
             let name = e.unwrap().file_name().into_string().unwrap();
             u64::from_str_radix(name.strip_suffix(".seg")?, 16).ok()
         })
+        .filter(|id| id >> 63 == 0)
         .max()
         .unwrap()
 }
@@ -427,4 +430,62 @@ fn a_failed_sled_fsync_stops_larch_without_answering_and_it_recovers() {
         "failing sled",
     );
     d.terminate();
+}
+
+#[test]
+fn a_failed_member_write_or_fsync_loses_nothing_and_compression_goes_on() {
+    let rig = rig(false);
+    // Late window 6 h: the part stays open, and the compactor makes members
+    // of it while lines come in.
+    let mut d = Daemon::start_logging_to(
+        &format!("127.0.0.1:{}", common::free_port()),
+        &rig.data,
+        &rig.config.with_extension("log"),
+        &[
+            "--config",
+            rig.config.to_str().unwrap(),
+            "--late-window",
+            "6h",
+        ],
+        &[],
+    );
+    let members = |d: &Daemon| d.status()["compressed"]["members"].as_u64().unwrap_or(0);
+    let mut sent = Vec::new();
+    for (round, writes) in [(0, false), (1, true)] {
+        // The members' segments (their IDs start with 8; blocks' with 0).
+        if writes {
+            rig.fs.fail_next_writes_of("segments/8", 1);
+        } else {
+            rig.fs.fail_next_fsyncs_of("segments/8", 1);
+        }
+        let before = members(&d);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut n = 0;
+        while rig.fs.stats().failures_pending > 0 || members(&d) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no member was made after the failed one"
+            );
+            // About 1.5 MiB of NDJSON a batch: a piece and more.
+            let (body, markers) = batch(&format!("m{round}-{n}"), 4000);
+            n += 1;
+            let (code, answer) = d.ingest_json(KEY, &body);
+            assert_eq!(code, 200, "round {round}: a group was refused: {answer}");
+            sent.extend(markers);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert!(
+        d.log().contains("cannot compress lines of this part now"),
+        "the failed member was said in the log"
+    );
+    // Sealed and drained: every acknowledged line once, none set aside.
+    common::drain(&rig.data);
+    assert_eq!(d.status()["records_quarantined"], 0);
+    assert!(d.terminate().success());
+    let archive = archived(&rig.data.join("archive"));
+    for marker in &sent {
+        assert_eq!(archive.get(marker), Some(&1), "{marker}");
+    }
+    assert_eq!(archive.len(), sent.len());
 }
