@@ -78,6 +78,24 @@ impl Rig {
         )
     }
 
+    /// Starts larch with a late window of 6 h: parts stay open (no seal or
+    /// collection rotates segments behind a test's back, and the compactor
+    /// makes members of them as lines come in).
+    fn start_with_open_parts(&self) -> Daemon {
+        Daemon::start_logging_to(
+            &format!("127.0.0.1:{}", common::free_port()),
+            &self.data,
+            &self.config.with_extension("log"),
+            &[
+                "--config",
+                self.config.to_str().unwrap(),
+                "--late-window",
+                "6h",
+            ],
+            &[],
+        )
+    }
+
     /// Kills larch, cuts the power and starts larch again on what survived.
     fn cut(&mut self, d: &mut Daemon) {
         d.kill9();
@@ -361,19 +379,7 @@ fn newest_segment(data: &Path) -> u64 {
 #[test]
 fn a_segment_given_up_is_not_fsynced_again() {
     let rig = rig(false);
-    // No seal or collection rotates segments behind the test's back.
-    let d = Daemon::start_logging_to(
-        &format!("127.0.0.1:{}", common::free_port()),
-        &rig.data,
-        &rig.config.with_extension("log"),
-        &[
-            "--config",
-            rig.config.to_str().unwrap(),
-            "--late-window",
-            "6h",
-        ],
-        &[],
-    );
+    let d = rig.start_with_open_parts();
     assert_eq!(d.ingest_json(KEY, &batch("before", 10).0).0, 200);
     // A disk that keeps failing on one file: its next two fsyncs fail.
     let given_up = format!("segments/{:016x}.seg", newest_segment(&rig.data));
@@ -435,20 +441,7 @@ fn a_failed_sled_fsync_stops_larch_without_answering_and_it_recovers() {
 #[test]
 fn a_failed_member_write_or_fsync_loses_nothing_and_compression_goes_on() {
     let rig = rig(false);
-    // Late window 6 h: the part stays open, and the compactor makes members
-    // of it while lines come in.
-    let mut d = Daemon::start_logging_to(
-        &format!("127.0.0.1:{}", common::free_port()),
-        &rig.data,
-        &rig.config.with_extension("log"),
-        &[
-            "--config",
-            rig.config.to_str().unwrap(),
-            "--late-window",
-            "6h",
-        ],
-        &[],
-    );
+    let mut d = rig.start_with_open_parts();
     let members = |d: &Daemon| d.status()["compressed"]["members"].as_u64().unwrap_or(0);
     let mut sent = Vec::new();
     for (round, writes) in [(0, false), (1, true)] {
