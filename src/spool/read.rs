@@ -12,6 +12,14 @@ use super::part::{PartRecord, PartState};
 use super::{block, codec, keys, segments, PartId, Spool, SpoolError};
 use crate::line::StoredLineRef;
 
+/// What a reference says its record is, as the log names it.
+fn record_name(holds: segments::Holds) -> &'static str {
+    match holds {
+        segments::Holds::Lines => "block",
+        segments::Holds::Member => "member",
+    }
+}
+
 /// One record of a part's lines as read back.
 pub enum Stored<'a, 'b> {
     /// A block's lines, not yet compressed.
@@ -102,7 +110,7 @@ impl Spool {
         let mut reader = self.segments.reader();
         for item in refs {
             let (key, value) = item.map_err(SpoolError::from)?;
-            let Some((at, _)) = segments::BlockRef::decode(&value) else {
+            let Some((at, holds)) = segments::BlockRef::decode(&value) else {
                 self.quarantine(&key, &value, &format!("block reference of {id} is damaged"))?;
                 continue;
             };
@@ -118,7 +126,8 @@ impl Spool {
                         &key,
                         &value,
                         &format!(
-                            "block of {id} is missing from segment {:016x}: {e}",
+                            "{} of {id} is missing from segment {:016x}: {e}",
+                            record_name(holds),
                             at.segment
                         ),
                     )?;
@@ -141,8 +150,10 @@ impl Spool {
                         continue;
                     }
                 },
+                // A damaged record is named as its reference calls it.
                 Err(e) => {
-                    self.quarantine(&key, bytes, &format!("block of {id}: {e}"))?;
+                    let what = record_name(holds);
+                    self.quarantine(&key, bytes, &format!("{what} of {id}: {e}"))?;
                     continue;
                 }
             };
