@@ -267,10 +267,9 @@ impl Room {
     pub fn status(&self) -> RoomStatus {
         let m = self.lock();
         let admitted = self.admitted.load(Ordering::Relaxed);
-        let short = self.is_short(
-            m.spool_bytes + admitted,
-            m.disk_free_bytes.saturating_sub(admitted),
-        );
+        let spool_bytes = m.spool_bytes + admitted;
+        let free = m.disk_free_bytes.saturating_sub(admitted);
+        let short = self.is_short(spool_bytes, free);
         let mut throttled: Vec<String> = if short {
             Self::over_share(&m)
                 .map(|(a, _, _)| a.to_string())
@@ -279,8 +278,6 @@ impl Room {
             Vec::new()
         };
         throttled.sort();
-        let spool_bytes = m.spool_bytes + admitted;
-        let free = m.disk_free_bytes.saturating_sub(admitted);
         let below_max = self
             .limits
             .max_bytes
@@ -288,9 +285,9 @@ impl Room {
         RoomStatus {
             room_left_bytes: below_max.min(free.saturating_sub(self.limits.min_free_bytes)),
             intake_line_bytes_per_s: self.intake_rate(),
-            spool_bytes: m.spool_bytes + admitted,
+            spool_bytes,
             spool_max_bytes: self.limits.max_bytes,
-            disk_free_bytes: m.disk_free_bytes.saturating_sub(admitted),
+            disk_free_bytes: free,
             min_free_bytes: self.limits.min_free_bytes,
             refusing: self.full(&m, admitted),
             throttled_accounts: throttled,

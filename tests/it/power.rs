@@ -61,37 +61,26 @@ fn rig(data_made_beforehand: bool) -> Rig {
 }
 
 impl Rig {
+    /// Starts larch with parts that seal at once and short follow-ups.
     fn start(&self) -> Daemon {
-        Daemon::start_logging_to(
-            &format!("127.0.0.1:{}", common::free_port()),
-            &self.data,
-            &self.config.with_extension("log"),
-            &[
-                "--config",
-                self.config.to_str().unwrap(),
-                "--late-window",
-                "0s",
-                "--follow-up-after",
-                "300ms",
-            ],
-            &[],
-        )
+        self.start_with(&["--late-window", "0s", "--follow-up-after", "300ms"])
     }
 
     /// Starts larch with a late window of 6 h: parts stay open (no seal or
     /// collection rotates segments behind a test's back, and the compactor
     /// makes members of them as lines come in).
     fn start_with_open_parts(&self) -> Daemon {
+        self.start_with(&["--late-window", "6h"])
+    }
+
+    fn start_with(&self, flags: &[&str]) -> Daemon {
+        let mut args = vec!["--config", self.config.to_str().unwrap()];
+        args.extend_from_slice(flags);
         Daemon::start_logging_to(
             &format!("127.0.0.1:{}", common::free_port()),
             &self.data,
             &self.config.with_extension("log"),
-            &[
-                "--config",
-                self.config.to_str().unwrap(),
-                "--late-window",
-                "6h",
-            ],
+            &args,
             &[],
         )
     }
