@@ -51,7 +51,7 @@ fn open_spool(dir: &std::path::Path) -> Spool {
 }
 
 fn hot_paths(c: &mut Criterion) {
-    let raw = body(1000);
+    let raw = bytes::Bytes::from(body(1000));
     let mut g = c.benchmark_group("ingest");
     g.throughput(Throughput::Elements(1000));
     g.bench_function("parse 1000 lines", |b| {
@@ -62,7 +62,9 @@ fn hot_paths(c: &mut Criterion) {
     let dir = tempfile::tempdir_in("data").expect("temp dir");
     let spool = open_spool(dir.path());
     let account = AccountId::parse("bench").expect("valid account");
-    let lines = parse(&raw, &ctx(), &mut |_| Ok(())).expect("valid body");
+    let lines = parse(&raw, &ctx(), &mut |_| Ok(()))
+        .expect("valid body")
+        .lines;
     g.bench_function("append 1000 lines durably", |b| {
         b.iter_batched(
             || vec![(account.clone(), lines.clone(), Along::default())],

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use bytestring::ByteString;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -64,7 +66,9 @@ impl OwnFields {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Line {
     pub ts: EpochMs,
-    pub line: String,
+    /// The text, often a slice of the request body or of one buffer its
+    /// lines were unescaped into: a line costs no allocation of its own.
+    pub line: ByteString,
     pub truncated: bool,
     pub own: Option<Box<OwnFields>>,
     pub origin: Arc<Origin>,
@@ -91,10 +95,10 @@ impl Origin {
 }
 
 impl Line {
-    pub fn new(ts: EpochMs, line: String, origin: Arc<Origin>) -> Self {
+    pub fn new(ts: EpochMs, line: impl Into<ByteString>, origin: Arc<Origin>) -> Self {
         Self {
             ts,
-            line,
+            line: line.into(),
             truncated: false,
             own: None,
             origin,
@@ -158,7 +162,7 @@ impl Line {
                 + ALLOCATION
                 + o.texts().map(|s| s.capacity() + ALLOCATION).sum::<usize>()
         });
-        self.line.capacity() + ALLOCATION + own
+        self.line.len() + ALLOCATION + own
     }
 
     /// Bytes the line takes in the spool besides its origin, near enough to

@@ -296,7 +296,7 @@ mod tests {
             ingester: "http",
             ..Default::default()
         };
-        Line::new(0, text.into(), std::sync::Arc::new(origin))
+        Line::new(0, text, std::sync::Arc::new(origin))
     }
 
     fn rules(toml_text: &str) -> Result<Rules, RuleError> {
@@ -306,7 +306,7 @@ mod tests {
     fn kept(r: &Rules, account: &str, lines: Vec<Line>) -> Vec<String> {
         let mut lines = lines;
         r.retain(&AccountId::parse(account).unwrap(), &mut lines);
-        lines.into_iter().map(|l| l.line).collect()
+        lines.into_iter().map(|l| l.line.to_string()).collect()
     }
 
     #[test]

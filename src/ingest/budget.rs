@@ -1,7 +1,8 @@
 //! The memory all ingest requests may hold at once (`ingest.max_request_memory`).
 //!
 //! A request holds memory from its first body byte until its lines are stored:
-//! the body as received, the body after gunzip, and the parsed lines. Each is
+//! the body as received, the body after gunzip, and the parsed lines (whose
+//! texts may be slices of the body's text, which is then held with them). Each is
 //! taken from one shared budget before it is allocated (the lines as they are
 //! read), so however many clients send at once, and whatever their bodies
 //! hold, the total stays bounded. A request that cannot get its share within
@@ -29,9 +30,11 @@ pub const LARGE: usize = 1 << 20;
 
 /// Bytes of parsed lines per byte of JSON for lines with no fields of their
 /// own, at most: the shortest line object (`{"line":"x"},`, 13 bytes) becomes
-/// a [`crate::line::Line`] of 56 bytes and an allocation of 32 for its text.
-/// Lines with fields of their own take more, and are charged what they take.
-pub const PARSED_PER_BYTE: usize = 7;
+/// a [`crate::line::Line`] of 64 bytes, and 33 are counted for its text (a
+/// slice of the body, or of the buffer of unescaped texts, but counted as if
+/// it were an allocation of its own). Lines with fields of their own take
+/// more, and are charged what they take.
+pub const PARSED_PER_BYTE: usize = 8;
 
 /// The smallest budget: the largest body, gzipped, its text after gunzip and
 /// its lines (of the kind [`PARSED_PER_BYTE`] covers), so any ordinary request

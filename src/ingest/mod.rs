@@ -187,6 +187,7 @@ async fn answer(
     let rules = ingest.intake.rules.load_full();
     let for_rules = account.clone();
     let runtime = tokio::runtime::Handle::current();
+    let json_len = json.len();
     let parsed = tokio::task::spawn_blocking(move || {
         // The body stays held while its lines are read; the lines come on top.
         let body_bytes = share.held().min(body_held);
@@ -211,16 +212,16 @@ async fn answer(
             }
             Ok(())
         };
-        let read = body::parse(&json, &ctx, &mut reserve).map(|mut lines| {
-            rules.retain(&for_rules, &mut lines);
-            lines
+        let read = body::parse(&json, &ctx, &mut reserve).map(|mut parsed| {
+            rules.retain(&for_rules, &mut parsed.lines);
+            parsed
         });
         // parse's last ask was for all its lines; the rules only drop some.
         (read, share, lines_held)
     })
     .await;
-    let (lines, mut share, lines_held) = match parsed {
-        Ok((Ok(lines), share, held)) => (lines, share, held),
+    let (parsed, mut share, lines_held) = match parsed {
+        Ok((Ok(parsed), share, held)) => (parsed, share, held),
         Ok((Err(r), ..)) => return rejection(r),
         Err(e) => {
             return not_ok(
@@ -229,9 +230,11 @@ async fn answer(
             )
         }
     };
-    // The body is gone; the lines are what is held until they are stored.
-    share.shrink_to(lines_held);
-    match ingest.intake.committer.commit(account, lines).await {
+    // The lines are what is held until they are stored, and the body (its
+    // text after gunzip) only if their texts are slices of it.
+    let body_kept = if parsed.borrows_body { json_len } else { 0 };
+    share.shrink_to(lines_held + body_kept);
+    match ingest.intake.committer.commit(account, parsed.lines).await {
         Ok(batch_id) => (
             StatusCode::OK,
             Json(json!({"status": "ok", "batchID": batch_id})),

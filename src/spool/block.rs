@@ -299,17 +299,17 @@ mod tests {
     #[test]
     fn lines_read_back_as_they_were_given_whatever_their_origin() {
         let (a, b) = (origin(&["x", "y"]), origin(&[]));
-        let mut own = Line::new(5, "own host".into(), a.clone());
+        let mut own = Line::new(5, "own host", a.clone());
         *own.own_mut() = OwnFields {
             host: Some("mine".into()),
             meta_json: Some(r#"{"k":1}"#.into()),
             ..OwnFields::default()
         };
         let lines = [
-            Line::new(1, "first".into(), a.clone()),
-            Line::new(2, "other origin".into(), b),
+            Line::new(1, "first", a.clone()),
+            Line::new(2, "other origin", b),
             own,
-            Line::new(3, "back to the first".into(), a),
+            Line::new(3, "back to the first", a),
         ];
         let stored: Vec<StoredLine> = lines
             .iter()
@@ -353,7 +353,7 @@ mod tests {
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         let shared = origin(&tags);
         let lines: Vec<Line> = (0..500)
-            .map(|_| Line::new(1, "x".into(), shared.clone()))
+            .map(|_| Line::new(1, "x", shared.clone()))
             .collect();
         let write: Vec<ToWrite> = lines
             .iter()
@@ -488,7 +488,7 @@ mod tests {
                 meta_json: Some(r#"{"k":1}"#),
             }],
         };
-        let mut line = Line::new(5, "own host".into(), origin.clone());
+        let mut line = Line::new(5, "own host", origin.clone());
         line.truncated = true;
         *line.own_mut() = crate::line::OwnFields {
             host: Some("mine".into()),

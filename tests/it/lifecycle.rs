@@ -333,11 +333,7 @@ async fn an_error_retrying_cannot_fix_pauses_the_part_and_drops_nothing() {
 fn a_backlog_drains_oldest_hour_first() {
     let rig = Rig::new();
     let at = |hours_before: i64, account: &str, text: &str| {
-        let line = Line::new(
-            HOUR_START - hours_before * 3_600_000,
-            text.into(),
-            test_origin(),
-        );
+        let line = Line::new(HOUR_START - hours_before * 3_600_000, text, test_origin());
         let account = AccountId::parse(account).unwrap();
         rig.spool()
             .append(vec![(account, vec![line], Along::default())])

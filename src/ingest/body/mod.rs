@@ -10,6 +10,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use bytestring::ByteString;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
@@ -75,7 +77,7 @@ pub struct RequestContext {
 }
 
 /// One line object as sent, its strings borrowed from the body where they
-/// hold no escapes: only the line's text is copied out, once. The JSON-valued
+/// hold no escapes; the line's text is kept as [`Texts`] says. The JSON-valued
 /// fields stay the text they were sent as: built into values, a flat array of
 /// a few bytes per element would take tens of times the body's size.
 #[derive(Deserialize)]
@@ -274,15 +276,27 @@ fn is_mac(text: &str) -> bool {
     text.len() <= 17 && (pairs(':') || pairs('-') || dotted())
 }
 
+/// Lines read from a body, and whether their texts point into it.
+pub struct Parsed {
+    pub lines: Vec<Line>,
+    /// Some texts are slices of the body, which lives as long as they do.
+    pub borrows_body: bool,
+}
+
 /// Parses and checks a JSON body into lines ready for the spool. The lines
 /// are built as the array is read, each pointing at one shared [`Origin`]:
 /// memory is the lines' own, never a copy of the request's fields per line,
 /// and `reserve` is asked for it as it grows.
+///
+/// A line's text is a slice of the body where it holds no escapes, and else
+/// a slice of one buffer the request's texts are unescaped into, so no line
+/// costs an allocation of its own: allocating and freeing a string per line
+/// was a good part of what a line cost.
 pub fn parse(
-    json: &[u8],
+    json: &Bytes,
     ctx: &RequestContext,
     reserve: Reserve<'_>,
-) -> Result<Vec<Line>, Rejection> {
+) -> Result<Parsed, Rejection> {
     let mut errors = Vec::new();
     let origin = origin_of(ctx, &mut errors);
     if !errors.is_empty() {
@@ -299,6 +313,10 @@ pub fn parse(
         .min(json.len() / MIN_LINE_JSON + 1);
     let held = capacity * std::mem::size_of::<Line>();
     reserve(held)?;
+    // One check of the whole body spares the parser one per string, and
+    // lets lines be slices of it. A body that is not UTF-8 is read as bytes,
+    // for serde_json to name the bad byte (or to skip it where it is ignored).
+    let body = ByteString::try_from(json.clone()).ok();
     let mut reader = Reader {
         ctx,
         origins: Origins {
@@ -307,20 +325,37 @@ pub fn parse(
         },
         drift,
         lines: Vec::with_capacity(capacity),
+        texts: Texts {
+            body: body.clone(),
+            unescaped: String::new(),
+            placed: Vec::new(),
+            borrows_body: false,
+        },
         errors: Vec::new(),
         found: false,
         held,
         reserve,
         refused: None,
     };
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let read = BodySeed(&mut reader)
-        .deserialize(&mut de)
-        .and_then(|()| de.end());
+    let read = match &body {
+        Some(text) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            BodySeed(&mut reader)
+                .deserialize(&mut de)
+                .and_then(|()| de.end())
+        }
+        None => {
+            let mut de = serde_json::Deserializer::from_slice(json);
+            BodySeed(&mut reader)
+                .deserialize(&mut de)
+                .and_then(|()| de.end())
+        }
+    };
     if let Some(refused) = reader.refused {
         return Err(refused);
     }
-    (reader.reserve)(reader.held + reader.origins.heap_size())?;
+    let holding = reader.holding() + reader.origins.heap_size();
+    (reader.reserve)(holding)?;
     if let Err(e) = read {
         return Err(Rejection::Malformed(vec![format!(
             "the body is not valid JSON of the form {{\"lines\":[...]}}: {e}"
@@ -332,7 +367,13 @@ pub fn parse(
         ]));
     }
     if reader.errors.is_empty() {
-        Ok(reader.lines)
+        let mut lines = reader.lines;
+        let borrows_body = reader.texts.borrows_body;
+        reader.texts.place(&mut lines);
+        Ok(Parsed {
+            lines,
+            borrows_body,
+        })
     } else {
         reader.errors.truncate(MAX_ERRORS);
         Err(Rejection::Malformed(reader.errors))
@@ -345,6 +386,7 @@ struct Reader<'c> {
     origins: Origins,
     drift: i64,
     lines: Vec<Line>,
+    texts: Texts,
     errors: Vec<String>,
     /// A `lines` (or `ls`) array was read.
     found: bool,
@@ -353,6 +395,54 @@ struct Reader<'c> {
     reserve: Reserve<'c>,
     /// Why reading stopped early, if `reserve` said no.
     refused: Option<Rejection>,
+}
+
+impl Reader<'_> {
+    /// Memory the lines hold so far: the texts that are not slices of the
+    /// body live in one buffer, counted as large as it has grown.
+    fn holding(&self) -> usize {
+        self.held + self.texts.unescaped.capacity()
+    }
+}
+
+/// Where the lines' texts are kept while the body is read.
+struct Texts {
+    /// The body, when it is UTF-8: texts without escapes are slices of it.
+    body: Option<ByteString>,
+    /// Texts that held escapes (or of a body read as bytes), unescaped one
+    /// after the other.
+    unescaped: String,
+    /// Which line's text is where in `unescaped`, given once reading is done.
+    placed: Vec<(usize, std::ops::Range<usize>)>,
+    borrows_body: bool,
+}
+
+impl Texts {
+    /// The text of line number `at`: a slice of the body, or put in
+    /// `unescaped` and given by [`Self::place`].
+    fn keep(&mut self, at: usize, text: &str) -> ByteString {
+        if let Some(body) = &self.body {
+            let within = body.as_bytes().as_ptr_range();
+            if within.contains(&text.as_ptr()) || text.is_empty() {
+                self.borrows_body |= !text.is_empty();
+                return body.slice_ref(text);
+            }
+        }
+        let start = self.unescaped.len();
+        self.unescaped.push_str(text);
+        self.placed.push((at, start..self.unescaped.len()));
+        ByteString::new()
+    }
+
+    /// Gives the lines kept in `unescaped` their texts.
+    fn place(self, lines: &mut [Line]) {
+        let unescaped = ByteString::from(self.unescaped);
+        for (at, range) in self.placed {
+            if let Some(line) = lines.get_mut(at) {
+                line.line = unescaped.slice_ref(&unescaped[range]);
+            }
+        }
+    }
 }
 
 /// The body object: `lines` (or Mezmo's clients' `ls`) is read line by line;
@@ -388,6 +478,7 @@ impl<'de> Visitor<'de> for BodySeed<'_, '_> {
             }
             // A second array replaces what the first gave.
             self.0.lines.clear();
+            self.0.texts.placed.clear();
             self.0.held = self.0.lines.capacity() * std::mem::size_of::<Line>();
             self.0.errors.clear();
             self.0.found = true;
@@ -423,12 +514,16 @@ impl<'de> Visitor<'de> for LinesSeed<'_, '_> {
                 return Ok(());
             };
             if i % RESERVE_EVERY == RESERVE_EVERY - 1 {
-                if let Err(refused) = (reader.reserve)(reader.held) {
+                let holding = reader.holding();
+                if let Err(refused) = (reader.reserve)(holding) {
                     reader.refused = Some(refused);
                     return Err(serde::de::Error::custom("no memory for more lines"));
                 }
             }
-            match convert(raw, reader.ctx, reader.drift, &mut reader.origins) {
+            let at = reader.lines.len();
+            match convert(raw, reader.ctx, reader.drift, &mut reader.origins, |text| {
+                reader.texts.keep(at, text)
+            }) {
                 Ok(line) => {
                     if reader.lines.len() == reader.lines.capacity() {
                         // The estimate fell short: the vector doubles.
@@ -450,7 +545,8 @@ impl<'de> Visitor<'de> for LinesSeed<'_, '_> {
 }
 
 fn check_len(errors: &mut Vec<String>, what: &str, value: Option<&str>, max: usize) {
-    if let Some(v) = value {
+    // No more characters than bytes: most values need no counting.
+    if let Some(v) = value.filter(|v| v.len() > max) {
         let n = v.chars().count();
         if n > max {
             errors.push(format!("{what} is {n} characters, over the limit of {max}"));
@@ -463,6 +559,7 @@ fn convert(
     ctx: &RequestContext,
     drift: i64,
     origins: &mut Origins,
+    keep: impl FnOnce(&str) -> ByteString,
 ) -> Result<Line, Vec<String>> {
     let mut errors = Vec::new();
     let Some(text) = raw.line else {
@@ -515,9 +612,9 @@ fn convert(
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        text[..cut].to_owned()
+        keep(&text[..cut])
     } else {
-        text.0.into_owned()
+        keep(&text)
     };
     let owned = |field: Option<Text<'_>>| field.map(|t| t.0.into_owned());
     let shared = origins.with(
@@ -640,7 +737,11 @@ fn resolve_timestamp(
         Some(text) if text.starts_with('"') => serde_json::from_str::<String>(text)
             .ok()
             .and_then(|s| s.trim().parse::<f64>().ok()),
-        Some(text) => serde_json::from_str::<f64>(text).ok(),
+        // Most clients send whole milliseconds, read without a second parser.
+        Some(text) => match text.parse::<i64>() {
+            Ok(whole) => Some(whole as f64),
+            Err(_) => serde_json::from_str::<f64>(text).ok(),
+        },
     };
     let Some(t) = number.filter(|t| t.is_finite()) else {
         return Err("\"timestamp\" must be epoch milliseconds (a number)".into());
@@ -655,7 +756,7 @@ fn resolve_timestamp(
 /// [`parse`] with memory for any number of lines.
 #[cfg(test)]
 fn parse_freely(json: &[u8], ctx: &RequestContext) -> Result<Vec<Line>, Rejection> {
-    parse(json, ctx, &mut |_| Ok(()))
+    parse(&Bytes::copy_from_slice(json), ctx, &mut |_| Ok(())).map(|parsed| parsed.lines)
 }
 
 #[cfg(test)]

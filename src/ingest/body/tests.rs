@@ -202,11 +202,12 @@ fn lines_are_charged_as_they_are_read_and_stop_when_refused() {
     };
     let shortest = body(r#"{"line":"x"}"#);
     let mut asked = Vec::new();
-    let lines = super::parse(shortest.as_bytes(), &ctx(), &mut |held| {
+    let lines = super::parse(&Bytes::from(shortest.clone()), &ctx(), &mut |held| {
         asked.push(held);
         Ok(())
     })
-    .unwrap();
+    .unwrap()
+    .lines;
     assert_eq!(lines.capacity(), lines.len(), "sized once, never grown");
     let last = *asked.last().unwrap();
     let real = lines.capacity() * std::mem::size_of::<Line>()
@@ -226,14 +227,14 @@ fn lines_are_charged_as_they_are_read_and_stop_when_refused() {
     // Lines with fields of their own hold more, and are charged so.
     let with_fields = body(r#"{"line":"x","env":"y"}"#);
     let mut most = 0;
-    let _ = super::parse(with_fields.as_bytes(), &ctx(), &mut |held| {
+    let _ = super::parse(&Bytes::from(with_fields.clone()), &ctx(), &mut |held| {
         most = most.max(held);
         Ok(())
     });
     assert!(most > with_fields.len() * crate::ingest::budget::PARSED_PER_BYTE);
     // No room: reading stops at once, and says why.
     let mut calls = 0;
-    let refused = super::parse(shortest.as_bytes(), &ctx(), &mut |_| {
+    let refused = super::parse(&Bytes::from(shortest), &ctx(), &mut |_| {
         calls += 1;
         if calls > 2 {
             Err(Rejection::Busy)
@@ -241,8 +242,39 @@ fn lines_are_charged_as_they_are_read_and_stop_when_refused() {
             Ok(())
         }
     });
-    assert_eq!(refused.unwrap_err(), Rejection::Busy);
+    assert_eq!(refused.err(), Some(Rejection::Busy));
     assert_eq!(calls, 3);
+}
+
+#[test]
+fn texts_are_slices_of_the_body_or_of_one_buffer_of_unescaped_texts() {
+    let json = Bytes::from(
+        r#"{"lines":[{"line":"plain"},{"line":"say \"hi\""},{"line":"\u00e9t\u00e9"},{"line":""},{"line":"été"}]}"#,
+    );
+    let parsed = super::parse(&json, &ctx(), &mut |_| Ok(())).unwrap();
+    let texts: Vec<&str> = parsed.lines.iter().map(|l| &*l.line).collect();
+    assert_eq!(texts, ["plain", "say \"hi\"", "été", "", "été"]);
+    assert!(parsed.borrows_body);
+    let in_body = |i: usize| json.as_ptr_range().contains(&parsed.lines[i].line.as_ptr());
+    assert!(
+        in_body(0) && in_body(4),
+        "texts without escapes are the body's"
+    );
+    assert!(!in_body(1) && !in_body(2), "unescaped texts are copies");
+    // Both copies lie in one buffer, one after the other.
+    let (first, second) = (&parsed.lines[1].line, &parsed.lines[2].line);
+    assert_eq!(first.as_ptr().wrapping_add(first.len()), second.as_ptr());
+}
+
+#[test]
+fn a_body_that_is_not_utf8_is_read_as_bytes() {
+    // serde_json checks only the strings it reads; one it skips may hold anything.
+    let mut json = br#"{"skipped":""#.to_vec();
+    json.push(0xff);
+    json.extend_from_slice(br#"","lines":[{"line":"plain"},{"line":"say \"hi\""}]}"#);
+    let lines = parse(&json, &ctx()).unwrap();
+    assert_eq!(lines[0].line, "plain");
+    assert_eq!(lines[1].line, "say \"hi\"");
 }
 
 #[test]
