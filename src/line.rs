@@ -66,8 +66,8 @@ impl OwnFields {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Line {
     pub ts: EpochMs,
-    /// The text, often a slice of the request body or of one buffer its
-    /// lines were unescaped into: a line costs no allocation of its own.
+    /// The text. An HTTP request's lines hold slices of its body, or of one
+    /// buffer their escaped texts were unescaped into, not a string each.
     pub line: ByteString,
     pub truncated: bool,
     pub own: Option<Box<OwnFields>>,

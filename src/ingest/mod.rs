@@ -371,6 +371,9 @@ async fn read_body(
         if total > body::MAX_BODY {
             return Err(BodyError::TooLarge);
         }
+        // Lines may keep slices of the body until they are stored, and only
+        // its length is counted while they do: no room beyond it is kept.
+        kept.shrink_to_fit();
         Ok(Bytes::from(kept))
     };
     tokio::time::timeout(timeout, read)

@@ -71,7 +71,10 @@ impl Gunzip {
         Ok((read as u64) < room)
     }
 
-    pub fn into_text(self) -> Vec<u8> {
+    /// The text, holding no room beyond itself: lines may keep slices of it
+    /// until they are stored, and only its length is counted while they do.
+    pub fn into_text(mut self) -> Vec<u8> {
+        self.out.shrink_to_fit();
         self.out
     }
 }

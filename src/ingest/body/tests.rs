@@ -366,6 +366,16 @@ fn gzip_bodies_are_checked() {
 }
 
 #[test]
+fn gunzipped_text_holds_no_room_beyond_itself() {
+    // Lines keep slices of the text until they are stored, and the budget
+    // counts its length then: the 1 MiB step it was read into must go.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, br#"{"lines":[{"line":"x"}]}"#).unwrap();
+    let text = gunzip(&gz.finish().unwrap()).unwrap();
+    assert_eq!(text.capacity(), text.len());
+}
+
+#[test]
 fn an_absurd_client_clock_is_ignored() {
     for client_now in [i64::MIN, -1, MAX_TS, i64::MAX] {
         let c = RequestContext {
