@@ -340,18 +340,8 @@ pub fn parse(
         refused: None,
     };
     let read = match &body {
-        Some(text) => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            BodySeed(&mut reader)
-                .deserialize(&mut de)
-                .and_then(|()| de.end())
-        }
-        None => {
-            let mut de = serde_json::Deserializer::from_slice(json);
-            BodySeed(&mut reader)
-                .deserialize(&mut de)
-                .and_then(|()| de.end())
-        }
+        Some(text) => read_whole(serde_json::Deserializer::from_str(text), &mut reader),
+        None => read_whole(serde_json::Deserializer::from_slice(json), &mut reader),
     };
     if let Some(refused) = reader.refused {
         return Err(refused);
@@ -380,6 +370,15 @@ pub fn parse(
         reader.errors.truncate(MAX_ERRORS);
         Err(Rejection::Malformed(reader.errors))
     }
+}
+
+/// Reads the body object into `reader`, and checks nothing follows it.
+fn read_whole<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    reader: &mut Reader<'_>,
+) -> serde_json::Result<()> {
+    BodySeed(reader).deserialize(&mut de)?;
+    de.end()
 }
 
 /// What reading a body has produced so far.
