@@ -2,27 +2,29 @@
 //! timestamp rules of docs/FORMAT.md §3–4. Everything here is checked before a single
 //! line goes to the spool, so a bad request stores nothing.
 //!
-//! (Just over 500 lines: the serde visitors, the conversion of one line and the
-//! limits each field is held to read best side by side; gunzip, the tests and
-//! the fuzzing live beside it.)
+//! (Over 600 lines: the body's visitors, the conversion of one line and the
+//! limits each field is held to read best side by side; one line object's
+//! fields and where its text is kept, gunzip, the tests and the fuzzing live
+//! beside it.)
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::Deserializer;
 use serde_json::value::RawValue;
 
 use crate::clock::EpochMs;
 use crate::line::{Line, Origin, OwnFields};
 
 mod gunzip;
+mod object;
 #[cfg(test)]
 use gunzip::gunzip;
 pub use gunzip::Gunzip;
+use object::{InLine, LineSeed, Text, Texts};
 
 pub const MAX_BODY: usize = 10 * 1024 * 1024;
 pub const MAX_LINE: usize = 16 * 1024;
@@ -74,73 +76,6 @@ pub struct RequestContext {
     pub received: EpochMs,
     /// Timestamps further ahead than this are not believed.
     pub max_skew_ms: i64,
-}
-
-/// One line object as sent, its strings borrowed from the body where they
-/// hold no escapes; the line's text is kept as [`Texts`] says. The JSON-valued
-/// fields stay the text they were sent as: built into values, a flat array of
-/// a few bytes per element would take tens of times the body's size.
-#[derive(Deserialize)]
-struct InLine<'a> {
-    #[serde(borrow)]
-    line: Option<Text<'a>>,
-    #[serde(borrow)]
-    timestamp: Option<&'a RawValue>,
-    #[serde(borrow)]
-    app: Option<Text<'a>>,
-    #[serde(borrow)]
-    level: Option<Text<'a>>,
-    #[serde(borrow)]
-    file: Option<Text<'a>>,
-    #[serde(borrow)]
-    env: Option<Text<'a>>,
-    #[serde(borrow)]
-    hostname: Option<Text<'a>>,
-    #[serde(borrow)]
-    meta: Option<&'a RawValue>,
-    #[serde(borrow)]
-    label: Option<&'a RawValue>,
-}
-
-/// A JSON string borrowed from the body, or unescaped into a copy when it
-/// holds escapes. (serde's own `Cow<str>` always copies inside an `Option`.)
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct TextVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
-            type Value = Text<'a>;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-
-            fn visit_borrowed_str<E: serde::de::Error>(
-                self,
-                v: &'de str,
-            ) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(TextVisitor(std::marker::PhantomData))
-    }
-}
-
-impl std::ops::Deref for Text<'_> {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
 }
 
 /// The origins a request's lines point at: the query's, and the query's with
@@ -292,8 +227,8 @@ pub struct Parsed {
 /// a slice of one buffer the request's texts are unescaped into, so no line
 /// holds a string of its own until it is stored: allocating a string per line
 /// on one thread and freeing it on the committer's was a good part of what a
-/// line cost. (serde_json still hands an escaped text over in a string of its
-/// own, freed at once; a seeded visitor could unescape it into the buffer.)
+/// line cost. An escaped text goes from serde_json's scratch space straight
+/// into that buffer, without a string between.
 pub fn parse(
     json: &Bytes,
     ctx: &RequestContext,
@@ -406,46 +341,6 @@ impl Reader<'_> {
     }
 }
 
-/// Where the lines' texts are kept while the body is read.
-struct Texts {
-    /// The body, when it is UTF-8: texts without escapes are slices of it.
-    body: Option<ByteString>,
-    /// Texts that held escapes (or of a body read as bytes), unescaped one
-    /// after the other.
-    unescaped: String,
-    /// Which line's text is where in `unescaped`, given once reading is done.
-    placed: Vec<(usize, std::ops::Range<usize>)>,
-    borrows_body: bool,
-}
-
-impl Texts {
-    /// The text of line number `at`: a slice of the body, or put in
-    /// `unescaped` and given by [`Self::place`].
-    fn keep(&mut self, at: usize, text: &str) -> ByteString {
-        if let Some(body) = &self.body {
-            let within = body.as_bytes().as_ptr_range();
-            if within.contains(&text.as_ptr()) || text.is_empty() {
-                self.borrows_body |= !text.is_empty();
-                return body.slice_ref(text);
-            }
-        }
-        let start = self.unescaped.len();
-        self.unescaped.push_str(text);
-        self.placed.push((at, start..self.unescaped.len()));
-        ByteString::new()
-    }
-
-    /// Gives the lines kept in `unescaped` their texts.
-    fn place(self, lines: &mut [Line]) {
-        let unescaped = ByteString::from(self.unescaped);
-        for (at, range) in self.placed {
-            if let Some(line) = lines.get_mut(at) {
-                line.line = unescaped.slice_ref(&unescaped[range]);
-            }
-        }
-    }
-}
-
 /// The body object: `lines` (or Mezmo's clients' `ls`) is read line by line;
 /// every other key is skipped. With both, `lines` wins, as documented.
 struct BodySeed<'r, 'c>(&'r mut Reader<'c>);
@@ -510,10 +405,15 @@ impl<'de> Visitor<'de> for LinesSeed<'_, '_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let reader = self.0;
         let mut i = 0;
+        let mut raw = InLine::default();
         while reader.errors.len() < MAX_ERRORS {
-            let Some(raw) = seq.next_element::<InLine<'de>>()? else {
-                return Ok(());
+            let seed = LineSeed {
+                texts: &mut reader.texts,
+                into: &mut raw,
             };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
             if i % RESERVE_EVERY == RESERVE_EVERY - 1 {
                 let holding = reader.holding();
                 if let Err(refused) = (reader.reserve)(holding) {
@@ -522,9 +422,13 @@ impl<'de> Visitor<'de> for LinesSeed<'_, '_> {
                 }
             }
             let at = reader.lines.len();
-            match convert(raw, reader.ctx, reader.drift, &mut reader.origins, |text| {
-                reader.texts.keep(at, text)
-            }) {
+            match convert(
+                &mut raw,
+                reader.ctx,
+                reader.drift,
+                &mut reader.origins,
+                (&mut reader.texts, at),
+            ) {
                 Ok(line) => {
                     if reader.lines.len() == reader.lines.capacity() {
                         // The estimate fell short: the vector doubles.
@@ -556,14 +460,14 @@ fn check_len(errors: &mut Vec<String>, what: &str, value: Option<&str>, max: usi
 }
 
 fn convert(
-    raw: InLine<'_>,
+    raw: &mut InLine<'_>,
     ctx: &RequestContext,
     drift: i64,
     origins: &mut Origins,
-    keep: impl FnOnce(&str) -> ByteString,
+    (texts, at): (&mut Texts, usize),
 ) -> Result<Line, Vec<String>> {
     let mut errors = Vec::new();
-    let Some(text) = raw.line else {
+    let Some(kept) = raw.line.take() else {
         return Err(vec!["\"line\" is missing".into()]);
     };
     check_len(
@@ -605,18 +509,19 @@ fn convert(
         }
     };
     if !errors.is_empty() {
+        texts.release(kept);
         return Err(errors);
     }
+    let text = texts.text(&kept);
     let truncated = text.len() > MAX_LINE;
-    let text = if truncated {
-        let mut cut = MAX_LINE;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
+    let mut len = text.len();
+    if truncated {
+        len = MAX_LINE;
+        while !text.is_char_boundary(len) {
+            len -= 1;
         }
-        keep(&text[..cut])
-    } else {
-        keep(&text)
-    };
+    }
+    let text = texts.hold(at, kept, len);
     let owned = |field: Option<Text<'_>>| field.map(|t| t.0.into_owned());
     let shared = origins.with(
         raw.hostname.as_deref(),
@@ -628,7 +533,7 @@ fn convert(
         Some(origin) => (
             origin,
             OwnFields {
-                env: owned(raw.env),
+                env: owned(raw.env.take()),
                 label_json,
                 meta_json,
                 ..OwnFields::default()
@@ -637,11 +542,11 @@ fn convert(
         None => (
             origins.request.clone(),
             OwnFields {
-                host: owned(raw.hostname),
-                app: owned(raw.app),
-                file: owned(raw.file),
-                level: owned(raw.level),
-                env: owned(raw.env),
+                host: owned(raw.hostname.take()),
+                app: owned(raw.app.take()),
+                file: owned(raw.file.take()),
+                level: owned(raw.level.take()),
+                env: owned(raw.env.take()),
                 label_json,
                 meta_json,
             },

@@ -308,6 +308,48 @@ fn long_lines_are_cut_at_a_char_boundary() {
 }
 
 #[test]
+fn escaped_texts_cut_at_the_limit_or_refused_leave_their_neighbours_whole() {
+    // Cut and refused texts sit in the same buffer as the next line's: what
+    // they give back must not take any of it.
+    let long = format!("\"{}é tail", "a".repeat(MAX_LINE - 2));
+    let body = json!({"lines":[
+        {"line":"before \"a\""},
+        {"line":long},
+        {"line":"refused \"b\"","timestamp":true},
+        {"line":"after \"c\""},
+    ]});
+    let refused = malformed(parse_json(body));
+    assert!(
+        refused.contains("lines[2]") && !refused.contains("lines[1]"),
+        "{refused}"
+    );
+    let body = json!({"lines":[
+        {"line":"before \"a\""},
+        {"line":long},
+        {"line":"after \"c\""},
+    ]});
+    let lines = parse_json(body).unwrap();
+    assert_eq!(lines[0].line, "before \"a\"");
+    assert!(lines[1].truncated);
+    assert_eq!(lines[1].line.len(), MAX_LINE - 1, "cut before the 'é'");
+    assert!(lines[1].line.starts_with("\"aaa") && lines[1].line.ends_with('a'));
+    assert_eq!(lines[2].line, "after \"c\"");
+}
+
+#[test]
+fn a_line_object_giving_a_field_twice_is_refused() {
+    for body in [
+        r#"{"lines":[{"line":"a","line":"b"}]}"#,
+        r#"{"lines":[{"line":"a","app":"x","app":"y"}]}"#,
+    ] {
+        let e = malformed(parse(body.as_bytes(), &ctx()));
+        assert!(e.contains("duplicate field"), "{e}");
+    }
+    // Keys larch does not read may repeat, as any JSON object's may.
+    assert!(parse(br#"{"lines":[{"line":"a","x":1,"x":2}]}"#, &ctx()).is_ok());
+}
+
+#[test]
 fn client_clocks_in_seconds_or_milliseconds() {
     assert_eq!(epoch_ms_by_magnitude(1_764_140_245.0), 1_764_140_245_000);
     assert_eq!(

@@ -1,0 +1,285 @@
+//! One line object of a request body: the fields larch reads from it, and
+//! where its text is kept. A text with no escapes stays a slice of the body;
+//! an escaped one is unescaped straight into one buffer the whole request
+//! shares, so no line's text is a string of its own.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytestring::ByteString;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::line::Line;
+
+/// One line object as sent, its strings borrowed from the body where they
+/// hold no escapes; the line's text is kept as [`Texts`] says. The JSON-valued
+/// fields stay the text they were sent as: built into values, a flat array of
+/// a few bytes per element would take tens of times the body's size.
+#[derive(Default)]
+pub(super) struct InLine<'a> {
+    pub line: Option<Kept<'a>>,
+    pub timestamp: Option<&'a RawValue>,
+    pub app: Option<Text<'a>>,
+    pub level: Option<Text<'a>>,
+    pub file: Option<Text<'a>>,
+    pub env: Option<Text<'a>>,
+    pub hostname: Option<Text<'a>>,
+    pub meta: Option<&'a RawValue>,
+    pub label: Option<&'a RawValue>,
+}
+
+/// The keys of a line object larch reads; any other is skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Key {
+    Line,
+    Timestamp,
+    App,
+    Level,
+    File,
+    Env,
+    Hostname,
+    Meta,
+    Label,
+    #[serde(other)]
+    Other,
+}
+
+/// Reads one line object, its text kept in [`Texts`] as it is read: an
+/// escaped text is unescaped straight into the request's buffer, never into
+/// a string of its own. The fields go into `into`, one slot the whole
+/// array reuses: handed back by value, a line object of a dozen fields was
+/// copied on its way through each layer of the parser.
+pub(super) struct LineSeed<'r, 'de> {
+    pub texts: &'r mut Texts,
+    pub into: &'r mut InLine<'de>,
+}
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a line object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        fn once<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+            map: &mut A,
+            slot: &mut Option<T>,
+            name: &'static str,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(serde::de::Error::duplicate_field(name));
+            }
+            *slot = map.next_value()?;
+            Ok(())
+        }
+        let read = self.into;
+        *read = InLine::default();
+        let mut seen_line = false;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Line => {
+                    if seen_line {
+                        return Err(serde::de::Error::duplicate_field("line"));
+                    }
+                    seen_line = true;
+                    read.line = map.next_value_seed(KeepSeed(&mut *self.texts))?;
+                }
+                Key::Timestamp => once(&mut map, &mut read.timestamp, "timestamp")?,
+                Key::App => once(&mut map, &mut read.app, "app")?,
+                Key::Level => once(&mut map, &mut read.level, "level")?,
+                Key::File => once(&mut map, &mut read.file, "file")?,
+                Key::Env => once(&mut map, &mut read.env, "env")?,
+                Key::Hostname => once(&mut map, &mut read.hostname, "hostname")?,
+                Key::Meta => once(&mut map, &mut read.meta, "meta")?,
+                Key::Label => once(&mut map, &mut read.label, "label")?,
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A line's text (or `null`), kept in [`Texts`] as it is read.
+struct KeepSeed<'r>(&'r mut Texts);
+
+impl<'de> DeserializeSeed<'de> for KeepSeed<'_> {
+    type Value = Option<Kept<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeepSeed<'_> {
+    type Value = Option<Kept<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(self.0.keep_borrowed(v)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(self.0.keep_unescaped(v)))
+    }
+}
+
+/// A JSON string borrowed from the body, or unescaped into a copy when it
+/// holds escapes. (serde's own `Cow<str>` always copies inside an `Option`.)
+pub(super) struct Text<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(TextVisitor(std::marker::PhantomData))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where the lines' texts are kept while the body is read.
+pub(super) struct Texts {
+    /// The body, when it is UTF-8: texts without escapes are slices of it.
+    pub body: Option<ByteString>,
+    /// Texts that held escapes (or of a body read as bytes), unescaped one
+    /// after the other.
+    pub unescaped: String,
+    /// Which line's text is where in `unescaped`, given once reading is done.
+    pub placed: Vec<(usize, std::ops::Range<usize>)>,
+    pub borrows_body: bool,
+}
+
+/// Where a line's text was put as its object was read.
+pub(super) enum Kept<'a> {
+    /// A slice of the body (when it is UTF-8), or empty.
+    Body(&'a str),
+    /// `Texts::unescaped[range]`.
+    Unescaped(std::ops::Range<usize>),
+}
+
+impl Texts {
+    /// A text the parser found in the body as it lies (no escapes).
+    fn keep_borrowed<'a>(&mut self, text: &'a str) -> Kept<'a> {
+        let within = self
+            .body
+            .as_ref()
+            .is_some_and(|body| body.as_bytes().as_ptr_range().contains(&text.as_ptr()));
+        if within || text.is_empty() {
+            Kept::Body(text)
+        } else {
+            self.keep_unescaped(text)
+        }
+    }
+
+    /// A text the parser unescaped (or found in a body read as bytes).
+    fn keep_unescaped<'a>(&mut self, text: &str) -> Kept<'a> {
+        let start = self.unescaped.len();
+        self.unescaped.push_str(text);
+        Kept::Unescaped(start..self.unescaped.len())
+    }
+
+    pub fn text<'k>(&'k self, kept: &'k Kept<'_>) -> &'k str {
+        match kept {
+            Kept::Body(text) => text,
+            Kept::Unescaped(range) => &self.unescaped[range.clone()],
+        }
+    }
+
+    /// The first `len` bytes of a kept text become line number `at`'s: a
+    /// slice of the body, or of `unescaped` once [`Self::place`] gives it.
+    pub fn hold(&mut self, at: usize, kept: Kept<'_>, len: usize) -> ByteString {
+        match kept {
+            Kept::Body(text) => match &self.body {
+                Some(body) if !text.is_empty() => {
+                    self.borrows_body = true;
+                    body.slice_ref(&text[..len])
+                }
+                _ => ByteString::new(),
+            },
+            Kept::Unescaped(range) => {
+                let end = range.start + len;
+                // A cut text was the last one put there: its rest is given back.
+                if range.end == self.unescaped.len() {
+                    self.unescaped.truncate(end);
+                }
+                self.placed.push((at, range.start..end));
+                ByteString::new()
+            }
+        }
+    }
+
+    /// A kept text no line takes (its line was refused) gives its room back.
+    pub fn release(&mut self, kept: Kept<'_>) {
+        if let Kept::Unescaped(range) = kept {
+            if range.end == self.unescaped.len() {
+                self.unescaped.truncate(range.start);
+            }
+        }
+    }
+
+    /// Gives the lines kept in `unescaped` their texts.
+    pub fn place(self, lines: &mut [Line]) {
+        let unescaped = ByteString::from(self.unescaped);
+        for (at, range) in self.placed {
+            if let Some(line) = lines.get_mut(at) {
+                line.line = unescaped.slice_ref(&unescaped[range]);
+            }
+        }
+    }
+}
