@@ -24,6 +24,9 @@ const ALL_IN_LINE: u8 = 1;
 /// Blocks whose lines point at origins stored once.
 const SHARED_ORIGINS: u8 = 2;
 
+/// Fields of [`OwnRef`].
+const OWN_FIELDS: usize = 7;
+
 /// A line as a version 2 block stores it: its own fields, and its origin's number.
 #[derive(Serialize, Deserialize)]
 struct LineRecord<'a> {
@@ -101,6 +104,15 @@ impl IdText<'_> {
         IdText::Made(text)
     }
 
+    /// The text's bytes, as a block stores them.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            IdText::Given(id) => id.as_bytes(),
+            IdText::Made(text) => text,
+        }
+    }
+
+    #[cfg(test)]
     pub fn as_str(&self) -> &str {
         match self {
             IdText::Given(id) => id,
@@ -131,35 +143,85 @@ pub fn encode(lines: &[ToWrite<'_>]) -> Vec<u8> {
     out
 }
 
-/// Encodes lines as one block at the end of `out`, each distinct origin stored once.
-pub fn encode_into(lines: &[ToWrite<'_>], out: &mut impl codec::RecordBuf) {
+/// Encodes lines as one block at the end of `out`, each distinct origin
+/// stored once: a [`SharedBlock`], field by field.
+pub fn encode_into<B: codec::RecordBuf>(lines: &[ToWrite<'_>], out: &mut B) {
     let mut origins: Vec<&Arc<Origin>> = Vec::new();
-    let mut records = Vec::with_capacity(lines.len());
+    let mut numbers = Vec::with_capacity(lines.len());
     for w in lines {
-        let line = w.line;
         // Lines of a block come from few requests: a short scan finds the origin.
-        let origin = match origins.iter().rposition(|o| Arc::ptr_eq(o, &line.origin)) {
+        let number = match origins.iter().rposition(|o| Arc::ptr_eq(o, &w.line.origin)) {
             Some(at) => at,
             None => {
-                origins.push(&line.origin);
+                origins.push(&w.line.origin);
+                origins.len() - 1
+            }
+        };
+        numbers.push(number as u32);
+    }
+    let origins: Vec<OriginRef> = origins.into_iter().map(|o| OriginRef::of(o)).collect();
+    codec::encode_fields_into(SHARED_ORIGINS, out, |fields| {
+        fields.serde(&origins);
+        fields.len(lines.len());
+        for (w, &origin) in lines.iter().zip(&numbers) {
+            // LineRecord's fields, in its order.
+            let line = w.line;
+            fields.text(w.id.as_bytes());
+            fields.i64(w.received);
+            fields.i64(line.ts);
+            fields.str(&line.line);
+            fields.bool(line.truncated);
+            fields.u32(origin);
+            match line.own.as_deref() {
+                // Most lines have none: seven absent fields at once.
+                None => fields.nones::<OWN_FIELDS>(),
+                Some(own) => {
+                    let own = OwnRef::of(Some(own));
+                    for field in [
+                        own.host,
+                        own.app,
+                        own.file,
+                        own.level,
+                        own.env,
+                        own.label_json,
+                        own.meta_json,
+                    ] {
+                        fields.option_str(field);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`encode_into`] through serde: what it must write, byte for byte.
+#[cfg(test)]
+fn encode_through_serde(lines: &[ToWrite<'_>]) -> Vec<u8> {
+    let mut origins: Vec<&Arc<Origin>> = Vec::new();
+    let mut records = Vec::new();
+    for w in lines {
+        let origin = match origins.iter().rposition(|o| Arc::ptr_eq(o, &w.line.origin)) {
+            Some(at) => at,
+            None => {
+                origins.push(&w.line.origin);
                 origins.len() - 1
             }
         };
         records.push(LineRecord {
             id: w.id.as_str(),
             received: w.received,
-            ts: line.ts,
-            line: &line.line,
-            truncated: line.truncated,
+            ts: w.line.ts,
+            line: &w.line.line,
+            truncated: w.line.truncated,
             origin: origin as u32,
-            own: OwnRef::of(line.own.as_deref()),
+            own: OwnRef::of(w.line.own.as_deref()),
         });
     }
     let block = SharedBlock {
         origins: origins.into_iter().map(|o| OriginRef::of(o)).collect(),
         lines: records,
     };
-    codec::encode_version_into(SHARED_ORIGINS, &block, out);
+    codec::encode_version(SHARED_ORIGINS, &block)
 }
 
 /// A block as read, its strings borrowed from the record's bytes.
@@ -510,5 +572,59 @@ mod tests {
         assert!(text.contains(r#""_host":"mine""#), "{text}");
         assert!(text.contains(r#""_env":"prod""#), "{text}");
         assert!(text.contains(r#""_label":{"a":"b"}"#), "{text}");
+    }
+
+    proptest::proptest! {
+        /// The block writer writes what serde would, byte for byte: every
+        /// integer width, texts around the writer's gathering size, own
+        /// fields present and absent, made and given IDs.
+        #[test]
+        fn blocks_are_written_as_serde_would(
+            lines in proptest::collection::vec(
+                (
+                    proptest::prelude::any::<i64>(),
+                    proptest::prelude::any::<bool>(),
+                    0usize..400,
+                    proptest::option::of(0usize..300),
+                    0usize..3,
+                    proptest::option::of("[a-z]{0,30}"),
+                ),
+                0..40,
+            ),
+            received in proptest::prelude::any::<i64>(),
+            made in proptest::prelude::any::<bool>(),
+            seq in proptest::prelude::any::<u128>(),
+        ) {
+            let origins = [origin(&[]), origin(&["x"]), origin(&["a", "b", "c"])];
+            let lines: Vec<Line> = lines
+                .into_iter()
+                .map(|(ts, truncated, len, meta, origin, level)| {
+                    let mut line = Line::new(ts, "é".repeat(len / 2) + &"x".repeat(len % 2), origins[origin].clone());
+                    line.truncated = truncated;
+                    if meta.is_some() || level.is_some() {
+                        *line.own_mut() = OwnFields {
+                            level,
+                            meta_json: meta.map(|n| format!("{{\"k\":\"{}\"}}", "m".repeat(n))),
+                            ..OwnFields::default()
+                        };
+                    }
+                    line
+                })
+                .collect();
+            let write: Vec<ToWrite> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, line)| ToWrite {
+                    id: if made {
+                        IdText::made(ulid::Ulid(seq.wrapping_add(i as u128)))
+                    } else {
+                        IdText::Given("given-id")
+                    },
+                    received,
+                    line,
+                })
+                .collect();
+            proptest::prop_assert_eq!(encode(&write), encode_through_serde(&write));
+        }
     }
 }

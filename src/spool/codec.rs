@@ -1,6 +1,8 @@
-//! How records are laid out as bytes in sled: a version byte, a CRC-32 of the
-//! payload, then the payload in bincode. bincode is used here and nowhere else,
-//! so the encoding can be swapped without touching the rest of the spool.
+//! How records are laid out as bytes (in sled and in segment files): a version
+//! byte, a CRC-32 of the payload, then the payload in bincode. bincode is used
+//! here and nowhere else, so the encoding can be swapped without touching the
+//! rest of the spool; [`Fields`] writes that same encoding directly for the
+//! record the ack path writes for every line (a block's).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,165 @@ pub fn encode_version_into<T: Serialize>(version: u8, value: &T, out: &mut impl 
     let record = out.bytes_from(start);
     let crc = crc32fast::hash(&record[HEADER..]);
     record[1..HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Like [`encode_version_into`], with the payload written by `write` through
+/// [`Fields`]: the encoding is bincode's, field by field, for records too
+/// hot for the serde path (a block's lines, on the ack path).
+pub fn encode_fields_into<B: RecordBuf>(
+    version: u8,
+    out: &mut B,
+    write: impl FnOnce(&mut Fields<'_, B>),
+) {
+    let start = out.len();
+    let mut fields = Fields {
+        out,
+        small: [0; SMALL],
+        held: 0,
+        failed: None,
+    };
+    fields.bytes(&[version, 0, 0, 0, 0]);
+    write(&mut fields);
+    fields.flush();
+    // Writing into memory cannot fail.
+    if let Some(e) = fields.failed {
+        unreachable!("spool record failed to encode: {e}");
+    }
+    let record = out.bytes_from(start);
+    let crc = crc32fast::hash(&record[HEADER..]);
+    record[1..HEADER].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Bytes [`Fields`] gathers before writing them out as one.
+const SMALL: usize = 128;
+
+/// Writes values exactly as bincode's standard configuration does
+/// (little-endian, integers of variable length, `i64` zigzagged, lengths as
+/// `u64`, `Option` as a tag byte), so any record written through it decodes
+/// as if serialized. Small values gather on the stack and go out together:
+/// through serde each one was a write of its own, and a block's lines were
+/// a good part of what the ack path spent. The tests hold it to bincode's
+/// output byte for byte.
+pub struct Fields<'o, B: RecordBuf> {
+    out: &'o mut B,
+    small: [u8; SMALL],
+    held: usize,
+    failed: Option<String>,
+}
+
+impl<B: RecordBuf> Fields<'_, B> {
+    #[inline]
+    pub fn u64(&mut self, value: u64) {
+        if self.held + 9 > SMALL {
+            self.flush();
+        }
+        let at = self.held;
+        let small = &mut self.small;
+        self.held += if value < 251 {
+            small[at] = value as u8;
+            1
+        } else if value <= u64::from(u16::MAX) {
+            small[at] = 251;
+            small[at + 1..at + 3].copy_from_slice(&(value as u16).to_le_bytes());
+            3
+        } else if value <= u64::from(u32::MAX) {
+            small[at] = 252;
+            small[at + 1..at + 5].copy_from_slice(&(value as u32).to_le_bytes());
+            5
+        } else {
+            small[at] = 253;
+            small[at + 1..at + 9].copy_from_slice(&value.to_le_bytes());
+            9
+        };
+    }
+
+    /// Lengths and `u32`s share the `u64` form: bincode picks the width by value.
+    #[inline]
+    pub fn u32(&mut self, value: u32) {
+        self.u64(u64::from(value));
+    }
+
+    #[inline]
+    pub fn len(&mut self, len: usize) {
+        self.u64(len as u64);
+    }
+
+    #[inline]
+    pub fn i64(&mut self, value: i64) {
+        self.u64(((value << 1) ^ (value >> 63)) as u64);
+    }
+
+    #[inline]
+    pub fn bool(&mut self, value: bool) {
+        self.bytes(&[u8::from(value)]);
+    }
+
+    #[inline]
+    pub fn str(&mut self, text: &str) {
+        self.text(text.as_bytes());
+    }
+
+    /// A `str` given as its bytes, which the caller knows are UTF-8.
+    #[inline]
+    pub fn text(&mut self, text: &[u8]) {
+        self.len(text.len());
+        self.bytes(text);
+    }
+
+    /// `N` `Option`s that are `None`.
+    #[inline]
+    pub fn nones<const N: usize>(&mut self) {
+        self.bytes(&[0; N]);
+    }
+
+    pub fn option_str(&mut self, text: Option<&str>) {
+        match text {
+            None => self.bytes(&[0]),
+            Some(text) => {
+                self.bytes(&[1]);
+                self.str(text);
+            }
+        }
+    }
+
+    /// A value of a kind written seldom, through serde.
+    pub fn serde<T: Serialize>(&mut self, value: &T) {
+        self.flush();
+        if let Err(e) = bincode::serde::encode_into_std_write(value, &mut *self.out, config()) {
+            self.failed.get_or_insert(e.to_string());
+        }
+    }
+
+    #[inline]
+    fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() <= SMALL - self.held {
+            self.small[self.held..self.held + bytes.len()].copy_from_slice(bytes);
+            self.held += bytes.len();
+            return;
+        }
+        self.flush();
+        if bytes.len() < SMALL {
+            self.small[..bytes.len()].copy_from_slice(bytes);
+            self.held = bytes.len();
+        } else {
+            self.write_out(bytes);
+        }
+    }
+
+    fn flush(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        if held > 0 {
+            if let Err(e) = self.out.write_all(&self.small[..held]) {
+                self.failed.get_or_insert(e.to_string());
+            }
+        }
+    }
+
+    fn write_out(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.out.write_all(bytes) {
+            self.failed.get_or_insert(e.to_string());
+        }
+    }
 }
 
 /// A record of raw byte `parts`, framed like every other (version and CRC),
