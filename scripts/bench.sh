@@ -14,7 +14,9 @@
 #   baseline  sequential write + fsync on that disk; single-core gzip of the
 #             very NDJSON larch archived in the backlog phase
 #   ingest    16 clients, 1000-line bodies, as fast as they go (nothing seals)
-#   steady    100k lines/s for past hours with sync running (--late-window 0s)
+#   steady    100k lines/s for past hours with sync running (--late-window 0s),
+#             and the disk's own fsync latency meanwhile (a 4 KiB append and
+#             fdatasync every 20 ms beside larch)
 #   parts     memory with 10, 1,000 and 10,000 open parts (accounts x 1 hour), at
 #             100k lines/s, so the figure does not move with ingest speed
 #   outage    the S3-compatible server is down (5 minutes; 30 s in a quick
@@ -120,7 +122,12 @@ fi
 echo "steady: 100k lines/s into past hours with sync running, $steady_dur..." >&2
 start "$work/steady" --late-window 0s --follow-up-after 1s
 c0=$(cpu); k0=$(thread_cpu larch-compact)
+# The disk's own fsync latency meanwhile, on the spool's disk: the floor
+# under the p99 of acks, each of which waits for an fsync.
+"$bench" fsync-probe --dir "$work" --duration "$steady_dur" >"$results/steady_fsync.json" &
+probe=$!
 "$bench" load --addr "$addr" --duration "$steady_dur" --rate 100000 --hours-back 3 >"$results/steady.json"
+wait "$probe"
 c1=$(cpu); k1=$(thread_cpu larch-compact)
 echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"compact_cpu_s\": $(awk "BEGIN{print $k1 - $k0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/steady_proc.json"
 stop

@@ -23,6 +23,7 @@ ingest = load("ingest")
 ingest_proc = load("ingest_proc")
 steady = load("steady")
 steady_proc = load("steady_proc")
+steady_fsync = maybe("steady_fsync")
 backlog_start = load("backlog-start")
 backlog = load("backlog")
 s3_start = load("backlog-s3-start")
@@ -119,9 +120,17 @@ row(
     "steady: p99 latency",
     steady["p99_ms"],
     "ms",
+    f"{steady_fsync['p99_ms']:,.1f} ms disk fsync p99" if steady_fsync else "",
     goal="< 50 ms",
     met=steady["p99_ms"] < 50 and steady["lines_per_s"] > 90_000,
 )
+if steady_fsync:
+    row(
+        "steady: disk fsync p50 / p99 / max",
+        steady_fsync["p50_ms"],
+        f"/ {steady_fsync['p99_ms']:,.1f} / {steady_fsync['max_ms']:,.1f} ms",
+        goal="4 KiB + fdatasync every 20 ms beside larch",
+    )
 row(
     "steady: peak RSS, sync running",
     steady_proc["peak_rss_mb"],

@@ -47,6 +47,18 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         mib: usize,
     },
+    /// fdatasync latency on a directory's disk while something else runs:
+    /// a small append and an fdatasync every `--every`, for `--duration`.
+    /// An ack waits for at least one such fsync, so its percentiles are
+    /// the floor under larch's own on the same disk at the same time.
+    FsyncProbe {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "30s")]
+        duration: humantime::Duration,
+        #[arg(long, default_value = "20ms")]
+        every: humantime::Duration,
+    },
     /// Single-core speed and ratio of each deflate implementation larch
     /// could use, on the NDJSON cut into pieces as staging cuts it.
     Deflate {
@@ -109,6 +121,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(plan) => load(plan),
         Command::Fsync { dir, mib } => fsync(&dir, mib),
+        Command::FsyncProbe {
+            dir,
+            duration,
+            every,
+        } => fsync_probe(&dir, *duration, *every),
         Command::Deflate {
             mib,
             levels,
@@ -385,6 +402,41 @@ fn fsync(dir: &std::path::Path, mib: usize) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"mb_per_s": (mib << 20) as f64 / secs / 1e6, "mib": mib, "seconds": secs})
+    );
+    Ok(())
+}
+
+fn fsync_probe(
+    dir: &std::path::Path,
+    duration: std::time::Duration,
+    every: std::time::Duration,
+) -> anyhow::Result<()> {
+    let path = dir.join(format!("larch-bench-probe.{}", std::process::id()));
+    let block = [0x5au8; 4096];
+    let mut waits = Vec::new();
+    let start = Instant::now();
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&path)?;
+        while start.elapsed() < duration {
+            let tick = Instant::now();
+            f.write_all(&block)?;
+            f.sync_data()?;
+            waits.push(tick.elapsed().as_secs_f64() * 1000.0);
+            std::thread::sleep(every.saturating_sub(tick.elapsed()));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&path);
+    result.with_context(|| format!("writing {}", path.display()))?;
+    waits.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        json!({
+            "fsyncs": waits.len(),
+            "p50_ms": percentile(&waits, 0.5),
+            "p99_ms": percentile(&waits, 0.99),
+            "max_ms": waits.last().copied().unwrap_or(0.0),
+        })
     );
     Ok(())
 }

@@ -74,7 +74,7 @@ const READS_FORMATS: &[u64] = &[2, 3];
 /// and a sled key of its own, so a request's lines go in few of them (a
 /// 1,000-line request of 340 KB took six at 60 KiB, one sled key and one
 /// node copy each).
-const BLOCK_BYTES: usize = 256 * 1024;
+pub(crate) const BLOCK_BYTES: usize = 256 * 1024;
 
 /// An open part as the index holds it.
 struct OpenPart {

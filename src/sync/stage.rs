@@ -15,7 +15,12 @@ use std::sync::mpsc;
 use sha2::{Digest, Sha256};
 
 use crate::gzip::PIECE_BYTES;
-use crate::spool::{PartId, Spool, SpoolError, Stored};
+use crate::spool::{PartId, Spool, SpoolError, Stored, BLOCK_BYTES};
+
+/// A piece is cut after the block that takes it past [`PIECE_BYTES`]: room
+/// for that block's NDJSON too (escapes may make it longer than the block),
+/// so a piece seldom grows its buffer.
+const PIECE_ROOM: usize = PIECE_BYTES + 2 * BLOCK_BYTES;
 
 /// A part's object, compressed and waiting in the staging directory.
 #[derive(Debug, Clone)]
@@ -104,7 +109,7 @@ pub fn stage(spool: &Spool, id: &PartId, level: u32, dir: &Path) -> Result<Stage
     };
     let mut lines = 0u64;
     let mut input_bytes = 0u64;
-    let mut piece = Vec::with_capacity(PIECE_BYTES + 128 * 1024);
+    let mut piece = Vec::with_capacity(PIECE_ROOM);
     spool.for_each_record(id, |record| -> Result<(), StageError> {
         match record {
             Stored::Lines(block) => {
@@ -139,7 +144,7 @@ pub fn stage(spool: &Spool, id: &PartId, level: u32, dir: &Path) -> Result<Stage
                 write_oldest(&mut pending, &mut out)?;
             }
             input_bytes += piece.len() as u64;
-            let full = std::mem::replace(&mut piece, Vec::with_capacity(PIECE_BYTES + 128 * 1024));
+            let full = std::mem::replace(&mut piece, Vec::with_capacity(PIECE_ROOM));
             pending.push_back(pool.submit(full, level));
         }
         Ok(())

@@ -31,7 +31,7 @@ pub(super) struct InLine<'a> {
 }
 
 /// The keys of a line object larch reads; any other is skipped.
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(field_identifier, rename_all = "lowercase")]
 enum Key {
     Line,
@@ -45,6 +45,23 @@ enum Key {
     Label,
     #[serde(other)]
     Other,
+}
+
+impl Key {
+    fn name(self) -> &'static str {
+        match self {
+            Key::Line => "line",
+            Key::Timestamp => "timestamp",
+            Key::App => "app",
+            Key::Level => "level",
+            Key::File => "file",
+            Key::Env => "env",
+            Key::Hostname => "hostname",
+            Key::Meta => "meta",
+            Key::Label => "label",
+            Key::Other => "other",
+        }
+    }
 }
 
 /// Reads one line object, its text kept in [`Texts`] as it is read: an
@@ -73,37 +90,28 @@ impl<'de> Visitor<'de> for LineSeed<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        fn once<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
-            map: &mut A,
-            slot: &mut Option<T>,
-            name: &'static str,
-        ) -> Result<(), A::Error> {
-            if slot.is_some() {
-                return Err(serde::de::Error::duplicate_field(name));
-            }
-            *slot = map.next_value()?;
-            Ok(())
-        }
+        // Each key read once, `null` or not, as serde's derive has it.
+        let mut seen = 0u16;
         let read = self.into;
         *read = InLine::default();
-        let mut seen_line = false;
         while let Some(key) = map.next_key::<Key>()? {
-            match key {
-                Key::Line => {
-                    if seen_line {
-                        return Err(serde::de::Error::duplicate_field("line"));
-                    }
-                    seen_line = true;
-                    read.line = map.next_value_seed(KeepSeed(&mut *self.texts))?;
+            if key != Key::Other {
+                let bit = 1 << key as u16;
+                if seen & bit != 0 {
+                    return Err(serde::de::Error::duplicate_field(key.name()));
                 }
-                Key::Timestamp => once(&mut map, &mut read.timestamp, "timestamp")?,
-                Key::App => once(&mut map, &mut read.app, "app")?,
-                Key::Level => once(&mut map, &mut read.level, "level")?,
-                Key::File => once(&mut map, &mut read.file, "file")?,
-                Key::Env => once(&mut map, &mut read.env, "env")?,
-                Key::Hostname => once(&mut map, &mut read.hostname, "hostname")?,
-                Key::Meta => once(&mut map, &mut read.meta, "meta")?,
-                Key::Label => once(&mut map, &mut read.label, "label")?,
+                seen |= bit;
+            }
+            match key {
+                Key::Line => read.line = map.next_value_seed(KeepSeed(&mut *self.texts))?,
+                Key::Timestamp => read.timestamp = map.next_value()?,
+                Key::App => read.app = map.next_value()?,
+                Key::Level => read.level = map.next_value()?,
+                Key::File => read.file = map.next_value()?,
+                Key::Env => read.env = map.next_value()?,
+                Key::Hostname => read.hostname = map.next_value()?,
+                Key::Meta => read.meta = map.next_value()?,
+                Key::Label => read.label = map.next_value()?,
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -341,6 +341,9 @@ fn a_line_object_giving_a_field_twice_is_refused() {
     for body in [
         r#"{"lines":[{"line":"a","line":"b"}]}"#,
         r#"{"lines":[{"line":"a","app":"x","app":"y"}]}"#,
+        // A null is a value given, as serde's derive counts it.
+        r#"{"lines":[{"line":null,"line":"b"}]}"#,
+        r#"{"lines":[{"line":"a","timestamp":null,"timestamp":5}]}"#,
     ] {
         let e = malformed(parse(body.as_bytes(), &ctx()));
         assert!(e.contains("duplicate field"), "{e}");
