@@ -146,20 +146,7 @@ pub fn encode(lines: &[ToWrite<'_>]) -> Vec<u8> {
 /// Encodes lines as one block at the end of `out`, each distinct origin
 /// stored once: a [`SharedBlock`], field by field.
 pub fn encode_into<B: codec::RecordBuf>(lines: &[ToWrite<'_>], out: &mut B) {
-    let mut origins: Vec<&Arc<Origin>> = Vec::new();
-    let mut numbers = Vec::with_capacity(lines.len());
-    for w in lines {
-        // Lines of a block come from few requests: a short scan finds the origin.
-        let number = match origins.iter().rposition(|o| Arc::ptr_eq(o, &w.line.origin)) {
-            Some(at) => at,
-            None => {
-                origins.push(&w.line.origin);
-                origins.len() - 1
-            }
-        };
-        numbers.push(number as u32);
-    }
-    let origins: Vec<OriginRef> = origins.into_iter().map(|o| OriginRef::of(o)).collect();
+    let (origins, numbers) = number_origins(lines);
     codec::encode_fields_into(SHARED_ORIGINS, out, |fields| {
         fields.serde(&origins);
         fields.len(lines.len());
@@ -197,31 +184,45 @@ pub fn encode_into<B: codec::RecordBuf>(lines: &[ToWrite<'_>], out: &mut B) {
 /// [`encode_into`] through serde: what it must write, byte for byte.
 #[cfg(test)]
 fn encode_through_serde(lines: &[ToWrite<'_>]) -> Vec<u8> {
+    let (origins, numbers) = number_origins(lines);
+    let records = lines
+        .iter()
+        .zip(numbers)
+        .map(|(w, origin)| LineRecord {
+            id: w.id.as_str(),
+            received: w.received,
+            ts: w.line.ts,
+            line: &w.line.line,
+            truncated: w.line.truncated,
+            origin,
+            own: OwnRef::of(w.line.own.as_deref()),
+        })
+        .collect();
+    let block = SharedBlock {
+        origins,
+        lines: records,
+    };
+    codec::encode_version(SHARED_ORIGINS, &block)
+}
+
+/// A block's distinct origins, in the order lines first name them, and each
+/// line's origin number.
+fn number_origins<'a>(lines: &[ToWrite<'a>]) -> (Vec<OriginRef<'a>>, Vec<u32>) {
     let mut origins: Vec<&Arc<Origin>> = Vec::new();
-    let mut records = Vec::new();
+    let mut numbers = Vec::with_capacity(lines.len());
     for w in lines {
-        let origin = match origins.iter().rposition(|o| Arc::ptr_eq(o, &w.line.origin)) {
+        // Lines of a block come from few requests: a short scan finds the origin.
+        let number = match origins.iter().rposition(|o| Arc::ptr_eq(o, &w.line.origin)) {
             Some(at) => at,
             None => {
                 origins.push(&w.line.origin);
                 origins.len() - 1
             }
         };
-        records.push(LineRecord {
-            id: w.id.as_str(),
-            received: w.received,
-            ts: w.line.ts,
-            line: &w.line.line,
-            truncated: w.line.truncated,
-            origin: origin as u32,
-            own: OwnRef::of(w.line.own.as_deref()),
-        });
+        numbers.push(number as u32);
     }
-    let block = SharedBlock {
-        origins: origins.into_iter().map(|o| OriginRef::of(o)).collect(),
-        lines: records,
-    };
-    codec::encode_version(SHARED_ORIGINS, &block)
+    let origins = origins.into_iter().map(|o| OriginRef::of(o)).collect();
+    (origins, numbers)
 }
 
 /// A block as read, its strings borrowed from the record's bytes.
