@@ -76,12 +76,14 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
         Err(e) => tracing::warn!("metrics: cannot read the spool's parts, gauges are stale: {e}"),
     }
     exporter.run_upkeep();
+    let mut text = exporter.render();
+    crate::telemetry::render_ingested(&mut text);
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        exporter.render(),
+        text,
     )
         .into_response()
 }
