@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::part::{PartRecord, PartState};
+use super::part::PartState;
 use super::{block, codec, keys, Along, OpenPart, PartId, Spool, SpoolError, BLOCK_BYTES};
 use crate::account::AccountId;
 use crate::clock::EpochMs;
@@ -64,10 +64,7 @@ impl Spool {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => {
                         let part = match index.open.get(e.key()) {
-                            Some(p) => OpenPart {
-                                seq: p.seq,
-                                record: p.record.clone(),
-                            },
+                            Some(p) => *p,
                             None => {
                                 let part = self.new_part(&account, hour, now)?;
                                 follow_ups += usize::from(part.seq > 0);
@@ -77,12 +74,12 @@ impl Spool {
                         e.insert(part)
                     }
                 };
-                part.record.lines += run.len() as u64;
+                part.lines += run.len() as u64;
                 let run_bytes = lines[run.clone()]
                     .iter()
                     .map(|l| l.line.len() as u64)
                     .sum::<u64>();
-                part.record.bytes += run_bytes;
+                part.bytes += run_bytes;
                 line_bytes += run_bytes;
                 let id = PartId {
                     account: account.clone(),
@@ -125,7 +122,10 @@ impl Spool {
                 hour: *hour,
                 seq: part.seq,
             };
-            batch.insert(keys::part(&id), codec::encode(&part.record));
+            batch.insert(
+                keys::part(&id),
+                codec::encode(&part.record(PartState::Open)),
+            );
         }
         batch.insert(keys::meta("next_line"), &next_line.to_be_bytes());
         for update in &positions {
@@ -216,12 +216,9 @@ impl Spool {
         };
         Ok(OpenPart {
             seq,
-            record: PartRecord {
-                state: PartState::Open,
-                first_line_ms: now,
-                lines: 0,
-                bytes: 0,
-            },
+            first_line_ms: now,
+            lines: 0,
+            bytes: 0,
         })
     }
 }

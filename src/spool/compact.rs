@@ -170,12 +170,20 @@ pub struct Seen {
     /// The part's line bytes and state when it last had nothing to compress:
     /// until they change, it still has nothing.
     idle_at: Option<(u64, bool)>,
-    /// The key of the part's last member: its raw blocks start after it.
-    last_member: Option<Vec<u8>>,
+    /// The first line number of the part's last member (the end of its block
+    /// key, kept as a number rather than a key of its own for each part):
+    /// its raw blocks start after it.
+    last_member: Option<u64>,
     /// An open part whose raw blocks fell short of a piece is read again
     /// once its line bytes reach this (long lines make little more NDJSON
     /// than their blocks' size).
     read_again_at: u64,
+}
+
+/// A block key's first line number: what follows its part's prefix.
+fn first_line_of(key: &[u8], prefix: &[u8]) -> Option<u64> {
+    let suffix = key.strip_prefix(prefix)?;
+    Some(u64::from_be_bytes(suffix.try_into().ok()?))
 }
 
 impl Spool {
@@ -212,7 +220,7 @@ impl Spool {
                     hour: *hour,
                     seq: part.seq,
                 };
-                (id, part.record.bytes, false)
+                (id, part.bytes, false)
             })
             .collect();
         if which == Parts::All {
@@ -330,7 +338,7 @@ impl Spool {
             self.compacted
                 .line_bytes
                 .fetch_add(line_bytes, Ordering::Relaxed);
-            at.last_member = Some(covered[0].to_vec());
+            at.last_member = first_line_of(&covered[0], &prefix);
             made += 1;
         }
         Ok(Some(made))
@@ -343,10 +351,13 @@ impl Spool {
     fn raw_blocks(
         &self,
         prefix: &[u8],
-        last_member: &mut Option<Vec<u8>>,
+        last_member: &mut Option<u64>,
         sealed: bool,
     ) -> Result<Option<sled::IVec>, SpoolError> {
-        let from = last_member.clone().unwrap_or_else(|| prefix.to_vec());
+        let from = match last_member {
+            Some(first_line) => [prefix, &first_line.to_be_bytes()].concat(),
+            None => prefix.to_vec(),
+        };
         let mut first_raw = None;
         let mut raw_bytes = 0u64;
         for item in self.db.range(from..) {
@@ -356,7 +367,7 @@ impl Spool {
             }
             match BlockRef::decode(&value) {
                 Some((_, Holds::Member)) => {
-                    *last_member = Some(key.to_vec());
+                    *last_member = first_line_of(&key, prefix);
                     first_raw = None;
                     raw_bytes = 0;
                 }

@@ -76,10 +76,27 @@ const READS_FORMATS: &[u64] = &[2, 3];
 /// node copy each).
 pub(crate) const BLOCK_BYTES: usize = 256 * 1024;
 
-/// An open part as the index holds it.
+/// An open part as the index holds it: its record's numbers without the
+/// state, which is `Open` for every part here (a state, with room for an
+/// upload, made the index take twice the memory per part).
+#[derive(Clone, Copy)]
 struct OpenPart {
     seq: u32,
-    record: PartRecord,
+    first_line_ms: crate::clock::EpochMs,
+    lines: u64,
+    bytes: u64,
+}
+
+impl OpenPart {
+    /// The part's record, in `state`.
+    fn record(&self, state: PartState) -> PartRecord {
+        PartRecord {
+            state,
+            first_line_ms: self.first_line_ms,
+            lines: self.lines,
+            bytes: self.bytes,
+        }
+    }
 }
 
 /// What appends and seals change together, under one lock.

@@ -176,7 +176,9 @@ impl Spool {
                     (id.account, id.hour),
                     OpenPart {
                         seq: id.seq,
-                        record,
+                        first_line_ms: record.first_line_ms,
+                        lines: record.lines,
+                        bytes: record.bytes,
                     },
                 );
             }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::part::{PartRecord, PartState};
+use super::part::PartState;
 use super::{codec, keys, OpenPart, PartId, Spool, SpoolError, SpoolHandle};
 use crate::account::AccountId;
 use crate::clock::EpochMs;
@@ -50,7 +50,7 @@ impl Spool {
     /// Seals every open part whose time is up, durably. Returns the parts sealed.
     pub fn seal_due(&self) -> Result<Vec<PartId>, SpoolError> {
         let now = self.clock.now_ms();
-        self.seal_where(|hour, p| self.seal_rule.due_at(hour, p.seq, p.record.first_line_ms) <= now)
+        self.seal_where(|hour, p| self.seal_rule.due_at(hour, p.seq, p.first_line_ms) <= now)
     }
 
     /// Seals every open part now, whatever its time (`larch drain`). Lines that
@@ -80,10 +80,7 @@ impl Spool {
                         hour: slot.1,
                         seq: p.seq,
                     };
-                    let record = PartRecord {
-                        state: PartState::Sealed,
-                        ..p.record.clone()
-                    };
+                    let record = p.record(PartState::Sealed);
                     batch.insert(keys::part(&id), codec::encode(&record));
                     sealed.push(id);
                 }
