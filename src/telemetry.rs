@@ -220,6 +220,9 @@ pub fn render_ingested(out: &mut String) {
     if counts.is_empty() {
         return;
     }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
     let lines = |c: &Ingested| c.lines;
     let bytes = |c: &Ingested| c.bytes;
     let families = [
@@ -317,7 +320,8 @@ mod tests {
                 Ingested::default(),
             ],
         );
-        let mut text = String::from("larch_http_requests_total{status=\"200\"} 1\n");
+        // The exporter's text may or may not end its last line.
+        let mut text = String::from("larch_http_requests_total{status=\"200\"} 1");
         render_ingested(&mut text);
         let lines: Vec<&str> = text.lines().collect();
         for expected in [
