@@ -223,21 +223,19 @@ pub fn render_ingested(out: &mut String) {
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
-    let lines = |c: &Ingested| c.lines;
-    let bytes = |c: &Ingested| c.bytes;
     let families = [
         (
             "larch_ingested_lines_total",
             "Lines made durable, by account and source",
-            &lines as &dyn Fn(&Ingested) -> u64,
+            false,
         ),
         (
             "larch_ingested_bytes_total",
             "Bytes of line text made durable, by account and source",
-            &bytes,
+            true,
         ),
     ];
-    for (name, help, value) in families {
+    for (name, help, of_bytes) in families {
         // Writing into a String cannot fail.
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (account, by_source) in counts.iter() {
@@ -248,7 +246,7 @@ pub fn render_ingested(out: &mut String) {
                         out,
                         "{name}{{account=\"{account}\",source=\"{}\"}} {}",
                         source.label(),
-                        value(count)
+                        if of_bytes { count.bytes } else { count.lines }
                     );
                 }
             }
@@ -334,9 +332,9 @@ mod tests {
         }
         // A source that stored nothing for the account has no series.
         assert!(!text.contains("render-test\",source=\"file\""), "{text}");
-        assert!(
-            text.starts_with("larch_http_requests_total"),
-            "appended: {text}"
+        assert_eq!(
+            lines[0], "larch_http_requests_total{status=\"200\"} 1",
+            "appended after the exporter's last line: {text}"
         );
     }
 }

@@ -180,12 +180,6 @@ pub struct Seen {
     read_again_at: u64,
 }
 
-/// A block key's first line number: what follows its part's prefix.
-fn first_line_of(key: &[u8], prefix: &[u8]) -> Option<u64> {
-    let suffix = key.strip_prefix(prefix)?;
-    Some(u64::from_be_bytes(suffix.try_into().ok()?))
-}
-
 impl Spool {
     /// Notes that an upload of part `id` failed: it waits now, and the
     /// compactor compresses what staging would otherwise compress at each
@@ -289,7 +283,7 @@ impl Spool {
             let Some((sealed, level)) = compactable(&record.state, level, waiting) else {
                 break;
             };
-            let Some(raw_from) = self.raw_blocks(&prefix, &mut at.last_member, sealed)? else {
+            let Some(raw_from) = self.raw_blocks(id, &prefix, &mut at.last_member, sealed)? else {
                 break;
             };
             let mut piece = Vec::with_capacity(PIECE_BYTES + 2 * BLOCK_BYTES);
@@ -338,7 +332,7 @@ impl Spool {
             self.compacted
                 .line_bytes
                 .fetch_add(line_bytes, Ordering::Relaxed);
-            at.last_member = first_line_of(&covered[0], &prefix);
+            at.last_member = keys::block_first_line(id, &covered[0]);
             made += 1;
         }
         Ok(Some(made))
@@ -350,12 +344,13 @@ impl Spool {
     /// far as it needs to.
     fn raw_blocks(
         &self,
+        id: &PartId,
         prefix: &[u8],
         last_member: &mut Option<u64>,
         sealed: bool,
     ) -> Result<Option<sled::IVec>, SpoolError> {
         let from = match last_member {
-            Some(first_line) => [prefix, &first_line.to_be_bytes()].concat(),
+            Some(first_line) => keys::block(id, *first_line),
             None => prefix.to_vec(),
         };
         let mut first_raw = None;
@@ -367,7 +362,7 @@ impl Spool {
             }
             match BlockRef::decode(&value) {
                 Some((_, Holds::Member)) => {
-                    *last_member = first_line_of(&key, prefix);
+                    *last_member = keys::block_first_line(id, &key);
                     first_raw = None;
                     raw_bytes = 0;
                 }

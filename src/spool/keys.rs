@@ -97,6 +97,12 @@ pub fn quarantine(original: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The first line number a block key of part `id` names ([`block`] read back).
+pub fn block_first_line(id: &PartId, key: &[u8]) -> Option<u64> {
+    let suffix = key.strip_prefix(blocks_of(id).as_slice())?;
+    Some(u64::from_be_bytes(suffix.try_into().ok()?))
+}
+
 /// Reads a `P` or `B` key back into the part it belongs to.
 pub fn parse_part(key: &[u8]) -> Option<PartId> {
     let body = key.get(1..)?;
