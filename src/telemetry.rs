@@ -143,6 +143,10 @@ fn describe() {
         "Compressed bytes of archive objects uploaded"
     );
     describe_counter!(
+        "larch_upload_sent_bytes_total",
+        "Bytes of archive objects sent to a remote store, failed attempts included, counted as they go (under upload_rate_limit, as the limit lets them)"
+    );
+    describe_counter!(
         "larch_upload_retries_total",
         "Failed upload attempts that will be retried"
     );
@@ -287,6 +291,14 @@ pub fn follow_ups_opened(parts: usize) {
 /// A failed upload attempt waits `retry_in` before the next one.
 pub fn backing_off(retry_in: Duration) {
     gauge!("larch_upload_backoff_seconds").set(retry_in.as_secs_f64());
+}
+
+/// Bytes of an object on their way to a remote store. Counted as they go,
+/// not once the object is done: an object of hundreds of MB on a slow link
+/// shows as a steady flow, and bytes of attempts that failed count too, as a
+/// metered link bills them.
+pub fn sent_to_store(bytes: usize) {
+    counter!("larch_upload_sent_bytes_total").increment(bytes as u64);
 }
 
 /// No upload is waiting out a backoff any more.

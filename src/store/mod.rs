@@ -257,6 +257,7 @@ impl Target {
             if let Some(rate) = &self.rate {
                 rate.take(bytes.len() as u64).await;
             }
+            crate::telemetry::sent_to_store(bytes.len());
             let options = PutOptions {
                 mode,
                 attributes,
@@ -372,6 +373,7 @@ async fn create_large(
         }
         upload.wait_for_capacity(2).await?;
         upload.write(&buf[..n]);
+        crate::telemetry::sent_to_store(n);
     }
     upload.finish().await?;
     let linked = if conditional {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::metrics::{scrape, value};
 use common::{agent, free_port, hours_ago, read_archive, Daemon};
 use serde_json::json;
 
@@ -330,35 +331,6 @@ fn a_reload_that_would_leave_no_keys_is_refused_and_the_running_keys_stay() {
         d.log_tail(10)
     );
     assert_eq!(d.ingest_json("larch-demo-key", &line).0, 401);
-}
-
-/// The scraped samples, by metric name and labels.
-fn scrape(addr: &str) -> Vec<prometheus_parse::Sample> {
-    let mut r = agent()
-        .get(format!("http://{addr}/metrics"))
-        .call()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let text = r.body_mut().read_to_string().unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    prometheus_parse::Scrape::parse(lines)
-        .unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{text}"))
-        .samples
-}
-
-fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(ref h) => {
-                h.iter().map(|b| b.count).fold(0.0, f64::max)
-            }
-            prometheus_parse::Value::Summary(_) => f64::NAN,
-        })
 }
 
 #[test]

@@ -6,6 +6,7 @@ use crate::common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::metrics::{scrape, value};
 use common::objects::{archive_only, archived_lines, assert_exactly_once, keys, send};
 use common::s3::{FaultProxy, Mode, Moto, S3sFs};
 use common::{hours_ago, Daemon};
@@ -92,6 +93,9 @@ fn objects_are_named_encrypted_and_carry_their_owner() {
         );
     }
     assert_exactly_once(&objects, &sent);
+    // Each object went up once, in one put: the bytes sent are theirs.
+    let size: u64 = objects.iter().map(|o| o["size"].as_u64().unwrap()).sum();
+    assert_eq!(sent_to_store(&d), size);
 }
 
 #[test]
@@ -342,9 +346,53 @@ fn check_target_reports_each_point_and_a_refused_encryption_header() {
     assert!(line.contains("FAILED"), "{line}");
 }
 
+/// 500 lines of random text, stamped two hours ago: about 3 MiB of gzip,
+/// since random text barely compresses.
+fn incompressible_lines(request: usize) -> Vec<Value> {
+    use base64::Engine;
+    (0..500)
+        .map(|i| {
+            let noise: Vec<u8> = (0..6000).map(|_| rand::random::<u8>()).collect();
+            let text = format!(
+                "big {request} {i} {}",
+                base64::engine::general_purpose::STANDARD.encode(noise)
+            );
+            json!({"timestamp": hours_ago(2, i), "line": text})
+        })
+        .collect()
+}
+
+/// What `/metrics` says was sent to the store.
+fn sent_to_store(d: &Daemon) -> u64 {
+    value(&scrape(&d.addr), "larch_upload_sent_bytes_total", &[]).unwrap_or(0.0) as u64
+}
+
+#[test]
+fn bytes_sent_to_the_store_are_counted_as_they_go() {
+    let moto = moto_with_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "upload_rate_limit = \"4MiB/s\"");
+    let d = start(dir.path(), "a", &moto.endpoint, &cfg);
+    for request in 0..4 {
+        let (status, body) = d.ingest_json("k", &json!({ "lines": incompressible_lines(request) }));
+        assert_eq!(status, 200, "{body}");
+    }
+    // About 12 MiB at 4 MiB/s, in parts: the count moves while no object is done.
+    wait_for(
+        "bytes sent before the object is done",
+        Duration::from_secs(60),
+        || sent_to_store(&d) > 0,
+    );
+    assert_eq!(d.status()["bytes_uploaded"], 0, "{}", d.status());
+    d.wait_drained(Duration::from_secs(120));
+    let objects = archive_objects(&moto);
+    assert_eq!(objects.len(), 1);
+    assert!(objects[0]["size"].as_u64().unwrap() > 8 << 20);
+    assert_eq!(sent_to_store(&d), objects[0]["size"].as_u64().unwrap());
+}
+
 #[test]
 fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
-    use base64::Engine;
     let moto = moto_with_bucket();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
@@ -353,16 +401,7 @@ fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
     // Random text barely compresses: about 12 MiB of gzip, over the 8 MiB of one put.
     let mut sent = 0;
     for request in 0..4 {
-        let lines: Vec<Value> = (0..500)
-            .map(|i| {
-                let noise: Vec<u8> = (0..6000).map(|_| rand::random::<u8>()).collect();
-                let text = format!(
-                    "big {request} {i} {}",
-                    base64::engine::general_purpose::STANDARD.encode(noise)
-                );
-                json!({"timestamp": hours_ago(2, i), "line": text})
-            })
-            .collect();
+        let lines = incompressible_lines(request);
         sent += lines.len();
         let (status, body) = d.ingest_json("k", &json!({ "lines": lines }));
         assert_eq!(status, 200, "{body}");

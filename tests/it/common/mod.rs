@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `larch` binary against real files.
 
 pub mod azure;
+pub mod metrics;
 pub mod objects;
 pub mod s3;
 
