@@ -110,9 +110,12 @@ ingest() {
     run_larch=$larch
 }
 if [ -n "$baseline" ]; then
-    # Alternating, so a noisy moment of the machine does not favour either.
+    # Alternating, so a noisy moment of the machine does not favour either,
+    # three times: each build's figure moves with the disk's speed.
     ingest "$baseline" baseline-ingest-1
     ingest "$larch" ingest-1
+    ingest "$baseline" baseline-ingest-2
+    ingest "$larch" ingest-2
     ingest "$baseline" baseline-ingest
     ingest "$larch" ingest
 else
