@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh                  full run (about 25 minutes)
 #   scripts/bench.sh --quick          about 5 minutes
-#   scripts/bench.sh --baseline BIN   also runs the ingest and outage phases
+#   scripts/bench.sh --baseline BIN   also runs the ingest, steady and outage phases
 #                                     on another larch binary (an earlier
 #                                     build), alternating with this one, and
 #                                     prints its figures beside these
@@ -16,7 +16,8 @@
 #   ingest    16 clients, 1000-line bodies, as fast as they go (nothing seals)
 #   steady    100k lines/s for past hours with sync running (--late-window 0s),
 #             and the disk's own fsync latency meanwhile (a 4 KiB append and
-#             fdatasync every 20 ms beside larch)
+#             fdatasync every 20 ms beside larch); with --baseline, on the
+#             other build first
 #   parts     memory with 10, 1,000 and 10,000 open parts (accounts x 1 hour), at
 #             100k lines/s, so the figure does not move with ingest speed
 #   outage    the S3-compatible server is down (5 minutes; 30 s in a quick
@@ -122,18 +123,30 @@ else
     ingest "$larch" ingest
 fi
 
-echo "steady: 100k lines/s into past hours with sync running, $steady_dur..." >&2
-start "$work/steady" --late-window 0s --follow-up-after 1s
-c0=$(cpu); k0=$(thread_cpu larch-compact)
-# The disk's own fsync latency meanwhile, on the spool's disk: the floor
-# under the p99 of acks, each of which waits for an fsync.
-"$bench" fsync-probe --dir "$work" --duration "$steady_dur" >"$results/steady_fsync.json" &
-probe=$!
-"$bench" load --addr "$addr" --duration "$steady_dur" --rate 100000 --hours-back 3 >"$results/steady.json"
-wait "$probe"
-c1=$(cpu); k1=$(thread_cpu larch-compact)
-echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"compact_cpu_s\": $(awk "BEGIN{print $k1 - $k0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/steady_proc.json"
-stop
+# The steady phase on larch binary $1, results under the name $2.
+steady() {
+    run_larch=$1
+    echo "steady ($2): 100k lines/s into past hours with sync running, $steady_dur..." >&2
+    start "$work/$2" --late-window 0s --follow-up-after 1s
+    local c0 c1 k0 k1 probe
+    c0=$(cpu); k0=$(thread_cpu larch-compact)
+    # The disk's own fsync latency meanwhile, on the spool's disk: the floor
+    # under the p99 of acks, each of which waits for an fsync.
+    "$bench" fsync-probe --dir "$work" --duration "$steady_dur" >"$results/$2_fsync.json" &
+    probe=$!
+    "$bench" load --addr "$addr" --duration "$steady_dur" --rate 100000 --hours-back 3 >"$results/$2.json"
+    wait "$probe"
+    c1=$(cpu); k1=$(thread_cpu larch-compact)
+    echo "{\"cpu_s\": $(awk "BEGIN{print $c1 - $c0}"), \"compact_cpu_s\": $(awk "BEGIN{print $k1 - $k0}"), \"peak_rss_mb\": $(peak_rss)}" >"$results/$2_proc.json"
+    stop
+    rm -rf "$work/$2"
+    run_larch=$larch
+}
+if [ -n "$baseline" ]; then
+    # The same load on the same disk: how much of the p99 the disk makes.
+    steady "$baseline" baseline-steady
+fi
+steady "$larch" steady
 
 # Memory with many open parts: the same load spread over 10 accounts, 1,000
 # and 10,000, with the same 10,000 keys configured each time.

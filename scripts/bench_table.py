@@ -24,6 +24,9 @@ ingest_proc = load("ingest_proc")
 steady = load("steady")
 steady_proc = load("steady_proc")
 steady_fsync = maybe("steady_fsync")
+baseline_steady = maybe("baseline-steady")
+baseline_steady_proc = maybe("baseline-steady_proc")
+baseline_steady_fsync = maybe("baseline-steady_fsync")
 backlog_start = load("backlog-start")
 backlog = load("backlog")
 s3_start = load("backlog-s3-start")
@@ -131,6 +134,16 @@ if steady_fsync:
         f"/ {steady_fsync['p99_ms']:,.1f} / {steady_fsync['max_ms']:,.1f} ms",
         goal="4 KiB + fdatasync every 20 ms beside larch",
     )
+if baseline_steady:
+    row(
+        "steady: baseline p99 latency",
+        baseline_steady["p99_ms"],
+        "ms",
+        f"{baseline_steady_fsync['p99_ms']:,.1f} / {baseline_steady_fsync['max_ms']:,.1f} ms disk fsync p99 / max"
+        if baseline_steady_fsync
+        else "",
+        goal="the same load and disk, just before",
+    )
 row(
     "steady: peak RSS, sync running",
     steady_proc["peak_rss_mb"],
@@ -145,6 +158,14 @@ row(
     "2 cores",
     f"{steady_cores / 2:.0%}",
 )
+if baseline_steady_proc:
+    row(
+        "steady: baseline CPU",
+        baseline_steady_proc["cpu_s"] / baseline_steady["seconds"],
+        "cores",
+        "2 cores",
+        goal="compressing as it stages sealed parts",
+    )
 
 def outage_row(o, baseline=None):
     row(
