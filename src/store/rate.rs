@@ -2,10 +2,11 @@
 //! that every upload of the process draws from, so concurrent uploads share
 //! the rate instead of each getting it. Bytes are taken in slices of at most
 //! 64 KiB. The bucket holds two slices, or 50 ms of the rate if that is more:
-//! an upload waiting for its next slice wakes a little late (the timer ticks
-//! in milliseconds, and a slice lasts 8 ms at 8 MiB/s), and a bucket of one
-//! slice lost that lateness on every slice, about a tenth of the rate. So the
-//! rate holds over any stretch longer than a few slices, and no burst is
+//! an upload pauses now and then (a multipart upload hands a piece over and
+//! waits for room, a waiter wakes a little late), and what the rate gave
+//! meanwhile is there when it comes back. A bucket of one slice (8 ms at
+//! 8 MiB/s) lost every pause longer than that, about a tenth of the rate. So
+//! the rate holds over any stretch longer than a few slices, and no burst is
 //! longer than a twentieth of a second of it (or two slices).
 
 use std::num::NonZeroU32;
@@ -26,9 +27,8 @@ impl UploadRate {
     pub fn new(bytes_per_second: u64) -> Self {
         let rate = bytes_per_second.clamp(1, u64::from(u32::MAX));
         let slice = rate.min(SLICE);
-        let burst = (2 * slice)
-            .max(rate / BURST_PER_SECOND)
-            .min(u64::from(u32::MAX));
+        // Within a u32: two slices are 128 KiB at most, and the rate is a u32.
+        let burst = (2 * slice).max(rate / BURST_PER_SECOND);
         let (rate, slice, burst) = (
             NonZeroU32::new(rate as u32).unwrap_or(NonZeroU32::MIN),
             NonZeroU32::new(slice as u32).unwrap_or(NonZeroU32::MIN),
