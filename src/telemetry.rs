@@ -147,6 +147,10 @@ fn describe() {
         "Bytes of archive objects sent to a remote store, failed attempts included, counted as they go (under upload_rate_limit, as the limit lets them)"
     );
     describe_counter!(
+        "larch_upload_requests_total",
+        "Requests uploads sent to the store, by kind: put (an object's create; a multipart upload counts once), head (is an object already there ours?), list (the taken part numbers of an hour; a request per 1,000 names)"
+    );
+    describe_counter!(
         "larch_upload_retries_total",
         "Failed upload attempts that will be retried"
     );
@@ -299,6 +303,12 @@ pub fn backing_off(retry_in: Duration) {
 /// metered link bills them.
 pub fn sent_to_store(bytes: usize) {
     counter!("larch_upload_sent_bytes_total").increment(bytes as u64);
+}
+
+/// A request on the upload path, of `kind` (`put`, `head`, `list`), went to
+/// the store: what a fleet in one bucket pays per object.
+pub fn upload_request(kind: &'static str) {
+    counter!("larch_upload_requests_total", "request" => kind).increment(1);
 }
 
 /// No upload is waiting out a backoff any more.

@@ -12,6 +12,7 @@
 mod aws_profile;
 mod errors;
 mod local;
+mod names;
 pub mod probe;
 pub mod rate;
 pub mod read;
@@ -238,6 +239,7 @@ impl Target {
                 .map_err(|e| TargetError::Transient(format!("local write task failed: {e}")))?;
         }
         let caps = self.capabilities(store.as_ref()).await?;
+        crate::telemetry::upload_request("put");
         if !caps.conditional_create && exists(store.as_ref(), &location).await? {
             return Ok(Created::AlreadyExists);
         }
@@ -304,6 +306,7 @@ impl Target {
             head: true,
             ..GetOptions::default()
         };
+        crate::telemetry::upload_request("head");
         let found = match store.get_opts(&location, head).await {
             Ok(found) => found,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),

@@ -4,17 +4,21 @@
 //! step is recorded durably before the next one starts, so a crash anywhere
 //! resumes without losing a line or writing an object twice:
 //!
-//! - the key is recorded before the first byte goes out;
-//! - an object already at that key is checked: if it holds this part's exact
-//!   bytes, the part is done; if it holds anything else, the next `.N` is tried;
+//! - the key is recorded before the first byte goes out, its `.N` chosen from
+//!   one listing of the hour's names (`number`);
+//! - an object already at that key is checked (unless this process chose the
+//!   key and had not tried it yet, so it cannot be ours): if it holds this
+//!   part's exact bytes, the part is done; if it holds anything else, the hour
+//!   is listed again and a free `.N` chosen;
 //! - lines are deleted only after the target confirmed the object.
 
 mod backoff;
 mod board;
 mod compress;
+mod number;
 pub mod stage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -111,6 +115,11 @@ pub struct Syncer {
     segments_to_collect: AtomicBool,
     last_collected: Mutex<Option<Instant>>,
     last_pruned: Mutex<Option<Instant>>,
+    /// Keys this process chose from a listing and has not tried yet: an
+    /// object found there is another writer's, with no HEAD to ask.
+    untried_keys: Mutex<HashSet<String>>,
+    /// Races for a name each part lost since this process started.
+    lost_races: Mutex<HashMap<PartId, u32>>,
 }
 
 /// The staging directory's name under the data directory.
@@ -142,6 +151,8 @@ impl Syncer {
             segments_to_collect: AtomicBool::new(true),
             last_collected: Mutex::new(None),
             last_pruned: Mutex::new(None),
+            untried_keys: Mutex::new(HashSet::new()),
+            lost_races: Mutex::new(HashMap::new()),
         })
     }
 
@@ -409,9 +420,9 @@ impl Syncer {
                         self.discard_staged(&s);
                         PartState::Deleted(None)
                     } else {
-                        let upload = self.upload_for(id, id.seq, &s, self.settings.gzip_level);
-                        *staged = Some(s);
-                        PartState::Uploading(upload)
+                        let s = staged.insert(s);
+                        let n = self.free_number(id, id.seq).await?;
+                        PartState::Uploading(self.upload_for(id, n, s, self.settings.gzip_level))
                     }
                 }
                 PartState::Uploading(upload) => {
@@ -430,6 +441,7 @@ impl Syncer {
                     if let Some(s) = staged.take() {
                         self.discard_staged(&s);
                     }
+                    self.lost_races.lock().remove(id);
                     tracing::info!(part = %id, key = %upload.key, lines = upload.lines, bytes = upload.size, "archived");
                     self.board.uploaded();
                     PartState::Deleted(Some(upload.clone()))
@@ -476,6 +488,9 @@ impl Syncer {
             sha256: staged.sha256,
             lines: staged.lines,
         };
+        // Taken out before the attempt: one that fails midway may have
+        // created the object all the same, and a retry must ask.
+        let untried = self.untried_keys.lock().remove(&upload.key);
         let created = self
             .target
             .create(&upload.key, &staged.path, staged.size, &owner)
@@ -492,25 +507,57 @@ impl Syncer {
                 Ok(PartState::Uploaded(done))
             }
             Created::AlreadyExists => {
-                let ours = self
-                    .target
-                    .holds(&upload.key, staged.size, &staged.sha256)
-                    .await
-                    .map_err(target_err(&upload.key))?;
+                let ours = !untried
+                    && self
+                        .target
+                        .holds(&upload.key, staged.size, &staged.sha256)
+                        .await
+                        .map_err(target_err(&upload.key))?;
                 if ours {
                     tracing::info!(part = %id, key = %upload.key, "object already holds this part (upload finished before a restart)");
                     Ok(PartState::Uploaded(done))
                 } else {
-                    tracing::info!(part = %id, key = %upload.key, "key taken by another object; trying the next part number");
+                    let lost = {
+                        let mut lost_races = self.lost_races.lock();
+                        let lost = lost_races.entry(id.clone()).or_insert(0);
+                        *lost += 1;
+                        *lost
+                    };
+                    tracing::info!(part = %id, key = %upload.key, lost, "key taken by another object; choosing a free part number from a new listing");
+                    let n = self.free_number(id, upload.n + 1).await?;
                     Ok(PartState::Uploading(self.upload_for(
                         id,
-                        upload.n + 1,
+                        n,
                         staged,
                         upload.level,
                     )))
                 }
             }
         }
+    }
+
+    /// A part number for `id`'s object from one listing of its hour's names:
+    /// the first free one from `from`, or after lost races one of the first
+    /// few at random (`number`). The key is marked untried.
+    async fn free_number(&self, id: &PartId, from: u32) -> Result<u32, SyncError> {
+        let first = object_key(&self.settings.key_prefix, &id.account, id.hour, 0);
+        let taken =
+            self.target
+                .numbers_taken(&first)
+                .await
+                .map_err(|source| SyncError::Target {
+                    key: first.clone(),
+                    source,
+                })?;
+        let lost = self.lost_races.lock().get(id).copied().unwrap_or(0);
+        let n = number::choose(&taken, from, lost, number::at_random);
+        self.untried_keys.lock().insert(object_key(
+            &self.settings.key_prefix,
+            &id.account,
+            id.hour,
+            n,
+        ));
+        Ok(n)
     }
 
     fn upload_for(&self, id: &PartId, n: u32, staged: &Staged, level: u32) -> Upload {

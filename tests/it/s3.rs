@@ -159,6 +159,60 @@ fn two_hosts_archiving_one_account_never_overwrite_each_other() {
     }
 }
 
+/// What `/metrics` says uploads asked of the store, by kind.
+fn upload_requests(d: &Daemon, kind: &str) -> u64 {
+    value(
+        &scrape(&d.addr),
+        "larch_upload_requests_total",
+        &[("request", kind)],
+    )
+    .unwrap_or(0.0) as u64
+}
+
+#[test]
+fn a_host_late_to_an_hour_others_archived_finds_its_name_from_one_listing() {
+    let moto = moto_with_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let mut sent = Vec::new();
+    let mut hosts = Vec::new();
+    // One after another, so each finds the names of the ones before it.
+    for host in ["a", "b", "c", "d"] {
+        let d = start(dir.path(), host, &moto.endpoint, &cfg);
+        sent.extend(send(&d, "k", 2, &format!("host {host}"), 10));
+        d.wait_drained(Duration::from_secs(60));
+        hosts.push(d);
+    }
+    let objects = archive_objects(&moto);
+    assert_exactly_once(&objects, &sent);
+    let base = name_of_edge("acme", 2);
+    let mut names = keys(&objects);
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            format!("{base}.1.json.gz"),
+            format!("{base}.2.json.gz"),
+            format!("{base}.3.json.gz"),
+            format!("{base}.json.gz"),
+        ]
+    );
+    // The fourth host listed the hour once and put its object once: no
+    // attempts at names already taken, no HEAD to ask whose they are.
+    let last = &hosts[3];
+    let asked = ["list", "put", "head"].map(|kind| upload_requests(last, kind));
+    assert_eq!(asked, [1, 1, 0], "list, put and head requests");
+    assert_eq!(
+        sent_to_store(last),
+        objects
+            .iter()
+            .find(|o| o["key"] == format!("{base}.3.json.gz"))
+            .and_then(|o| o["size"].as_u64())
+            .unwrap(),
+        "its object's bytes went to the store once"
+    );
+}
+
 #[test]
 fn a_crash_between_the_put_and_the_bookkeeping_makes_no_second_object() {
     let moto = moto_with_bucket();
