@@ -2,12 +2,19 @@
 # Reading archives back, measured: builds an archive of about 3 GB of NDJSON
 # (15 s of full-speed ingest over three past hours, emptied with `larch drain`),
 # then times `larch restore` (everything, and filtered) and `larch verify` on it,
-# with each command's peak memory. Prints one line per figure.
+# with each command's peak memory. Then an hour as a fleet in one bucket leaves
+# it: the archive's largest hour cut into FLEET_OBJECTS objects (default 1,000:
+# the hour's name and .1 to .999, its lines in order), served over S3 by s3s-fs
+# on 127.0.0.1, and that hour restored at two concurrencies. Prints one line
+# per figure.
 #
 #   scripts/bench-readback.sh [SECONDS_OF_INGEST]     (default 15)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-15}
+fleet_objects=${FLEET_OBJECTS:-1000}
+s3s_fs=.test-servers/cargo/bin/s3s-fs
+[ -x "$s3s_fs" ] || scripts/test-servers.sh s3s-fs
 
 # GNU time reports each command's peak memory.
 if [ ! -x /usr/bin/time ]; then
@@ -22,8 +29,10 @@ fi
 . scripts/lib.sh
 bench_setup readback
 pid=
+server=
 cleanup() {
     [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -55,3 +64,42 @@ measure() {
 measure "restore, everything" "$larch" restore --data "$work/data" --account demo
 measure "restore --since 2h --grep POST" "$larch" restore --data "$work/data" --account demo --since 2h --grep POST
 measure "verify" "$larch" verify --data "$work/data"
+
+# The fleet's hour: the largest archived hour's lines, in order, cut into
+# $fleet_objects objects under that hour's names, in bucket "fleet".
+hour=$(python3 - "$work/data/archive" "$work/s3/fleet" "$fleet_objects" <<'PY'
+import gzip, os, re, sys
+src, dst, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+objects = [os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs if f.endswith(".json.gz")]
+largest = max(objects, key=os.path.getsize)
+with gzip.open(largest, "rb") as f:
+    lines = f.read().splitlines(keepends=True)
+name = re.match(r"(.*/[^/]+\.(\d{4}-\d{2}-\d{2})\.(\d{2})00)(\.\d+)?\.json\.gz$",
+                os.path.relpath(largest, src))
+stem, day, hh = name.group(1), name.group(2), name.group(3)
+per = -(-len(lines) // count)
+for i in range(count):
+    chunk = lines[i * per:(i + 1) * per]
+    if not chunk:
+        break
+    path = os.path.join(dst, stem + ("" if i == 0 else f".{i}") + ".json.gz")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.writelines(chunk)
+print(f"{day}T{hh}:00:00Z")
+PY
+)
+made=$(find "$work/s3/fleet" -name '*.json.gz' | wc -l)
+echo "fleet hour: $made objects of $hour in one S3 bucket (s3s-fs), $(du -sm "$work/s3/fleet" | cut -f1) MB gzip"
+s3_port=$(free_port)
+"$s3s_fs" --host 127.0.0.1 --port "$s3_port" --access-key bench --secret-key bench-secret \
+    "$work/s3" >"$work/s3s-fs.log" 2>&1 &
+server=$!
+until curl -s "http://127.0.0.1:$s3_port/" >/dev/null 2>&1; do sleep 0.05; done
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
+    AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port"
+until=$(date -u -d "$hour + 1 hour" +%Y-%m-%dT%H:%M:%SZ)
+for concurrency in 4 16; do
+    measure "restore, fleet hour, --concurrency $concurrency" "$larch" restore --target s3://fleet \
+        --account demo --since "$hour" --until "$until" --concurrency "$concurrency"
+done
