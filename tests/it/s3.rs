@@ -213,6 +213,67 @@ fn a_host_late_to_an_hour_others_archived_finds_its_name_from_one_listing() {
     );
 }
 
+/// Writers in the fleet test: each a larch process of its own.
+const FLEET: usize = 8;
+
+#[test]
+fn a_fleet_archiving_one_hour_at_once_keeps_every_line_once_and_overwrites_nothing() {
+    let moto = moto_with_bucket();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let hosts: Vec<Daemon> = (0..FLEET)
+        .map(|i| start(dir.path(), &format!("host{i}"), &moto.endpoint, &cfg))
+        .collect();
+    // Every host's part of the hour seals at once and races for its name.
+    let mut sent = Vec::new();
+    for (i, d) in hosts.iter().enumerate() {
+        sent.extend(send(d, "k", 2, &format!("host {i}"), 40));
+    }
+    for d in &hosts {
+        d.wait_drained(Duration::from_secs(120));
+    }
+
+    let objects = archive_objects(&moto);
+    assert_exactly_once(&objects, &sent);
+    assert_eq!(
+        objects.len(),
+        FLEET,
+        "one object per host: {:?}",
+        keys(&objects)
+    );
+    // Each object still holds what its writer put there.
+    for o in &objects {
+        assert_eq!(o["metadata"]["larch_sha256"], o["sha256"], "{}", o["key"]);
+    }
+    // Named as docs/FORMAT.md says: the hour's name, and numbers from 1.
+    let base = name_of_edge("acme", 2);
+    for k in keys(&objects) {
+        let rest = &k[base.len()..];
+        let named = rest == ".json.gz"
+            || rest
+                .strip_prefix('.')
+                .and_then(|r| r.strip_suffix(".json.gz"))
+                .is_some_and(|n| !n.starts_with('0') && n.parse::<u32>().is_ok());
+        assert!(k.starts_with(&base) && named, "bad name {k}");
+    }
+    // Every host's ledger matches the store.
+    for d in &hosts {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_larch"))
+            .args(["verify", "--data", d.data.to_str().unwrap()])
+            .args(["--target", &format!("s3://{BUCKET}/edge")])
+            .envs(Moto::env(&moto.endpoint))
+            .env_remove("LARCH_CONFIG")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("all 1 objects match the ledger"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn a_crash_between_the_put_and_the_bookkeeping_makes_no_second_object() {
     let moto = moto_with_bucket();
