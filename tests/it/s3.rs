@@ -218,7 +218,9 @@ const FLEET: usize = 8;
 
 #[test]
 fn a_fleet_archiving_one_hour_at_once_keeps_every_line_once_and_overwrites_nothing() {
-    let moto = moto_with_bucket();
+    // moto's own check of a create-only write is not atomic; S3's is.
+    let moto = Moto::start_atomic();
+    moto.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     let hosts: Vec<Daemon> = (0..FLEET)

@@ -19,8 +19,20 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Self {
+        Self::start_with(Command::new(installed("venv/bin/moto_server")))
+    }
+
+    /// moto with create-only writes made atomic, as S3's are
+    /// (`scripts/moto_atomic.py`), for writers racing for one name.
+    pub fn start_atomic() -> Self {
+        let mut command = Command::new(installed("venv/bin/python"));
+        command.arg(super::repo_file("scripts/moto_atomic.py"));
+        Self::start_with(command)
+    }
+
+    fn start_with(mut command: Command) -> Self {
         let port = free_port();
-        let child = Command::new(installed("venv/bin/moto_server"))
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
