@@ -239,10 +239,10 @@ impl Target {
                 .map_err(|e| TargetError::Transient(format!("local write task failed: {e}")))?;
         }
         let caps = self.capabilities(store.as_ref()).await?;
-        crate::telemetry::upload_request("put");
         if !caps.conditional_create && exists(store.as_ref(), &location).await? {
             return Ok(Created::AlreadyExists);
         }
+        crate::telemetry::upload_request("put");
         let attributes = owner.attributes();
         let mode = if caps.conditional_create {
             PutMode::Create
@@ -321,6 +321,7 @@ impl Target {
         {
             return Ok(recorded.as_ref() == hex::encode(sha256));
         }
+        crate::telemetry::upload_request("get");
         let mut stream = store.get(&location).await.map_err(classify)?.into_stream();
         let mut hasher = Sha256::new();
         while let Some(chunk) = stream.next().await {
@@ -331,6 +332,7 @@ impl Target {
 }
 
 async fn exists(store: &dyn ObjectStore, location: &Path) -> Result<bool, TargetError> {
+    crate::telemetry::upload_request("head");
     match store.head(location).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),

@@ -421,8 +421,10 @@ impl Syncer {
                         PartState::Deleted(None)
                     } else {
                         let s = staged.insert(s);
-                        let n = self.free_number(id, id.seq).await?;
-                        PartState::Uploading(self.upload_for(id, n, s, self.settings.gzip_level))
+                        let level = self.settings.gzip_level;
+                        PartState::Uploading(
+                            self.upload_at_free_number(id, id.seq, s, level).await?,
+                        )
                     }
                 }
                 PartState::Uploading(upload) => {
@@ -524,22 +526,25 @@ impl Syncer {
                         *lost
                     };
                     tracing::info!(part = %id, key = %upload.key, lost, "key taken by another object; choosing a free part number from a new listing");
-                    let n = self.free_number(id, upload.n + 1).await?;
-                    Ok(PartState::Uploading(self.upload_for(
-                        id,
-                        n,
-                        staged,
-                        upload.level,
-                    )))
+                    let next = self
+                        .upload_at_free_number(id, upload.n + 1, staged, upload.level)
+                        .await?;
+                    Ok(PartState::Uploading(next))
                 }
             }
         }
     }
 
-    /// A part number for `id`'s object from one listing of its hour's names:
-    /// the first free one from `from`, or after lost races one of the first
-    /// few at random (`number`). The key is marked untried.
-    async fn free_number(&self, id: &PartId, from: u32) -> Result<u32, SyncError> {
+    /// The upload of `id`'s object under a part number from one listing of
+    /// its hour's names: the first free one from `from`, or after lost races
+    /// one of the first few at random (`number`). Its key is marked untried.
+    async fn upload_at_free_number(
+        &self,
+        id: &PartId,
+        from: u32,
+        staged: &Staged,
+        level: u32,
+    ) -> Result<Upload, SyncError> {
         let first = object_key(&self.settings.key_prefix, &id.account, id.hour, 0);
         let taken =
             self.target
@@ -551,13 +556,9 @@ impl Syncer {
                 })?;
         let lost = self.lost_races.lock().get(id).copied().unwrap_or(0);
         let n = number::choose(&taken, from, lost, number::at_random);
-        self.untried_keys.lock().insert(object_key(
-            &self.settings.key_prefix,
-            &id.account,
-            id.hour,
-            n,
-        ));
-        Ok(n)
+        let upload = self.upload_for(id, n, staged, level);
+        self.untried_keys.lock().insert(upload.key.clone());
+        Ok(upload)
     }
 
     fn upload_for(&self, id: &PartId, n: u32, staged: &Staged, level: u32) -> Upload {
