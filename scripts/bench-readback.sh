@@ -72,20 +72,26 @@ import gzip, os, re, sys
 src, dst, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 objects = [os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs if f.endswith(".json.gz")]
 largest = max(objects, key=os.path.getsize)
-with gzip.open(largest, "rb") as f:
-    lines = f.read().splitlines(keepends=True)
 name = re.match(r"(.*/[^/]+\.(\d{4}-\d{2}-\d{2})\.(\d{2})00)(\.\d+)?\.json\.gz$",
                 os.path.relpath(largest, src))
 stem, day, hh = name.group(1), name.group(2), name.group(3)
-per = -(-len(lines) // count)
-for i in range(count):
-    chunk = lines[i * per:(i + 1) * per]
-    if not chunk:
-        break
-    path = os.path.join(dst, stem + ("" if i == 0 else f".{i}") + ".json.gz")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with gzip.open(path, "wb", compresslevel=1) as f:
-        f.writelines(chunk)
+# Read twice, a line at a time: the hour is a GB of NDJSON or more.
+with gzip.open(largest, "rb") as f:
+    total = sum(1 for _ in f)
+per = -(-total // count)
+out = None
+with gzip.open(largest, "rb") as f:
+    for at, line in enumerate(f):
+        if at % per == 0:
+            if out:
+                out.close()
+            i = at // per
+            path = os.path.join(dst, stem + ("" if i == 0 else f".{i}") + ".json.gz")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            out = gzip.open(path, "wb", compresslevel=1)
+        out.write(line)
+if out:
+    out.close()
 print(f"{day}T{hh}:00:00Z")
 PY
 )

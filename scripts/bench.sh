@@ -280,8 +280,9 @@ start_s3
 start "$work/backlog-rate" "${sync_flags[@]}" --target s3://bench/ \
     --set "target.upload_rate_limit=${rate_mib}MiB/s"
 sleep 5
-# Bytes sent as the limit lets them go: objects finished within the window
-# would count an object of tens of MB whole or not at all.
+# Bytes sent as the limit lets them go, a multipart piece (8 MiB) at a time:
+# objects finished within the window would count an object of tens of MB whole
+# or not at all.
 sent() { curl -sf "http://$addr/metrics" | awk '$1 == "larch_upload_sent_bytes_total" {v = $2} END {print v + 0}'; }
 b0=$(sent); c0=$(cpu); t0=$(date +%s.%N)
 sleep "$rate_s"

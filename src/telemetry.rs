@@ -144,7 +144,7 @@ fn describe() {
     );
     describe_counter!(
         "larch_upload_sent_bytes_total",
-        "Bytes of archive objects sent to a remote store, failed attempts included, counted as they go (under upload_rate_limit, as the limit lets them)"
+        "Bytes of archive objects sent to a remote store, failed attempts included, counted as each put or multipart piece (at most 8 MiB) is handed to the store, once upload_rate_limit lets all of it go"
     );
     describe_counter!(
         "larch_upload_requests_total",
@@ -297,10 +297,10 @@ pub fn backing_off(retry_in: Duration) {
     gauge!("larch_upload_backoff_seconds").set(retry_in.as_secs_f64());
 }
 
-/// Bytes of an object on their way to a remote store. Counted as they go,
-/// not once the object is done: an object of hundreds of MB on a slow link
-/// shows as a steady flow, and bytes of attempts that failed count too, as a
-/// metered link bills them.
+/// Bytes of an object on their way to a remote store. Counted as each put
+/// or multipart piece (at most 8 MiB) is handed over, not once the object is
+/// done: an object of hundreds of MB on a slow link shows as a steady flow,
+/// and bytes of attempts that failed count too, as a metered link bills them.
 pub fn sent_to_store(bytes: usize) {
     counter!("larch_upload_sent_bytes_total").increment(bytes as u64);
 }
