@@ -417,9 +417,16 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// A timestamp `hours_ago` whole hours before the current hour's start, plus `offset_ms`.
+/// A timestamp `hours_ago` whole hours before the hour the test run started in, plus
+/// `offset_ms`.
+///
+/// The hour is taken once per run, not at each call: a test that stamps lines and later
+/// names the object they should be in would otherwise disagree with itself whenever the
+/// clock passes an hour between the two. Every caller asks for a past hour (one or more),
+/// so a run that outlasts its starting hour still stamps only sealed hours.
 pub fn hours_ago(hours_ago: i64, offset_ms: i64) -> i64 {
-    let hour = now_ms() / 3_600_000;
+    static RUN_HOUR: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let hour = *RUN_HOUR.get_or_init(|| now_ms() / 3_600_000);
     (hour - hours_ago) * 3_600_000 + offset_ms
 }
 
