@@ -431,6 +431,7 @@ impl Archiving {
                 staging_dir: data.join(crate::sync::STAGING_DIR),
                 gzip_level: settings.gzip_level,
                 key_prefix: settings.key_prefix.clone(),
+                fleet_size: settings.fleet_size,
                 backoff: Backoff {
                     cap: settings.retry_max_delay,
                     ..Backoff::default()

@@ -41,6 +41,10 @@ impl fmt::Display for Hour {
     }
 }
 
+/// The key prefix segment that stands for a host's name (`edge/{host}/`): each
+/// host writes under its own, and restore reads them all.
+pub const HOST_SEGMENT: &str = "{host}";
+
 /// The object key of part `n` of an account's hour: `n == 0` is the first object,
 /// later ones carry `.n` (docs/FORMAT.md §1). `prefix` is the optional user key prefix.
 pub fn object_key(prefix: &str, account: &AccountId, hour: Hour, n: u32) -> String {

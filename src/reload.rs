@@ -116,6 +116,7 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
             old.target != new.target,
         ),
         ("target.key_prefix", old.key_prefix != new.key_prefix),
+        ("target.fleet_size", old.fleet_size != new.fleet_size),
         ("target.gzip_level", old.gzip_level != new.gzip_level),
         (
             "target.retry_max_delay",

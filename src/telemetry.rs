@@ -148,7 +148,7 @@ fn describe() {
     );
     describe_counter!(
         "larch_upload_requests_total",
-        "Requests uploads sent to the store, by kind: put (an object's create; a multipart upload counts once), head (is an object already there, and whose?), get (an object without its checksum read back to hash it), list (the taken part numbers of an hour; a request per 1,000 names)"
+        "Requests uploads sent to the store, by kind: put (an object's create; a multipart upload counts once), copy (a large object kept in the store after losing the race for a name, copied to the next one instead of sent again), head (is an object already there, and whose?), get (an object without its checksum read back to hash it), list (the taken part numbers of an hour; a request per 1,000 names)"
     );
     describe_counter!(
         "larch_upload_retries_total",
@@ -305,7 +305,7 @@ pub fn sent_to_store(bytes: usize) {
     counter!("larch_upload_sent_bytes_total").increment(bytes as u64);
 }
 
-/// A request on the upload path, of `kind` (`put`, `head`, `get`, `list`), went to
+/// A request on the upload path, of `kind` (`put`, `copy`, `head`, `get`, `list`), went to
 /// the store: what a fleet in one bucket pays per object.
 pub fn upload_request(kind: &'static str) {
     counter!("larch_upload_requests_total", "request" => kind).increment(1);

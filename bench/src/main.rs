@@ -14,6 +14,9 @@
 //! - `rate`: uploads objects of known size to a target, several at once, under
 //!   `target.upload_rate_limit`, and reports the rate they achieved together.
 //!
+//! - `fleet`: many writers in one process, each with its own spool and sync
+//!   loop, archive one account-hour into one bucket at once (`fleet.rs`).
+//!
 //! Every figure is printed as JSON so the script can put them in one table.
 //!
 //! (Over 500 lines: one command per subcommand, each a page that shares only the
@@ -28,6 +31,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use serde_json::json;
+
+mod fleet;
 
 #[derive(Parser)]
 #[command(name = "larch-bench", about = "Load generator and baselines for larch")]
@@ -105,6 +110,32 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         uploads: u64,
     },
+    /// Many writers (larch's spool and sync loop each) archive one account-hour
+    /// into one bucket at once; requests and bytes from the counting proxy.
+    Fleet {
+        #[arg(long)]
+        writers: usize,
+        /// The target, through the counting proxy (s3://BUCKET[/PREFIX]; the
+        /// endpoint and keys from the AWS_* environment).
+        #[arg(long)]
+        target: String,
+        /// The `target.fleet_size` each writer is given.
+        #[arg(long, default_value_t = 1)]
+        fleet_size: u32,
+        /// Hours the same writers archive one after another.
+        #[arg(long, default_value_t = 1)]
+        hours: u32,
+        /// Lines each writer archives an hour.
+        #[arg(long, default_value_t = 2000)]
+        lines: u64,
+        #[arg(long, default_value_t = 300)]
+        line_bytes: usize,
+        /// The counting proxy's address (http://127.0.0.1:PORT).
+        #[arg(long)]
+        counter: String,
+        #[arg(long, default_value = "10m")]
+        timeout: humantime::Duration,
+    },
     /// Wait until a running larch has nothing left to upload; report drain speed.
     Drain {
         #[arg(long)]
@@ -140,6 +171,25 @@ fn main() -> anyhow::Result<()> {
             archive,
         } => gzip(mib, level, line_bytes, archive.as_deref()),
         Command::Drain { addr, pid, timeout } => drain(&addr, pid, *timeout),
+        Command::Fleet {
+            writers,
+            target,
+            fleet_size,
+            hours,
+            lines,
+            line_bytes,
+            counter,
+            timeout,
+        } => fleet::fleet(&fleet::FleetPlan {
+            writers,
+            target,
+            fleet_size,
+            hours,
+            lines,
+            line_bytes,
+            counter,
+            timeout: *timeout,
+        }),
         Command::Rate {
             target,
             rate,
@@ -707,7 +757,7 @@ fn upload_rate(url: &str, rate: &str, seconds: u64, uploads: u64) -> anyhow::Res
                     sha256: [0; 32],
                     lines: 0,
                 };
-                target.create(&key, &path, each, &owner).await
+                target.create(&key, &path, each, &owner, false).await
             }));
         }
         for task in tasks {

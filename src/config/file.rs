@@ -73,7 +73,9 @@ pub struct IngestSection {
 pub struct TargetSection {
     pub url: Option<String>,
     pub key_prefix: Option<KeyPrefix>,
+    pub host_name: Option<String>,
     pub single_writer: Option<bool>,
+    pub fleet_size: Option<u32>,
     pub gzip_level: Option<GzipLevel>,
     pub retry_max_delay: Option<HumanDuration>,
     pub upload_rate_limit: Option<ByteRate>,

@@ -70,6 +70,8 @@ pub enum ConfigError {
     InsecureListen(SocketAddr),
     #[error("refusing to listen on {0} with no ingestion keys configured: the demo key {DEMO_KEY:?} is public, so anyone who reaches {0} could write lines with it. Configure keys in [keys] (\"a-long-random-key\" = \"account\"), LARCH_KEYS=\"KEY=ACCOUNT\" or --key KEY=ACCOUNT; the demo key is only for a loopback listener.")]
     DemoKeyOffLoopback(SocketAddr),
+    #[error("target.key_prefix has {{host}}, but {name:?} cannot stand in an object key: set target.host_name to 1 to 128 of A-Z, a-z, 0-9, '_', '-', '.' and '=', unique in the fleet")]
+    HostName { name: String },
     #[error("{0}")]
     Account(#[from] InvalidAccountId),
     #[error("[keys] entry #{0} (counting in key order): invalid account ID: use 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'; entries are \"KEY\" = \"ACCOUNT\" (the value is not shown: it may be a key)")]
@@ -99,7 +101,14 @@ pub struct Settings {
     pub seal: SealRule,
     pub max_skew_ms: i64,
     pub gzip_level: u32,
+    /// This host's key prefix, `{host}` replaced by its name.
     pub key_prefix: String,
+    /// The key prefix as configured: restore reads every host's prefix when it
+    /// has a `{host}` segment.
+    pub key_prefix_pattern: String,
+    /// About how many hosts archive the same accounts under this target and
+    /// prefix at once (`sync::number` spreads their first picks of `.N`).
+    pub fleet_size: u32,
     pub cache_bytes: u64,
     /// Cap of the upload backoff; also how often a paused upload is re-checked (at most 30 s).
     pub retry_max_delay: Duration,
@@ -118,6 +127,14 @@ pub struct Settings {
     /// `RUST_LOG`-style filter, when `RUST_LOG` itself is not set.
     pub log_level: String,
     pub log_format: LogFormat,
+}
+
+/// This machine's host name (`uname -n`), for a `{host}` in `target.key_prefix`.
+fn system_host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A store's option table as strings, the form `object_store` takes them in.
@@ -210,6 +227,16 @@ impl Settings {
                 .min_free_space
                 .map_or(RoomLimits::default().min_free_bytes, |s| s.0),
         };
+        let key_prefix_pattern = target.key_prefix.unwrap_or_default();
+        let key_prefix = if key_prefix_pattern.has_host() {
+            let name = target.host_name.clone().unwrap_or_else(system_host_name);
+            if name.len() > 128 || !values::is_key_segment(&name) {
+                return Err(ConfigError::HostName { name });
+            }
+            key_prefix_pattern.for_host(&name)
+        } else {
+            key_prefix_pattern.0.clone()
+        };
         let (keys, demo_key) = keys_of(file.keys)?;
         // The demo key is printed in every README: fine for trying larch on
         // this machine, an open door on any other address.
@@ -233,7 +260,9 @@ impl Settings {
             },
             max_skew_ms: millis(ingest.max_clock_skew, 5 * 60_000),
             gzip_level: target.gzip_level.map_or(6, |l| l.0),
-            key_prefix: target.key_prefix.unwrap_or_default().0,
+            key_prefix,
+            key_prefix_pattern: key_prefix_pattern.0,
+            fleet_size: target.fleet_size.unwrap_or(1).max(1),
             cache_bytes: spool.cache_size.map_or(8 << 20, |s| s.0),
             retry_max_delay: Duration::from_millis(
                 millis(target.retry_max_delay, 5 * 60_000).max(1000) as u64,
@@ -310,7 +339,9 @@ mod tests {
             "max_request_memory",
             "url",
             "key_prefix",
+            "host_name",
             "single_writer",
+            "fleet_size",
             "gzip_level",
             "retry_max_delay",
             "upload_rate_limit",
@@ -367,6 +398,39 @@ mod tests {
         assert_eq!(s.retry_max_delay, Duration::from_secs(10));
         assert_eq!(s.keys.account("k4").unwrap().as_str(), "delta");
         assert!(s.keys.account("k2").is_none());
+    }
+
+    #[test]
+    fn a_host_segment_in_the_key_prefix_becomes_the_host_name() {
+        let s = with_file(
+            "[target]\nkey_prefix = \"edge/{host}/\"\nhost_name = \"shop-17\"\n",
+            &[],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(s.key_prefix, "edge/shop-17/");
+        assert_eq!(s.key_prefix_pattern, "edge/{host}/");
+        let s = with_file("[target]\nkey_prefix = \"{host}/\"\n", &[], vec![]).unwrap();
+        assert_eq!(s.key_prefix, format!("{}/", system_host_name()));
+        let err = with_file(
+            "[target]\nkey_prefix = \"{host}/\"\nhost_name = \"../up\"\n",
+            &[],
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\"../up\"") && err.contains("host_name"),
+            "{err}"
+        );
+        // Without {host}, host_name changes nothing.
+        let s = with_file(
+            "[target]\nkey_prefix = \"edge/\"\nhost_name = \"x\"\n",
+            &[],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(s.key_prefix, s.key_prefix_pattern);
     }
 
     #[test]

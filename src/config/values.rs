@@ -156,27 +156,48 @@ impl<'de> Deserialize<'de> for GzipLevel {
 }
 
 /// Where object keys start: empty, or segments of `[A-Za-z0-9_.=-]` each
-/// followed by `/`, none of them `.` or `..`.
+/// followed by `/`, none of them `.` or `..`; one segment may be `{host}`,
+/// which stands for the host's name (`target.host_name`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyPrefix(pub String);
+
+pub use crate::hour::HOST_SEGMENT;
+
+/// A segment of an object key: `[A-Za-z0-9_.=-]`, not empty, `.` or `..`.
+pub fn is_key_segment(seg: &str) -> bool {
+    !seg.is_empty()
+        && seg != "."
+        && seg != ".."
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.=".contains(&b))
+}
+
+impl KeyPrefix {
+    /// Whether the prefix has a `{host}` segment.
+    pub fn has_host(&self) -> bool {
+        self.0.contains(HOST_SEGMENT)
+    }
+
+    /// The prefix with its `{host}` segment (if any) replaced by `host`.
+    pub fn for_host(&self, host: &str) -> String {
+        self.0.replace(HOST_SEGMENT, host)
+    }
+}
 
 impl FromStr for KeyPrefix {
     type Err = String;
     fn from_str(p: &str) -> Result<Self, String> {
         let valid = p.is_empty()
             || (p.ends_with('/')
-                && p[..p.len() - 1].split('/').all(|seg| {
-                    !seg.is_empty()
-                        && seg != "."
-                        && seg != ".."
-                        && seg
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"_-.=".contains(&b))
-                }));
+                && p[..p.len() - 1]
+                    .split('/')
+                    .all(|seg| seg == HOST_SEGMENT || is_key_segment(seg))
+                && p.matches(HOST_SEGMENT).count() <= 1);
         if valid {
             Ok(Self(p.to_owned()))
         } else {
-            Err(format!("key prefix {p:?}: use letters, digits, '_', '-', '.', '=' and '/', end it with '/', and no '.' or '..' segments"))
+            Err(format!("key prefix {p:?}: use letters, digits, '_', '-', '.', '=' and '/', end it with '/', no '.' or '..' segments, and {HOST_SEGMENT} at most once, as a whole segment"))
         }
     }
 }
@@ -221,6 +242,13 @@ mod tests {
         assert!("edge/eu-1/".parse::<KeyPrefix>().is_ok());
         assert!("../x/".parse::<KeyPrefix>().is_err());
         assert!("edge".parse::<KeyPrefix>().is_err());
+        let per_host: KeyPrefix = "edge/{host}/".parse().unwrap();
+        assert!(per_host.has_host());
+        assert_eq!(per_host.for_host("shop-17"), "edge/shop-17/");
+        assert!("{host}/".parse::<KeyPrefix>().is_ok());
+        assert!("edge/{host}x/".parse::<KeyPrefix>().is_err());
+        assert!("{host}/{host}/".parse::<KeyPrefix>().is_err());
+        assert!(!"edge/".parse::<KeyPrefix>().unwrap().has_host());
         assert!("localhost:80".parse::<ListenAddr>().is_err());
     }
 }

@@ -33,7 +33,7 @@ use sort::{HourSorter, Kept, Printed};
 
 use crate::account::AccountId;
 use crate::clock::EpochMs;
-use crate::hour::{day_prefix, Hour, ObjectName};
+use crate::hour::{day_prefix, Hour, ObjectName, HOST_SEGMENT};
 use crate::store::read::Listed;
 use crate::store::{Target, TargetError};
 
@@ -58,7 +58,8 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// What to restore.
 pub struct Restore {
     pub account: AccountId,
-    /// The config's `key_prefix`: it stands before `year=`.
+    /// The config's `key_prefix`: it stands before `year=`. With a `{host}`
+    /// segment, every host's prefix found in the target is read.
     pub key_prefix: String,
     pub filter: Filter,
     /// Objects downloaded and decompressed at once.
@@ -123,30 +124,45 @@ pub async fn select(
     now: EpochMs,
 ) -> Result<Vec<(ObjectName, Listed)>, RestoreError> {
     let filter = &restore.filter;
-    let prefixes = day_prefixes(filter, &restore.key_prefix, now);
+    let list_err = |prefix: String| {
+        move |source| RestoreError::List {
+            target: target.describe(),
+            prefix,
+            source,
+        }
+    };
+    let key_prefixes = match restore.key_prefix.split_once(HOST_SEGMENT) {
+        None => vec![restore.key_prefix.clone()],
+        Some((before, after)) => target
+            .segments_under(before)
+            .await
+            .map_err(list_err(before.to_owned()))?
+            .into_iter()
+            .map(|host| format!("{before}{host}{after}"))
+            .collect(),
+    };
+    let prefixes = key_prefixes.iter().flat_map(|key_prefix| {
+        day_prefixes(filter, key_prefix, now)
+            .into_iter()
+            .map(move |day| (key_prefix, day))
+    });
     let listings: Vec<_> = futures::stream::iter(prefixes)
-        .map(|prefix| async move {
-            target
-                .list(&prefix)
-                .await
-                .map_err(|source| RestoreError::List {
-                    target: target.describe(),
-                    prefix,
-                    source,
-                })
+        .map(|(key_prefix, prefix)| async move {
+            let listed = target.list(&prefix).await.map_err(list_err(prefix))?;
+            Ok::<_, RestoreError>((key_prefix, listed))
         })
         .buffered(LIST_CONCURRENCY)
         .collect()
         .await;
     let mut selected = Vec::new();
     for listing in listings {
-        for listed in listing? {
+        let (key_prefix, listed) = listing?;
+        for listed in listed {
             let Some(name) = ObjectName::parse(&listed.key) else {
                 continue;
             };
             // Keys under another prefix that happen to end alike are not ours.
-            let expected =
-                crate::hour::object_key(&restore.key_prefix, &name.account, name.hour, name.n);
+            let expected = crate::hour::object_key(key_prefix, &name.account, name.hour, name.n);
             if name.account == restore.account
                 && filter.wants_hour(name.hour)
                 && expected == listed.key

@@ -18,6 +18,7 @@ pub mod rate;
 pub mod read;
 pub mod spec;
 
+use std::collections::HashMap;
 use std::path::Path as FsPath;
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ const SINGLE_PUT_MAX: u64 = 8 * 1024 * 1024;
 const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
 /// Where large objects are assembled before they are linked into place.
 const UPLOAD_AREA: &str = ".larch-upload";
+/// Temporary uploads kept for parts whose name was taken, at most.
+const MAX_PARKED: usize = 8;
 
 /// Metadata keys on every cloud object (`x-amz-meta-…` on S3).
 pub const META_INSTANCE: &str = "larch_instance";
@@ -105,6 +108,10 @@ pub struct Target {
     store: Mutex<Option<Arc<dyn ObjectStore>>>,
     capabilities: Mutex<Option<Capabilities>>,
     rate: Option<rate::UploadRate>,
+    /// Temporary uploads of large objects whose name another writer took
+    /// first, by the SHA-256 of their bytes: the next name is tried with a
+    /// copy in the store, not by sending the bytes again.
+    parked: parking_lot::Mutex<HashMap<[u8; 32], Path>>,
 }
 
 impl Target {
@@ -121,6 +128,7 @@ impl Target {
             config,
             store: Mutex::new(None),
             capabilities: Mutex::new(None),
+            parked: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -186,9 +194,26 @@ impl Target {
     }
 
     /// Runs the compatibility probe against the store and reports each point.
+    /// A report without problems also settles what uploads may rely on, so the
+    /// first upload after the daemon's start-up check does not probe again
+    /// (three requests per start a fleet of thousands would pay twice).
     pub async fn probe(&self) -> Result<probe::Report, TargetError> {
         let store = self.store().await?;
-        Ok(probe::run(store.as_ref(), &self.location, &self.config).await)
+        // Held through the probe: an upload starting meanwhile waits for its
+        // answer rather than probing a second time.
+        let mut slot = self.capabilities.lock().await;
+        let report = probe::run(store.as_ref(), &self.location, &self.config).await;
+        if self.is_cloud() && report.problem().is_ok() && slot.is_none() {
+            let found = Capabilities {
+                conditional_create: report.conditional_create.passed(),
+            };
+            // Unusable capabilities stay unsettled: the upload asks again
+            // and says what to do.
+            if let Ok(caps) = self.settle(found) {
+                *slot = Some(caps);
+            }
+        }
+        Ok(report)
     }
 
     /// Probes the store once per process before the first upload.
@@ -208,6 +233,14 @@ impl Target {
                 conditional_create: true,
             }
         };
+        let caps = self.settle(caps)?;
+        *slot = Some(caps);
+        Ok(caps)
+    }
+
+    /// Whether uploads may go ahead with what the store can do: without
+    /// create-only writes only in single-writer mode, which is logged.
+    fn settle(&self, caps: Capabilities) -> Result<Capabilities, TargetError> {
         if !caps.conditional_create && !self.config.single_writer {
             return Err(TargetError::NeedsOperator(format!(
                 "{} does not support create-only writes, so two writers could overwrite each other's objects. If this larch is the only one writing under this prefix, set target.single_writer = true in the config",
@@ -217,17 +250,19 @@ impl Target {
         if !caps.conditional_create {
             tracing::warn!(target = %self.location.describe(), "single-writer mode: the store cannot refuse overwrites, so larch checks for an existing object before each write; no other writer may use this prefix");
         }
-        *slot = Some(caps);
         Ok(caps)
     }
 
     /// Creates `key` from the file at `source` unless an object is already there.
+    /// `untried`: the caller chose `key` and never tried it, so an object found
+    /// there is another writer's, and a large upload is kept for the next name.
     pub async fn create(
         &self,
         key: &str,
         source: &FsPath,
         size: u64,
         owner: &Ownership,
+        untried: bool,
     ) -> Result<Created, TargetError> {
         let store = self.store().await?;
         let location = Path::parse(key).map_err(|e| TargetError::NeedsOperator(e.to_string()))?;
@@ -242,7 +277,6 @@ impl Target {
         if !caps.conditional_create && exists(store.as_ref(), &location).await? {
             return Ok(Created::AlreadyExists);
         }
-        crate::telemetry::upload_request("put");
         let attributes = owner.attributes();
         let mode = if caps.conditional_create {
             PutMode::Create
@@ -250,6 +284,7 @@ impl Target {
             PutMode::Overwrite
         };
         let result = if size <= SINGLE_PUT_MAX {
+            crate::telemetry::upload_request("put");
             let bytes = tokio::fs::read(source).await.map_err(|e| {
                 TargetError::Transient(format!(
                     "cannot read staged object {}: {e}",
@@ -270,15 +305,24 @@ impl Target {
                 .await
                 .map(|_| ())
         } else {
-            create_large(
+            let parked = self.parked.lock().remove(&owner.sha256);
+            let may_park =
+                untried && caps.conditional_create && self.parked.lock().len() < MAX_PARKED;
+            let (result, park) = create_large(
                 store.as_ref(),
                 &location,
                 source,
                 attributes,
                 caps.conditional_create,
                 self.rate.as_ref(),
+                parked,
+                may_park,
             )
-            .await
+            .await;
+            if let Some(staging) = park {
+                self.parked.lock().insert(owner.sha256, staging);
+            }
+            result
         };
         match result {
             Ok(()) => Ok(Created::Created),
@@ -341,7 +385,11 @@ async fn exists(store: &dyn ObjectStore, location: &Path) -> Result<bool, Target
 }
 
 /// Streams a large object into a temporary upload, then links it into place
-/// only if nothing is there yet, so readers never see a partial object.
+/// only if nothing is there yet, so readers never see a partial object. A
+/// temporary upload `parked` from an earlier attempt with the same bytes is
+/// linked without sending them again. If the name is taken and `may_park`,
+/// the temporary upload is kept and returned, for the next name.
+#[allow(clippy::too_many_arguments)]
 async fn create_large(
     store: &dyn ObjectStore,
     location: &Path,
@@ -349,12 +397,37 @@ async fn create_large(
     attributes: Attributes,
     conditional: bool,
     rate: Option<&rate::UploadRate>,
-) -> object_store::Result<()> {
+    parked: Option<Path>,
+    may_park: bool,
+) -> (object_store::Result<()>, Option<Path>) {
+    if let Some(staging) = parked {
+        crate::telemetry::upload_request("copy");
+        match link(store, &staging, location, conditional, may_park).await {
+            // Gone (a lifecycle rule, another cleaner): upload afresh.
+            (Err(object_store::Error::NotFound { .. }), _) => {}
+            done => return done,
+        }
+    }
+    crate::telemetry::upload_request("put");
     let staging = Path::from(format!(
         "{UPLOAD_AREA}/{}.{:016x}",
         location,
         rand::random::<u64>()
     ));
+    if let Err(e) = upload_large(store, &staging, source, attributes, rate).await {
+        return (Err(e), None);
+    }
+    link(store, &staging, location, conditional, may_park).await
+}
+
+/// Sends the file at `source` to `staging` in parts.
+async fn upload_large(
+    store: &dyn ObjectStore,
+    staging: &Path,
+    source: &FsPath,
+    attributes: Attributes,
+    rate: Option<&rate::UploadRate>,
+) -> object_store::Result<()> {
     let io = |e: std::io::Error| object_store::Error::Generic {
         store: "larch",
         source: Box::new(e),
@@ -364,7 +437,7 @@ async fn create_large(
         attributes,
         ..PutMultipartOptions::default()
     };
-    let mut upload = WriteMultipart::new(store.put_multipart_opts(&staging, options).await?);
+    let mut upload = WriteMultipart::new(store.put_multipart_opts(staging, options).await?);
     let mut buf = vec![0u8; MULTIPART_CHUNK];
     // Under a rate limit, small reads keep the bytes flowing evenly.
     let read_size = if rate.is_some() { 64 * 1024 } else { buf.len() };
@@ -381,13 +454,34 @@ async fn create_large(
         crate::telemetry::sent_to_store(n);
     }
     upload.finish().await?;
+    Ok(())
+}
+
+/// Copies `staging` to `location` (only if free when `conditional`), then
+/// removes it, unless the name was taken and `may_park`: then it is returned.
+async fn link(
+    store: &dyn ObjectStore,
+    staging: &Path,
+    location: &Path,
+    conditional: bool,
+    may_park: bool,
+) -> (object_store::Result<()>, Option<Path>) {
     let linked = if conditional {
-        store.copy_if_not_exists(&staging, location).await
+        store.copy_if_not_exists(staging, location).await
     } else {
-        store.copy(&staging, location).await
+        store.copy(staging, location).await
     };
-    if let Err(e) = store.delete(&staging).await {
-        tracing::warn!("could not remove temporary upload {staging}: {e}");
+    let taken = matches!(
+        linked,
+        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })
+    );
+    if taken && may_park {
+        return (linked, Some(staging.clone()));
     }
-    linked
+    if !matches!(linked, Err(object_store::Error::NotFound { .. })) {
+        if let Err(e) = store.delete(staging).await {
+            tracing::warn!("could not remove temporary upload {staging}: {e}");
+        }
+    }
+    (linked, None)
 }

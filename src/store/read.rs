@@ -69,6 +69,27 @@ impl Target {
         Ok(out)
     }
 
+    /// The names of the segments directly under `prefix` that hold objects
+    /// (`edge/` holding `edge/shop-17/…` gives `shop-17`): the hosts of a
+    /// `{host}` key prefix. A prefix with nothing under it gives none.
+    pub async fn segments_under(&self, prefix: &str) -> Result<Vec<String>, TargetError> {
+        let store = self.store().await?;
+        let prefix = if prefix.is_empty() {
+            None
+        } else {
+            Some(path(prefix.trim_end_matches('/'))?)
+        };
+        match store.list_with_delimiter(prefix.as_ref()).await {
+            Ok(listing) => Ok(listing
+                .common_prefixes
+                .iter()
+                .filter_map(|p| p.filename().map(str::to_owned))
+                .collect()),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
     /// The object at `key`, or `None` if there is none.
     pub async fn head(&self, key: &str) -> Result<Option<Head>, TargetError> {
         let store = self.store().await?;

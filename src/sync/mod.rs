@@ -20,7 +20,7 @@ pub mod stage;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,8 @@ pub struct SyncSettings {
     pub staging_dir: PathBuf,
     pub gzip_level: u32,
     pub key_prefix: String,
+    /// About how many hosts share the names of this target (`number`).
+    pub fleet_size: u32,
     pub backoff: Backoff,
     /// How long the ledger remembers an uploaded object (`ledger_keep`).
     pub ledger_keep: Duration,
@@ -120,6 +122,9 @@ pub struct Syncer {
     untried_keys: Mutex<HashSet<String>>,
     /// Races for a name each part lost since this process started.
     lost_races: Mutex<HashMap<PartId, u32>>,
+    /// The most names an hour held when this process listed it after losing
+    /// a race: a fleet's size as this host has seen it (`number`).
+    crowd_seen: AtomicU32,
 }
 
 /// The staging directory's name under the data directory.
@@ -153,6 +158,7 @@ impl Syncer {
             last_pruned: Mutex::new(None),
             untried_keys: Mutex::new(HashSet::new()),
             lost_races: Mutex::new(HashMap::new()),
+            crowd_seen: AtomicU32::new(0),
         })
     }
 
@@ -495,7 +501,7 @@ impl Syncer {
         let untried = self.untried_keys.lock().remove(&upload.key);
         let created = self
             .target
-            .create(&upload.key, &staged.path, staged.size, &owner)
+            .create(&upload.key, &staged.path, staged.size, &owner, untried)
             .await
             .map_err(target_err(&upload.key))?;
         let done = Upload {
@@ -555,7 +561,13 @@ impl Syncer {
                     source,
                 })?;
         let lost = self.lost_races.lock().get(id).copied().unwrap_or(0);
-        let n = number::choose(&taken, from, lost, number::at_random);
+        if lost > 0 {
+            let names = u32::try_from(taken.len()).unwrap_or(u32::MAX);
+            self.crowd_seen.fetch_max(names, Ordering::Relaxed);
+        }
+        let fleet = (self.settings.fleet_size).max(self.crowd_seen.load(Ordering::Relaxed));
+        let window = number::window(number::first_window(fleet), lost);
+        let n = number::choose(&taken, from, window, number::at_random);
         let upload = self.upload_for(id, n, staged, level);
         self.untried_keys.lock().insert(upload.key.clone());
         Ok(upload)

@@ -90,6 +90,7 @@ impl Rig {
                 staging_dir: self.dir.path().join("staging"),
                 gzip_level: 6,
                 key_prefix: String::new(),
+                fleet_size: 1,
                 backoff: Backoff::default(),
                 ledger_keep: std::time::Duration::from_secs(30 * 86_400),
             },

@@ -897,3 +897,59 @@ fn drain_empties_a_stopped_daemon_and_gives_up_cleanly_when_it_cannot() {
         run.stdout
     );
 }
+
+#[test]
+fn restore_reads_every_host_prefix_of_a_host_key_prefix_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let target = archive.to_str().unwrap();
+    let config = dir.path().join("larch.toml");
+    std::fs::write(&config, "[target]\nkey_prefix = \"edge/{host}/\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    let mut sent = BTreeSet::new();
+    for host in ["shop-1", "shop-2"] {
+        let d = Daemon::start_with_env(
+            &dir.path().join(host),
+            &[
+                "--config",
+                config,
+                "--target",
+                target,
+                "--late-window",
+                "0s",
+            ],
+            &[
+                ("LARCH_TARGET_HOST_NAME".to_owned(), host.to_owned()),
+                ("LARCH_KEYS".to_owned(), "k=acme k2=beta".to_owned()),
+            ],
+        );
+        sent.extend(common::objects::send(&d, "k", 2, host, 5));
+        common::objects::send(&d, "k2", 2, &format!("beta {host}"), 3);
+        d.wait_drained(Duration::from_secs(30));
+        // Each host wrote under its own prefix, under its hour's usual name.
+        let own = archive.join(format!("edge/{host}/{}.json.gz", name_of("", "acme", 2)));
+        assert!(own.exists(), "{} missing", own.display());
+    }
+    // Objects beside or below the hosts' prefixes are not part of the archive.
+    let stray = [json!({"_id": "stray", "_ts": hours_ago(2, 0), "_line": "stray"})];
+    plant(
+        &archive,
+        &format!("{}.json.gz", name_of("edge/", "acme", 2)),
+        &stray,
+    );
+    plant(
+        &archive,
+        &format!("{}.json.gz", name_of("edge/shop-1/x/", "acme", 2)),
+        &stray,
+    );
+
+    let (run, lines) = restore(target, "acme", &["--config", config], &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let restored: BTreeSet<String> = by_id(&lines)
+        .values()
+        .map(|l| l["_line"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(restored, sent);
+    assert_eq!(lines.len(), 10);
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::metrics::{scrape, value};
 use common::objects::{archive_only, archived_lines, assert_exactly_once, keys, send};
-use common::s3::{FaultProxy, Mode, Moto, S3sFs};
+use common::s3::{CountProxy, FaultProxy, Mode, Moto, S3sFs};
 use common::{hours_ago, Daemon};
 use serde_json::{json, Value};
 
@@ -213,6 +213,27 @@ fn a_host_late_to_an_hour_others_archived_finds_its_name_from_one_listing() {
     );
 }
 
+#[test]
+fn the_store_is_probed_once_per_start_and_an_object_costs_a_listing_and_a_put() {
+    let moto = moto_with_bucket();
+    let proxy = CountProxy::start(&moto.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let d = start(dir.path(), "a", &proxy.endpoint, &cfg);
+    let sent = send(&d, "k", 2, "counted", 5);
+    d.wait_drained(Duration::from_secs(60));
+    assert_exactly_once(&archive_objects(&moto), &sent);
+    // The start-up check (a create, the same create refused, the delete of
+    // its object), then the hour's listing and the object's put: the first
+    // upload relies on the check instead of probing again.
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("put", 2), ("put-refused", 1), ("post", 1), ("list", 1)]
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), n))
+            .collect();
+    assert_eq!(proxy.requests(), expected);
+}
+
 /// Writers in the fleet test: each a larch process of its own.
 const FLEET: usize = 8;
 
@@ -222,9 +243,19 @@ fn a_fleet_archiving_one_hour_at_once_keeps_every_line_once_and_overwrites_nothi
     let moto = Moto::start_atomic();
     moto.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
+    // Half the hosts are told the fleet's size and spread their first picks;
+    // the others race for the hour's first free name and spread after losing.
+    let told = dir.path().join("told");
+    std::fs::create_dir(&told).unwrap();
+    let configs = [
+        config(&told, &format!("fleet_size = {FLEET}")),
+        config(dir.path(), ""),
+    ];
     let hosts: Vec<Daemon> = (0..FLEET)
-        .map(|i| start(dir.path(), &format!("host{i}"), &moto.endpoint, &cfg))
+        .map(|i| {
+            let cfg = &configs[i % 2];
+            start(dir.path(), &format!("host{i}"), &moto.endpoint, cfg)
+        })
         .collect();
     // Every host's part of the hour seals at once and races for its name.
     let mut sent = Vec::new();
@@ -482,6 +513,50 @@ fn incompressible_lines(request: usize) -> Vec<Value> {
 /// What `/metrics` says was sent to the store.
 fn sent_to_store(d: &Daemon) -> u64 {
     value(&scrape(&d.addr), "larch_upload_sent_bytes_total", &[]).unwrap_or(0.0) as u64
+}
+
+#[test]
+fn a_large_object_that_loses_the_race_for_its_name_is_copied_to_the_next_not_sent_again() {
+    let moto = moto_with_bucket();
+    let proxy = CountProxy::start(&moto.endpoint);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    let d = start(dir.path(), "a", &proxy.endpoint, &cfg);
+    // Another writer takes the hour's first name just after this host listed
+    // the hour and found it free.
+    let first = format!("{}.json.gz", name_of_edge("acme", 2));
+    let other = common::gzip(b"{\"_id\":\"other\",\"_line\":\"another writer\"}\n");
+    proxy.plant_after_next_listing(BUCKET, &first, &other);
+    let mut sent = 0;
+    for request in 0..4 {
+        let lines = incompressible_lines(request);
+        sent += lines.len();
+        let (status, body) = d.ingest_json("k", &json!({ "lines": lines }));
+        assert_eq!(status, 200, "{body}");
+    }
+    d.wait_drained(Duration::from_secs(120));
+    let objects = archive_objects(&moto);
+    let names = keys(&objects);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let ours = objects.iter().find(|o| o["key"] != first.as_str()).unwrap();
+    let size = ours["size"].as_u64().unwrap();
+    assert!(size > 8 << 20);
+    assert_eq!(archived_lines(std::slice::from_ref(ours)).len(), sent);
+    // Its bytes went to the store once; the second name got a copy.
+    assert_eq!(sent_to_store(&d), size);
+    assert_eq!(
+        (upload_requests(&d, "put"), upload_requests(&d, "copy")),
+        (1, 1)
+    );
+    let leftovers: Vec<_> = moto
+        .inspect(BUCKET)
+        .into_iter()
+        .filter(|o| o["key"].as_str().unwrap().contains(".larch-upload"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary uploads left: {leftovers:?}"
+    );
 }
 
 #[test]

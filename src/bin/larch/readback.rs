@@ -125,7 +125,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<u8> {
     let progress = std::io::stderr().is_terminal();
     let restore = Restore {
         account: AccountId::parse(&args.account)?,
-        key_prefix: settings.key_prefix.clone(),
+        key_prefix: settings.key_prefix_pattern.clone(),
         filter,
         concurrency: args.concurrency,
         progress,

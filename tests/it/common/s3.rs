@@ -1,6 +1,8 @@
 //! A real S3-compatible server (moto, installed by `scripts/test-servers.sh`)
-//! on 127.0.0.1, and a fault proxy to put in front of it.
+//! on 127.0.0.1, and proxies to put in front of it: one that counts requests,
+//! one that fails them.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -199,6 +201,73 @@ pub enum Mode {
     Reset,
     /// Take the request and never answer, until the mode changes.
     Stall,
+}
+
+/// `scripts/count_proxy.py` in front of a store: every request passed on and
+/// counted by kind, as the store saw it.
+pub struct CountProxy {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl CountProxy {
+    pub fn start(upstream: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(installed("venv/bin/python"))
+            .arg(repo_file("scripts/count_proxy.py"))
+            .args([&port.to_string(), upstream])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the counting proxy");
+        let proxy = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent()
+            .get(format!("{}/_counts", proxy.endpoint))
+            .call()
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the counting proxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        proxy
+    }
+
+    /// Creates `key` in `bucket` with `body` right after the next listing
+    /// reaches the store, before its answer goes back: another writer taking
+    /// the name a host is about to choose.
+    pub fn plant_after_next_listing(&self, bucket: &str, key: &str, body: &[u8]) {
+        agent()
+            .post(format!("{}/_plant/{bucket}/{key}", self.endpoint))
+            .send(body)
+            .expect("arming the plant");
+    }
+
+    /// Requests so far by kind (`put`, `put-refused`, `list`, `head`, …).
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        let text = agent()
+            .get(format!("{}/_counts", self.endpoint))
+            .call()
+            .expect("counts")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let counts: Value = serde_json::from_str(&text).unwrap();
+        serde_json::from_value(counts["requests"].clone()).unwrap()
+    }
+}
+
+impl Drop for CountProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A TCP proxy whose behaviour the test switches while larch runs. Switching
