@@ -28,16 +28,30 @@ use larch::sync::{Backoff, Board, SyncSettings, Syncer};
 /// 2026-03-10T14:00:00Z: the hour every writer archives.
 const HOUR_START: i64 = 1_773_151_200_000;
 
+#[derive(clap::Args)]
 pub struct FleetPlan {
-    pub writers: usize,
-    pub target: String,
-    pub fleet_size: u32,
-    /// Hours archived one after another by the same writers.
-    pub hours: u32,
-    pub lines: u64,
-    pub line_bytes: usize,
-    pub counter: String,
-    pub timeout: Duration,
+    #[arg(long)]
+    writers: usize,
+    /// The target, through the counting proxy (s3://BUCKET[/PREFIX]; the
+    /// endpoint and keys from the AWS_* environment).
+    #[arg(long)]
+    target: String,
+    /// The `target.fleet_size` each writer is given.
+    #[arg(long, default_value_t = 1)]
+    fleet_size: u32,
+    /// Hours the same writers archive one after another.
+    #[arg(long, default_value_t = 1)]
+    hours: u32,
+    /// Lines each writer archives an hour.
+    #[arg(long, default_value_t = 2000)]
+    lines: u64,
+    #[arg(long, default_value_t = 300)]
+    line_bytes: usize,
+    /// The counting proxy's address (http://127.0.0.1:PORT).
+    #[arg(long)]
+    counter: String,
+    #[arg(long, default_value = "10m")]
+    timeout: humantime::Duration,
 }
 
 struct Writer {
@@ -165,15 +179,12 @@ async fn archive_hour(
         .zip(&parts)
         .map(|(w, parts)| tokio::spawn(archive(w.syncer.clone(), w.spool.clone(), parts.clone())))
         .collect();
-    let deadline = started + plan.timeout;
+    let deadline = started + *plan.timeout;
     for task in tasks {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, task).await {
             Ok(done) => done??,
-            Err(_) => bail!(
-                "the fleet did not archive its hour within {:?}",
-                plan.timeout
-            ),
+            Err(_) => bail!("the fleet did not archive its hour within {}", plan.timeout),
         }
     }
     let seconds = started.elapsed().as_secs_f64();

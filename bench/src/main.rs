@@ -112,30 +112,7 @@ enum Command {
     },
     /// Many writers (larch's spool and sync loop each) archive one account-hour
     /// into one bucket at once; requests and bytes from the counting proxy.
-    Fleet {
-        #[arg(long)]
-        writers: usize,
-        /// The target, through the counting proxy (s3://BUCKET[/PREFIX]; the
-        /// endpoint and keys from the AWS_* environment).
-        #[arg(long)]
-        target: String,
-        /// The `target.fleet_size` each writer is given.
-        #[arg(long, default_value_t = 1)]
-        fleet_size: u32,
-        /// Hours the same writers archive one after another.
-        #[arg(long, default_value_t = 1)]
-        hours: u32,
-        /// Lines each writer archives an hour.
-        #[arg(long, default_value_t = 2000)]
-        lines: u64,
-        #[arg(long, default_value_t = 300)]
-        line_bytes: usize,
-        /// The counting proxy's address (http://127.0.0.1:PORT).
-        #[arg(long)]
-        counter: String,
-        #[arg(long, default_value = "10m")]
-        timeout: humantime::Duration,
-    },
+    Fleet(fleet::FleetPlan),
     /// Wait until a running larch has nothing left to upload; report drain speed.
     Drain {
         #[arg(long)]
@@ -171,25 +148,7 @@ fn main() -> anyhow::Result<()> {
             archive,
         } => gzip(mib, level, line_bytes, archive.as_deref()),
         Command::Drain { addr, pid, timeout } => drain(&addr, pid, *timeout),
-        Command::Fleet {
-            writers,
-            target,
-            fleet_size,
-            hours,
-            lines,
-            line_bytes,
-            counter,
-            timeout,
-        } => fleet::fleet(&fleet::FleetPlan {
-            writers,
-            target,
-            fleet_size,
-            hours,
-            lines,
-            line_bytes,
-            counter,
-            timeout: *timeout,
-        }),
+        Command::Fleet(plan) => fleet::fleet(&plan),
         Command::Rate {
             target,
             rate,

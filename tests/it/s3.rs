@@ -213,13 +213,19 @@ fn a_host_late_to_an_hour_others_archived_finds_its_name_from_one_listing() {
     );
 }
 
-#[test]
-fn the_store_is_probed_once_per_start_and_an_object_costs_a_listing_and_a_put() {
+/// A larch whose requests to moto go through a counting proxy.
+fn host_behind_a_counting_proxy() -> (Moto, CountProxy, tempfile::TempDir, Daemon) {
     let moto = moto_with_bucket();
     let proxy = CountProxy::start(&moto.endpoint);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "");
     let d = start(dir.path(), "a", &proxy.endpoint, &cfg);
+    (moto, proxy, dir, d)
+}
+
+#[test]
+fn the_store_is_probed_once_per_start_and_an_object_costs_a_listing_and_a_put() {
+    let (moto, proxy, _dir, d) = host_behind_a_counting_proxy();
     let sent = send(&d, "k", 2, "counted", 5);
     d.wait_drained(Duration::from_secs(60));
     assert_exactly_once(&archive_objects(&moto), &sent);
@@ -510,23 +516,9 @@ fn incompressible_lines(request: usize) -> Vec<Value> {
         .collect()
 }
 
-/// What `/metrics` says was sent to the store.
-fn sent_to_store(d: &Daemon) -> u64 {
-    value(&scrape(&d.addr), "larch_upload_sent_bytes_total", &[]).unwrap_or(0.0) as u64
-}
-
-#[test]
-fn a_large_object_that_loses_the_race_for_its_name_is_copied_to_the_next_not_sent_again() {
-    let moto = moto_with_bucket();
-    let proxy = CountProxy::start(&moto.endpoint);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "");
-    let d = start(dir.path(), "a", &proxy.endpoint, &cfg);
-    // Another writer takes the hour's first name just after this host listed
-    // the hour and found it free.
-    let first = format!("{}.json.gz", name_of_edge("acme", 2));
-    let other = common::gzip(b"{\"_id\":\"other\",\"_line\":\"another writer\"}\n");
-    proxy.plant_after_next_listing(BUCKET, &first, &other);
+/// Sends lines of random text that make one part of about 12 MiB of gzip,
+/// over the 8 MiB of one put; returns how many lines.
+fn send_a_large_part(d: &Daemon) -> usize {
     let mut sent = 0;
     for request in 0..4 {
         let lines = incompressible_lines(request);
@@ -534,6 +526,38 @@ fn a_large_object_that_loses_the_race_for_its_name_is_copied_to_the_next_not_sen
         let (status, body) = d.ingest_json("k", &json!({ "lines": lines }));
         assert_eq!(status, 200, "{body}");
     }
+    sent
+}
+
+/// Nothing is left under `.larch-upload/`, where large objects go up first.
+fn assert_no_temporary_uploads(moto: &Moto) {
+    let leftovers: Vec<String> = moto
+        .inspect(BUCKET)
+        .iter()
+        .filter_map(|o| o["key"].as_str())
+        .filter(|k| k.contains(".larch-upload"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary uploads left: {leftovers:?}"
+    );
+}
+
+/// What `/metrics` says was sent to the store.
+fn sent_to_store(d: &Daemon) -> u64 {
+    value(&scrape(&d.addr), "larch_upload_sent_bytes_total", &[]).unwrap_or(0.0) as u64
+}
+
+#[test]
+fn a_large_object_that_loses_the_race_for_its_name_is_copied_to_the_next_not_sent_again() {
+    let (moto, proxy, _dir, d) = host_behind_a_counting_proxy();
+    // Another writer takes the hour's first name just after this host listed
+    // the hour and found it free.
+    let first = format!("{}.json.gz", name_of_edge("acme", 2));
+    let other = common::gzip(b"{\"_id\":\"other\",\"_line\":\"another writer\"}\n");
+    proxy.plant_after_next_listing(BUCKET, &first, &other);
+    let sent = send_a_large_part(&d);
     d.wait_drained(Duration::from_secs(120));
     let objects = archive_objects(&moto);
     let names = keys(&objects);
@@ -548,15 +572,7 @@ fn a_large_object_that_loses_the_race_for_its_name_is_copied_to_the_next_not_sen
         (upload_requests(&d, "put"), upload_requests(&d, "copy")),
         (1, 1)
     );
-    let leftovers: Vec<_> = moto
-        .inspect(BUCKET)
-        .into_iter()
-        .filter(|o| o["key"].as_str().unwrap().contains(".larch-upload"))
-        .collect();
-    assert!(
-        leftovers.is_empty(),
-        "temporary uploads left: {leftovers:?}"
-    );
+    assert_no_temporary_uploads(&moto);
 }
 
 #[test]
@@ -590,26 +606,11 @@ fn a_part_too_large_for_one_put_goes_up_in_parts_and_survives_a_crash() {
     let cfg = config(dir.path(), "");
     let mut d = start(dir.path(), "a", &moto.endpoint, &cfg);
     d.arm_fault("after-put");
-    // Random text barely compresses: about 12 MiB of gzip, over the 8 MiB of one put.
-    let mut sent = 0;
-    for request in 0..4 {
-        let lines = incompressible_lines(request);
-        sent += lines.len();
-        let (status, body) = d.ingest_json("k", &json!({ "lines": lines }));
-        assert_eq!(status, 200, "{body}");
-    }
+    let sent = send_a_large_part(&d);
     d.died_at_fault();
     d.start_without_fault();
     d.wait_drained(Duration::from_secs(120));
-    let all = moto.inspect(BUCKET);
-    let leftovers: Vec<_> = all
-        .iter()
-        .filter(|o| o["key"].as_str().unwrap().contains(".larch-upload"))
-        .collect();
-    assert!(
-        leftovers.is_empty(),
-        "temporary uploads left: {leftovers:?}"
-    );
+    assert_no_temporary_uploads(&moto);
     let objects = archive_objects(&moto);
     assert_eq!(
         keys(&objects),
