@@ -48,6 +48,7 @@ pub mod spool;
 pub mod status;
 pub mod store;
 pub mod sync;
+pub mod syslog;
 pub mod tail;
 pub mod telemetry;
 pub mod units;
