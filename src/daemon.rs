@@ -171,6 +171,21 @@ pub async fn run(
     };
     let tails = crate::tail::start(settings.file_sources.clone(), intake.clone())
         .map_err(|e| DaemonError::Task("file source", format!("cannot start its thread: {e}")))?;
+    let mut syslog = Vec::with_capacity(settings.syslog_sources.len());
+    for listener in &settings.syslog_sources {
+        let bound = crate::syslog::listen::Bound::bind(listener.clone())
+            .await
+            .map_err(|e| {
+                DaemonError::Task(
+                    "syslog source",
+                    format!(
+                        "cannot listen on {} ({:?}): {e}. Free the port or change [[sources.syslog]] listen",
+                        listener.listen, listener.transport
+                    ),
+                )
+            })?;
+        syslog.push(bound);
+    }
     let reloadable = Arc::new(Reloadable {
         keys: keys.clone(),
         intake: intake.clone(),
@@ -184,6 +199,9 @@ pub async fn run(
     let _stop_on_return = stop.clone().drop_guard();
     let tasks = TaskTracker::new();
     let sealed = Arc::new(Notify::new());
+    for bound in syslog {
+        tasks.spawn(bound.serve(intake.clone(), stop.clone()));
+    }
     tasks.spawn(seal::run(
         spool.clone(),
         SEAL_TICK,

@@ -117,6 +117,7 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
         ),
         ("target.key_prefix", old.key_prefix != new.key_prefix),
         ("target.fleet_size", old.fleet_size != new.fleet_size),
+        ("sources.syslog", old.syslog_sources != new.syslog_sources),
         ("target.gzip_level", old.gzip_level != new.gzip_level),
         (
             "target.retry_max_delay",

@@ -25,16 +25,18 @@ use crate::account::AccountId;
 pub enum Source {
     Http,
     File,
+    Syslog,
 }
 
 impl Source {
     /// Every source, each at its [`Source::index`].
-    const ALL: [Source; 2] = [Source::Http, Source::File];
+    const ALL: [Source; 3] = [Source::Http, Source::File, Source::Syslog];
 
     const fn index(self) -> usize {
         match self {
             Source::Http => 0,
             Source::File => 1,
+            Source::Syslog => 2,
         }
     }
 
@@ -42,6 +44,7 @@ impl Source {
         match self {
             Source::Http => "http",
             Source::File => "file",
+            Source::Syslog => "syslog",
         }
     }
 }
@@ -84,6 +87,10 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 fn describe() {
+    describe_counter!(
+        "larch_syslog_lost_total",
+        "UDP syslog messages lost because the spool refused lines when they arrived (TCP senders are held back instead)"
+    );
     describe_counter!(
         "larch_http_requests_total",
         "Ingest requests answered, by HTTP status"
@@ -311,6 +318,12 @@ pub fn upload_request(kind: &'static str) {
     counter!("larch_upload_requests_total", "request" => kind).increment(1);
 }
 
+/// UDP syslog messages that arrived while the spool refused lines, lost
+/// (syslog has no way to ask the sender again).
+pub fn syslog_lost(messages: usize) {
+    counter!("larch_syslog_lost_total").increment(messages as u64);
+}
+
 /// No upload is waiting out a backoff any more.
 pub fn backoff_over() {
     gauge!("larch_upload_backoff_seconds").set(0.0);
@@ -337,6 +350,7 @@ mod tests {
                     lines: 3,
                     bytes: 40,
                 },
+                Ingested::default(),
                 Ingested::default(),
             ],
         );

@@ -10,7 +10,8 @@ use super::values::{
     ByteRate, ByteSize, GzipLevel, HumanDuration, KeyPrefix, ListenAddr, LogFormat,
 };
 use crate::rules::RulesConfig;
-use crate::tail::SourcesConfig;
+use crate::syslog::SyslogSourceConfig;
+use crate::tail::FileSourceConfig;
 
 /// The option tables of the stores, passed to `object_store` as given.
 pub const STORE_SECTIONS: &[&str] = &["s3", "gcs", "azure"];
@@ -66,6 +67,16 @@ pub struct IngestSection {
     pub idle_timeout: Option<HumanDuration>,
     pub body_timeout: Option<HumanDuration>,
     pub max_request_memory: Option<ByteSize>,
+}
+
+/// The `[sources]` table as written: every source besides HTTP.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    #[serde(default)]
+    pub files: Vec<FileSourceConfig>,
+    #[serde(default)]
+    pub syslog: Vec<SyslogSourceConfig>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

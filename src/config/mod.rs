@@ -30,6 +30,7 @@ use crate::rules::{RuleError, Rules};
 use crate::spool::RoomLimits;
 use crate::spool::SealRule;
 use crate::store::TargetConfig;
+use crate::syslog::{SyslogConfigError, SyslogListener};
 use crate::tail::{FileSource, SourceError};
 
 pub use file::FileConfig;
@@ -82,6 +83,8 @@ pub enum ConfigError {
     Rules(#[from] RuleError),
     #[error("{0}")]
     Source(#[from] SourceError),
+    #[error("{0}")]
+    Syslog(#[from] SyslogConfigError),
 }
 
 /// Everything the daemon needs, checked.
@@ -124,6 +127,8 @@ pub struct Settings {
     pub rules: Arc<Rules>,
     /// `[[sources.files]]`: files to tail.
     pub file_sources: Vec<FileSource>,
+    /// `[[sources.syslog]]`: syslog listeners.
+    pub syslog_sources: Vec<SyslogListener>,
     /// `RUST_LOG`-style filter, when `RUST_LOG` itself is not set.
     pub log_level: String,
     pub log_format: LogFormat,
@@ -238,6 +243,8 @@ impl Settings {
             key_prefix_pattern.0.clone()
         };
         let (keys, demo_key) = keys_of(file.keys)?;
+        let max_skew_ms = millis(ingest.max_clock_skew, 5 * 60_000);
+        let sources = file.sources.unwrap_or_default();
         // The demo key is printed in every README: fine for trying larch on
         // this machine, an open door on any other address.
         if demo_key && !listen.ip().is_loopback() {
@@ -258,7 +265,7 @@ impl Settings {
                     SealRule::default().follow_up_after_ms,
                 ),
             },
-            max_skew_ms: millis(ingest.max_clock_skew, 5 * 60_000),
+            max_skew_ms,
             gzip_level: target.gzip_level.map_or(6, |l| l.0),
             key_prefix,
             key_prefix_pattern: key_prefix_pattern.0,
@@ -272,7 +279,8 @@ impl Settings {
             keys,
             demo_key,
             rules: Arc::new(Rules::new(file.rules.unwrap_or_default())?),
-            file_sources: FileSource::all(file.sources.unwrap_or_default())?,
+            file_sources: FileSource::all(sources.files)?,
+            syslog_sources: SyslogListener::all(sources.syslog, max_skew_ms)?,
             log_level: log.level.unwrap_or_else(|| "info".into()),
             log_format: log.format.unwrap_or_default(),
         })
@@ -353,6 +361,9 @@ mod tests {
             "[s3]",
             "[[rules.exclude]]",
             "[[sources.files]]",
+            "[[sources.syslog]]",
+            "idle_timeout",
+            "max_message",
             "follow_symlinks",
         ] {
             assert!(DEFAULT_CONFIG.contains(key), "{key} is not documented");

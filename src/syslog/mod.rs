@@ -7,5 +7,10 @@
 //! acknowledgement: a sender cannot know which messages were stored, so
 //! nothing here can promise more than "every message that reached larch".
 
+pub mod config;
 pub mod frame;
+pub mod listen;
 pub mod message;
+
+pub use config::{SyslogConfigError, SyslogSourceConfig};
+pub use listen::{SyslogListener, Transport};

@@ -10,14 +10,6 @@ use serde::Deserialize;
 use crate::account::{AccountId, InvalidAccountId};
 use crate::rules::path_glob;
 
-/// The `[sources]` table as written.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourcesConfig {
-    #[serde(default)]
-    pub files: Vec<FileSourceConfig>,
-}
-
 /// One `[[sources.files]]` table as written.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -208,9 +200,8 @@ impl FileSource {
         })
     }
 
-    pub fn all(config: SourcesConfig) -> Result<Vec<Self>, SourceError> {
-        let sources: Vec<Self> = config
-            .files
+    pub fn all(files: Vec<FileSourceConfig>) -> Result<Vec<Self>, SourceError> {
+        let sources: Vec<Self> = files
             .into_iter()
             .enumerate()
             .map(|(i, c)| Self::new(i + 1, c))

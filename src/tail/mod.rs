@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use crate::intake::Intake;
 use crate::spool::{FilePosition, PositionUpdate};
-pub use config::{FileSource, FileSourceConfig, SourceError, SourcesConfig, StartAt};
+pub use config::{FileSource, FileSourceConfig, SourceError, StartAt};
 use file::{fingerprint, identity, open_regular, Tailed, FINGERPRINT_BYTES};
 
 /// How often a source looks at its files when no event woke it.

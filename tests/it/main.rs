@@ -20,5 +20,6 @@ mod readback;
 mod rules;
 mod s3;
 mod send;
+mod syslog;
 mod tail;
 mod torture;

@@ -1,0 +1,295 @@
+//! The syslog listeners: UDP (a message per datagram) and TCP (messages framed
+//! as RFC 6587 allows), each feeding one account's lines to the spool.
+//!
+//! Lines are committed in small batches (at most `BATCH_LINES`, or what came
+//! within `BATCH_WAIT`). Syslog has no acknowledgement, so what larch can do
+//! differs by transport: a TCP sender is slowed down while the spool has no
+//! room (its messages wait in the socket, nothing is dropped), while a UDP
+//! datagram that arrives when the spool refuses is lost and counted. A TCP
+//! connection that sends nothing for `idle_timeout` is closed, the message it
+//! was in the middle of stored as partial; connections past
+//! `max_connections` are refused.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{Frame, Frames};
+use super::message::line_of;
+use crate::account::AccountId;
+use crate::intake::Intake;
+use crate::line::{Line, Origin};
+use crate::spool::{Along, CommitError};
+use crate::telemetry::Source;
+
+/// Lines committed at once, at most.
+const BATCH_LINES: usize = 1000;
+/// How long the first line of a batch waits for others.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// A refused TCP batch is tried again after this long.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+/// Messages read and waiting for the batch being committed, at most: past
+/// this, TCP connections stop reading (a bound on memory, with `max_message`).
+const WAITING: usize = 256;
+/// The largest UDP datagram.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// One listener's settings, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyslogListener {
+    pub account: AccountId,
+    pub transport: Transport,
+    pub listen: SocketAddr,
+    /// Bytes kept of one message; the rest is cut.
+    pub max_message: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    /// Message times further ahead than this are not believed.
+    pub max_skew_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// A message as it arrived, before it is a line.
+struct Arrived {
+    frame: Frame,
+    peer: SocketAddr,
+    received_ms: i64,
+}
+
+/// A listener whose address is bound, so start-up fails at once on a port
+/// that is taken.
+pub struct Bound {
+    listener: Arc<SyslogListener>,
+    socket: Socket,
+}
+
+enum Socket {
+    Udp(UdpSocket),
+    Tcp(TcpListener),
+}
+
+impl Bound {
+    pub async fn bind(listener: SyslogListener) -> std::io::Result<Self> {
+        let socket = match listener.transport {
+            Transport::Udp => Socket::Udp(UdpSocket::bind(listener.listen).await?),
+            Transport::Tcp => Socket::Tcp(TcpListener::bind(listener.listen).await?),
+        };
+        Ok(Self {
+            listener: Arc::new(listener),
+            socket,
+        })
+    }
+
+    /// Serves until `stop`, then commits what arrived before it.
+    pub async fn serve(self, intake: Intake, stop: CancellationToken) {
+        let listener = self.listener;
+        let (tx, rx) = mpsc::channel::<Arrived>(WAITING);
+        let committing = tokio::spawn(commit_batches(listener.clone(), intake.clone(), rx));
+        let served = match self.socket {
+            Socket::Udp(socket) => serve_udp(socket, &listener, &intake, tx, stop).await,
+            Socket::Tcp(socket) => serve_tcp(socket, listener.clone(), intake, tx, stop).await,
+        };
+        if let Err(e) = served {
+            tracing::error!("syslog listener {} stopped: {e}", listener.listen);
+        }
+        let _ = committing.await;
+    }
+}
+
+async fn serve_udp(
+    socket: UdpSocket,
+    listener: &SyslogListener,
+    intake: &Intake,
+    tx: mpsc::Sender<Arrived>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, peer) = tokio::select! {
+            got = socket.recv_from(&mut buf) => got?,
+            _ = stop.cancelled() => return Ok(()),
+        };
+        let keep = n.min(listener.max_message);
+        let frame = Frame {
+            bytes: bytes::BytesMut::from(&buf[..keep]),
+            cut: keep < n,
+            partial: false,
+        };
+        let arrived = Arrived {
+            frame,
+            peer,
+            received_ms: intake.clock.now_ms(),
+        };
+        if tx.send(arrived).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn serve_tcp(
+    socket: TcpListener,
+    listener: Arc<SyslogListener>,
+    intake: Intake,
+    tx: mpsc::Sender<Arrived>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(listener.max_connections.max(1)));
+    loop {
+        let (stream, peer) = tokio::select! {
+            got = socket.accept() => match got {
+                Ok(got) => got,
+                // Out of descriptors and the like: the next accept may work.
+                Err(e) => {
+                    tracing::warn!("syslog listener {}: accept failed: {e}", listener.listen);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return Ok(()),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "syslog listener {}: refusing {peer}: {} connections open (max_connections)",
+                listener.listen,
+                listener.max_connections
+            );
+            drop(stream);
+            continue;
+        };
+        let (listener, intake, tx, stop) =
+            (listener.clone(), intake.clone(), tx.clone(), stop.clone());
+        tokio::spawn(async move {
+            read_connection(stream, peer, &listener, &intake, tx, stop).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads one TCP connection's messages until it closes, falls idle or `stop`.
+async fn read_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &SyslogListener,
+    intake: &Intake,
+    tx: mpsc::Sender<Arrived>,
+    stop: CancellationToken,
+) {
+    let mut framed = FramedRead::new(stream, Frames::new(listener.max_message));
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout(listener.idle_timeout, framed.next()) => next,
+            _ = stop.cancelled() => return,
+        };
+        let frame = match next {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => {
+                tracing::debug!("syslog connection from {peer} failed: {e}");
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                // Idle: what the sender was in the middle of is kept, partial.
+                let (decoder, buffer) = {
+                    let parts = framed.into_parts();
+                    (parts.codec, parts.read_buf)
+                };
+                let (mut decoder, mut buffer) = (decoder, buffer);
+                if let Ok(Some(frame)) = decoder.decode_eof(&mut buffer) {
+                    let arrived = Arrived {
+                        frame,
+                        peer,
+                        received_ms: intake.clock.now_ms(),
+                    };
+                    let _ = tx.send(arrived).await;
+                }
+                tracing::debug!("syslog connection from {peer} idle; closed");
+                return;
+            }
+        };
+        if frame.bytes.is_empty() && !frame.partial {
+            continue;
+        }
+        let arrived = Arrived {
+            frame,
+            peer,
+            received_ms: intake.clock.now_ms(),
+        };
+        if tx.send(arrived).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns arrived messages into lines and commits them in batches.
+async fn commit_batches(
+    listener: Arc<SyslogListener>,
+    intake: Intake,
+    mut rx: mpsc::Receiver<Arrived>,
+) {
+    let retry = listener.transport == Transport::Tcp;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        while batch.len() < BATCH_LINES {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(more)) => batch.push(more),
+                _ => break,
+            }
+        }
+        let rules = intake.rules.load();
+        let lines: Vec<Line> = batch
+            .into_iter()
+            .map(|a| {
+                let origin = Arc::new(Origin {
+                    ip: Some(a.peer.ip().to_string()),
+                    ingester: "syslog",
+                    ..Origin::default()
+                });
+                line_of(&a.frame, a.received_ms, listener.max_skew_ms, origin)
+            })
+            .filter(|line| rules.keeps(&listener.account, line))
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        loop {
+            let result = intake
+                .committer
+                .commit_along(
+                    listener.account.clone(),
+                    lines.clone(),
+                    Along::default(),
+                    Source::Syslog,
+                )
+                .await;
+            match result {
+                Ok(_) => break,
+                Err(CommitError::ShuttingDown) => return,
+                Err(e) if retry => {
+                    tracing::warn!("syslog {}: {e}; holding the senders back", listener.listen);
+                    tokio::time::sleep(RETRY_AFTER).await;
+                }
+                Err(e) => {
+                    crate::telemetry::syslog_lost(lines.len());
+                    tracing::warn!(
+                        "syslog {}: {} UDP messages lost: {e}",
+                        listener.listen,
+                        lines.len()
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}
