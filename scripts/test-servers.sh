@@ -2,7 +2,8 @@
 # Installs the servers the tests run against, into .test-servers/ (git-ignored):
 # - moto (PyPI): an S3-compatible server, with boto3 to inspect what larch wrote;
 # - Azurite (npm): the Azure Blob Storage emulator, with azure-storage-blob (PyPI);
-# - s3s-fs (crates.io): an S3-compatible server that checks request signatures.
+# - s3s-fs (crates.io): an S3-compatible server that checks request signatures;
+# and, with no names given, logger (Debian's bsdutils) if it is missing.
 # Idempotent: what is already there is kept.
 #
 #   scripts/test-servers.sh           all of them
@@ -37,6 +38,12 @@ if want s3s-fs && [ ! -x "$dir/cargo/bin/s3s-fs" ]; then
     # 0.14.1 is the last version that builds with this toolchain.
     echo "installing s3s-fs into $dir/cargo (about 5 minutes)"
     cargo install --quiet s3s-fs@0.14.1 --features binary --locked --root "$dir/cargo"
+fi
+# The syslog tests send with logger (util-linux; Debian's bsdutils, present on
+# every Debian host, installed here should a minimal image lack it).
+if [ $# -eq 0 ] && ! command -v logger >/dev/null; then
+    echo "installing logger (bsdutils) for the syslog tests"
+    apt-get install -y -qq bsdutils
 fi
 if want moto; then "$dir/venv/bin/python" -c 'import moto; print("moto", moto.__version__)'; fi
 if want azurite; then echo "azurite $("$dir/npm/node_modules/.bin/azurite-blob" --version)"; fi
