@@ -36,6 +36,7 @@ use crate::spool::{room, seal, Committer, Reserve, Room, Spool, SpoolError, Spoo
 use crate::status::{Reporter, Running};
 use crate::store::{Target, TargetSpecError};
 use crate::sync::{Backoff, Board, SyncSettings, Syncer};
+use crate::syslog::listen::Listeners as SyslogListeners;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -171,37 +172,24 @@ pub async fn run(
     };
     let tails = crate::tail::start(settings.file_sources.clone(), intake.clone())
         .map_err(|e| DaemonError::Task("file source", format!("cannot start its thread: {e}")))?;
-    let mut syslog = Vec::with_capacity(settings.syslog_sources.len());
-    for listener in &settings.syslog_sources {
-        let bound = crate::syslog::listen::Bound::bind(listener.clone())
-            .await
-            .map_err(|e| {
-                DaemonError::Task(
-                    "syslog source",
-                    format!(
-                        "cannot listen on {} ({:?}): {e}. Free the port or change [[sources.syslog]] listen",
-                        listener.listen, listener.transport
-                    ),
-                )
-            })?;
-        syslog.push(bound);
-    }
-    let reloadable = Arc::new(Reloadable {
-        keys: keys.clone(),
-        intake: intake.clone(),
-        tails: Mutex::new(Some(tails)),
-        current: Mutex::new(settings.clone()),
-    });
-
     // Background work stops on `stop`, after the listeners and the committer.
     let stop = CancellationToken::new();
     // Also stops them should start-up fail from here on.
     let _stop_on_return = stop.clone().drop_guard();
+    let syslog = SyslogListeners::start(&settings.syslog_sources, &intake, &stop)
+        .await
+        .map_err(|e| DaemonError::Task("syslog source", e))?;
+    let reloadable = Arc::new(Reloadable {
+        keys: keys.clone(),
+        intake: intake.clone(),
+        tails: Mutex::new(Some(tails)),
+        syslog: Mutex::new(Some(syslog)),
+        stop: stop.clone(),
+        current: Mutex::new(settings.clone()),
+    });
+
     let tasks = TaskTracker::new();
     let sealed = Arc::new(Notify::new());
-    for bound in syslog {
-        tasks.spawn(bound.serve(intake.clone(), stop.clone()));
-    }
     tasks.spawn(seal::run(
         spool.clone(),
         SEAL_TICK,
@@ -328,9 +316,14 @@ impl Stages {
         // File sources store what they have read (partial last lines
         // included), then drop their committer handles.
         let tails = self.reloadable.tails.lock().take();
+        let syslog = self.reloadable.syslog.lock().take();
         drop(self.reloadable);
         if let Some(tails) = tails {
             let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
+        }
+        // Syslog listeners commit what they read, then drop theirs.
+        if let Some(syslog) = syslog {
+            syslog.stop().await;
         }
         // The routes (and with them the last committer handle) are gone: the
         // commit thread drains what it holds and ends.

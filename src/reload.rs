@@ -1,5 +1,5 @@
 //! `SIGHUP`: re-reads the configuration and applies what can change while
-//! lines flow: ingestion keys, rules and file sources. Everything else is
+//! lines flow: ingestion keys, rules, file sources and syslog listeners. Everything else is
 //! compared with what is running and named if it changed, since it takes a
 //! restart. A configuration that does not load leaves the running one in
 //! force, and so does one that would leave no ingestion key: falling back to
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::ingest::LiveKeys;
 use crate::intake::Intake;
+use crate::syslog::listen::Listeners as SyslogListeners;
 use crate::tail::{self, Tails};
 
 /// Loads the configuration again, from the same file, environment and flags.
@@ -29,6 +30,9 @@ pub struct Reloadable {
     /// Its rules are the ones a reload replaces.
     pub intake: Intake,
     pub tails: Mutex<Option<Tails>>,
+    pub syslog: Mutex<Option<SyslogListeners>>,
+    /// What stops the daemon's background work, syslog listeners included.
+    pub stop: CancellationToken,
     /// The settings in force.
     pub current: Mutex<Settings>,
 }
@@ -69,6 +73,33 @@ impl Reloadable {
                 }
             }
         }
+        let mut syslog_sources = current.syslog_sources.clone();
+        if new.syslog_sources != current.syslog_sources {
+            // Runs on a blocking thread (the reloader's): it may wait for the
+            // old listeners to free their ports before the new ones bind.
+            let runtime = tokio::runtime::Handle::current();
+            let mut running = self.syslog.lock();
+            if let Some(old) = running.take() {
+                runtime.block_on(old.stop());
+            }
+            let start = |sources| {
+                runtime.block_on(SyslogListeners::start(sources, &self.intake, &self.stop))
+            };
+            match start(&new.syslog_sources) {
+                Ok(started) => {
+                    *running = Some(started);
+                    syslog_sources = new.syslog_sources.clone();
+                    applied.push(format!("{} syslog listener(s)", new.syslog_sources.len()));
+                }
+                Err(e) => {
+                    tracing::error!("{e}; the syslog listeners in force before stay");
+                    match start(&current.syslog_sources) {
+                        Ok(started) => *running = Some(started),
+                        Err(e) => tracing::error!("{e}; restart larch"),
+                    }
+                }
+            }
+        }
         let restart = needs_restart(&current, &new);
         if !restart.is_empty() {
             tracing::warn!(
@@ -81,11 +112,12 @@ impl Reloadable {
             demo_key: new.demo_key,
             rules: new.rules,
             file_sources: new.file_sources,
+            syslog_sources,
             ..current.clone()
         };
         *current = kept;
         Ok(if applied.is_empty() {
-            "no change to keys, rules or file sources".into()
+            "no change to keys, rules, file sources or syslog listeners".into()
         } else {
             format!("now in force: {}", applied.join(", "))
         })
@@ -117,7 +149,6 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
         ),
         ("target.key_prefix", old.key_prefix != new.key_prefix),
         ("target.fleet_size", old.fleet_size != new.fleet_size),
-        ("sources.syslog", old.syslog_sources != new.syslog_sources),
         ("target.gzip_level", old.gzip_level != new.gzip_level),
         (
             "target.retry_max_delay",

@@ -67,6 +67,51 @@ struct Arrived {
     received_ms: i64,
 }
 
+/// The running listeners, started and stopped together.
+pub struct Listeners {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Listeners {
+    /// Binds every listener (a port that is taken fails them all, with the
+    /// address named), then serves each until `stop` or [`Self::stop`].
+    pub async fn start(
+        listeners: &[SyslogListener],
+        intake: &Intake,
+        stop: &CancellationToken,
+    ) -> Result<Self, String> {
+        let mut bound = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            bound.push(Bound::bind(listener.clone()).await.map_err(|e| {
+                format!(
+                    "cannot listen for syslog on {} ({}): {e}. Free the port or change [[sources.syslog]] listen",
+                    listener.listen,
+                    match listener.transport {
+                        Transport::Udp => "udp",
+                        Transport::Tcp => "tcp",
+                    }
+                )
+            })?);
+        }
+        let stop = stop.child_token();
+        let tasks = bound
+            .into_iter()
+            .map(|b| tokio::spawn(b.serve(intake.clone(), stop.clone())))
+            .collect();
+        Ok(Self { stop, tasks })
+    }
+
+    /// Stops every listener and waits until what they read is committed and
+    /// their ports are free.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
 /// A listener whose address is bound, so start-up fails at once on a port
 /// that is taken.
 pub struct Bound {

@@ -149,3 +149,52 @@ fn logger_messages_over_udp_and_tcp_in_both_formats_are_archived_with_their_fiel
     let l = find("stalled half");
     assert_eq!(l["_meta"]["partial_message"], true);
 }
+
+#[test]
+fn sighup_moves_a_syslog_listener_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (before, after) = (free_port(), free_port());
+    let config = dir.path().join("larch.toml");
+    let listener = |port: u16| {
+        format!("[[sources.syslog]]\naccount = \"net\"\ntransport = \"tcp\"\nlisten = \"127.0.0.1:{port}\"\n")
+    };
+    std::fs::write(&config, listener(before)).unwrap();
+    let d = Daemon::start(
+        &data,
+        &["--late-window", "0s", "--config", config.to_str().unwrap()],
+    );
+    let port = before.to_string();
+    logger(&["-n", "127.0.0.1", "-P", &port, "-T"], "before the reload");
+    std::fs::write(&config, listener(after)).unwrap();
+    d.hangup();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", after)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no listener on the new port after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        TcpStream::connect(("127.0.0.1", before)).is_err(),
+        "the old port still listens"
+    );
+    let port = after.to_string();
+    logger(&["-n", "127.0.0.1", "-P", &port, "-T"], "after the reload");
+    common::drain(&d.data);
+    let texts: Vec<String> = read_archive(&data.join("archive"))
+        .into_iter()
+        .flat_map(|(_, lines)| lines)
+        .filter_map(|l| l["_line"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(
+        texts.iter().any(|t| t.ends_with("before the reload")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.ends_with("after the reload")),
+        "{texts:?}"
+    );
+}
