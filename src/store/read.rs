@@ -42,17 +42,23 @@ fn path(key: &str) -> Result<Path, TargetError> {
     Path::parse(key).map_err(|e| TargetError::NeedsOperator(format!("bad key {key:?}: {e}")))
 }
 
+/// The path a listing of `prefix` (a whole segment, `/` at its end or not)
+/// starts from; none for the whole store.
+fn under(prefix: &str) -> Result<Option<Path>, TargetError> {
+    if prefix.is_empty() {
+        Ok(None)
+    } else {
+        path(prefix.trim_end_matches('/')).map(Some)
+    }
+}
+
 impl Target {
     /// Every object under `prefix` (a whole path segment, e.g.
     /// `year=2026/month=11/day=26`; empty for everything). A prefix with no
     /// objects is an empty list, not an error.
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, TargetError> {
         let store = self.store().await?;
-        let prefix = if prefix.is_empty() {
-            None
-        } else {
-            Some(path(prefix.trim_end_matches('/'))?)
-        };
+        let prefix = under(prefix)?;
         let mut listing = store.list(prefix.as_ref());
         let mut out = Vec::new();
         while let Some(item) = listing.next().await {
@@ -74,11 +80,7 @@ impl Target {
     /// `{host}` key prefix. A prefix with nothing under it gives none.
     pub async fn segments_under(&self, prefix: &str) -> Result<Vec<String>, TargetError> {
         let store = self.store().await?;
-        let prefix = if prefix.is_empty() {
-            None
-        } else {
-            Some(path(prefix.trim_end_matches('/'))?)
-        };
+        let prefix = under(prefix)?;
         match store.list_with_delimiter(prefix.as_ref()).await {
             Ok(listing) => Ok(listing
                 .common_prefixes

@@ -565,7 +565,10 @@ impl Syncer {
             let names = u32::try_from(taken.len()).unwrap_or(u32::MAX);
             self.crowd_seen.fetch_max(names, Ordering::Relaxed);
         }
-        let fleet = (self.settings.fleet_size).max(self.crowd_seen.load(Ordering::Relaxed));
+        let fleet = self
+            .settings
+            .fleet_size
+            .max(self.crowd_seen.load(Ordering::Relaxed));
         let window = number::window(number::first_window(fleet), lost);
         let n = number::choose(&taken, from, window, number::at_random);
         let upload = self.upload_for(id, n, staged, level);

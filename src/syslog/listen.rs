@@ -67,6 +67,16 @@ struct Arrived {
     received_ms: i64,
 }
 
+impl Arrived {
+    fn now(frame: Frame, peer: SocketAddr, intake: &Intake) -> Self {
+        Self {
+            frame,
+            peer,
+            received_ms: intake.clock.now_ms(),
+        }
+    }
+}
+
 /// The running listeners, started and stopped together.
 pub struct Listeners {
     stop: CancellationToken,
@@ -114,7 +124,7 @@ impl Listeners {
 
 /// A listener whose address is bound, so start-up fails at once on a port
 /// that is taken.
-pub struct Bound {
+struct Bound {
     listener: Arc<SyslogListener>,
     socket: Socket,
 }
@@ -125,7 +135,7 @@ enum Socket {
 }
 
 impl Bound {
-    pub async fn bind(listener: SyslogListener) -> std::io::Result<Self> {
+    async fn bind(listener: SyslogListener) -> std::io::Result<Self> {
         let socket = match listener.transport {
             Transport::Udp => Socket::Udp(UdpSocket::bind(listener.listen).await?),
             Transport::Tcp => Socket::Tcp(TcpListener::bind(listener.listen).await?),
@@ -137,7 +147,7 @@ impl Bound {
     }
 
     /// Serves until `stop`, then commits what arrived before it.
-    pub async fn serve(self, intake: Intake, stop: CancellationToken) {
+    async fn serve(self, intake: Intake, stop: CancellationToken) {
         let listener = self.listener;
         let (tx, rx) = mpsc::channel::<Arrived>(WAITING);
         let committing = tokio::spawn(commit_batches(listener.clone(), intake.clone(), rx));
@@ -171,12 +181,7 @@ async fn serve_udp(
             cut: keep < n,
             partial: false,
         };
-        let arrived = Arrived {
-            frame,
-            peer,
-            received_ms: intake.clock.now_ms(),
-        };
-        if tx.send(arrived).await.is_err() {
+        if tx.send(Arrived::now(frame, peer, intake)).await.is_err() {
             return Ok(());
         }
     }
@@ -245,18 +250,9 @@ async fn read_connection(
             Ok(None) => return,
             Err(_) => {
                 // Idle: what the sender was in the middle of is kept, partial.
-                let (decoder, buffer) = {
-                    let parts = framed.into_parts();
-                    (parts.codec, parts.read_buf)
-                };
-                let (mut decoder, mut buffer) = (decoder, buffer);
-                if let Ok(Some(frame)) = decoder.decode_eof(&mut buffer) {
-                    let arrived = Arrived {
-                        frame,
-                        peer,
-                        received_ms: intake.clock.now_ms(),
-                    };
-                    let _ = tx.send(arrived).await;
+                let mut parts = framed.into_parts();
+                if let Ok(Some(frame)) = parts.codec.decode_eof(&mut parts.read_buf) {
+                    let _ = tx.send(Arrived::now(frame, peer, intake)).await;
                 }
                 tracing::debug!("syslog connection from {peer} idle; closed");
                 return;
@@ -265,12 +261,7 @@ async fn read_connection(
         if frame.bytes.is_empty() && !frame.partial {
             continue;
         }
-        let arrived = Arrived {
-            frame,
-            peer,
-            received_ms: intake.clock.now_ms(),
-        };
-        if tx.send(arrived).await.is_err() {
+        if tx.send(Arrived::now(frame, peer, intake)).await.is_err() {
             return;
         }
     }
@@ -293,46 +284,53 @@ async fn commit_batches(
             }
         }
         let rules = intake.rules.load();
-        let lines: Vec<Line> = batch
-            .into_iter()
-            .map(|a| {
-                let origin = Arc::new(Origin {
-                    ip: Some(a.peer.ip().to_string()),
-                    ingester: "syslog",
-                    ..Origin::default()
-                });
-                line_of(&a.frame, a.received_ms, listener.max_skew_ms, origin)
-            })
-            .filter(|line| rules.keeps(&listener.account, line))
-            .collect();
-        if lines.is_empty() {
-            continue;
+        // A batch mostly comes from a few senders: their lines share an origin.
+        let mut origin: Option<Arc<Origin>> = None;
+        let mut lines: Vec<Line> = Vec::with_capacity(batch.len());
+        for a in batch {
+            let ip = a.peer.ip().to_string();
+            let shared = match &origin {
+                Some(o) if o.ip.as_deref() == Some(ip.as_str()) => o.clone(),
+                _ => origin
+                    .insert(Arc::new(Origin {
+                        ip: Some(ip),
+                        ingester: "syslog",
+                        ..Origin::default()
+                    }))
+                    .clone(),
+            };
+            let line = line_of(&a.frame, a.received_ms, listener.max_skew_ms, shared);
+            if rules.keeps(&listener.account, &line) {
+                lines.push(line);
+            }
         }
-        loop {
+        let count = lines.len();
+        while !lines.is_empty() {
+            // Only a TCP batch is tried again, so only it keeps a copy.
+            let attempt = if retry {
+                lines.clone()
+            } else {
+                std::mem::take(&mut lines)
+            };
             let result = intake
                 .committer
                 .commit_along(
                     listener.account.clone(),
-                    lines.clone(),
+                    attempt,
                     Along::default(),
                     Source::Syslog,
                 )
                 .await;
             match result {
-                Ok(_) => break,
+                Ok(_) => lines.clear(),
                 Err(CommitError::ShuttingDown) => return,
                 Err(e) if retry => {
                     tracing::warn!("syslog {}: {e}; holding the senders back", listener.listen);
                     tokio::time::sleep(RETRY_AFTER).await;
                 }
                 Err(e) => {
-                    crate::telemetry::syslog_lost(lines.len());
-                    tracing::warn!(
-                        "syslog {}: {} UDP messages lost: {e}",
-                        listener.listen,
-                        lines.len()
-                    );
-                    break;
+                    crate::telemetry::syslog_lost(count);
+                    tracing::warn!("syslog {}: {count} UDP messages lost: {e}", listener.listen);
                 }
             }
         }

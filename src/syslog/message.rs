@@ -58,12 +58,14 @@ pub fn line_of(frame: &Frame, received_ms: EpochMs, max_skew_ms: i64, origin: Ar
         meta.insert("partial_message".into(), Value::Bool(true));
     }
     if !meta.is_empty() {
-        let mut text = Value::Object(meta.clone()).to_string();
+        // A map of strings, numbers and booleans always serializes.
+        let json = |meta: &Map<String, Value>| serde_json::to_string(meta).unwrap_or_default();
+        let mut text = json(&meta);
         if text.len() > MAX_META {
             // Structured data past the limit goes; the rest fits.
             meta.remove("structured_data");
             meta.insert("structured_data_dropped".into(), Value::Bool(true));
-            text = Value::Object(meta).to_string();
+            text = json(&meta);
         }
         line.own_mut().meta_json = Some(text);
     }
@@ -229,5 +231,12 @@ mod tests {
         let l = line_of(&frame, NOW, 0, Arc::new(Origin::default()));
         assert!(l.truncated);
         assert_eq!(meta(&l)["partial_message"], json!(true));
+        // Structured data past the _meta limit goes, and says so.
+        let big = format!("<13>1 - h a - - [x v=\"{}\"] text", "v".repeat(MAX_META));
+        let l = line(&big);
+        assert_eq!(&*l.line, "text");
+        let m = meta(&l);
+        assert_eq!(m["structured_data_dropped"], json!(true));
+        assert!(m.get("structured_data").is_none() && m["facility"] == json!("user"));
     }
 }
