@@ -14,6 +14,12 @@
 #   baseline  sequential write + fsync on that disk; single-core gzip of the
 #             very NDJSON larch archived in the backlog phase
 #   ingest    16 clients, 1000-line bodies, as fast as they go (nothing seals)
+#   sources   the other sources, each on a fresh larch as the ingest phase
+#             runs: syslog over TCP (4 connections, octet-counted RFC 5424, as
+#             fast as they go), OTLP/HTTP protobuf (16 clients, 1000 records a
+#             request) and the journal (entries written beforehand by
+#             systemd-journal-remote, read through journalctl): lines/s and
+#             CPU-seconds per million lines, beside the HTTP figure
 #   steady    100k lines/s for past hours with sync running (--late-window 0s),
 #             and the disk's own fsync latency meanwhile (a 4 KiB append and
 #             fdatasync every 20 ms beside larch); with --baseline, on the
@@ -47,8 +53,10 @@ while [ $# -gt 0 ]; do
 done
 if $quick; then
     dur=10s; steady_dur=10s; gz_mib=64; fs_mib=128; backlog_gb=1; parts_dur=20s; outage=30; rate_s=15
+    journal_entries=200000
 else
     dur=30s; steady_dur=30s; gz_mib=200; fs_mib=512; backlog_gb=8; parts_dur=30s; outage=300; rate_s=30
+    journal_entries=1000000
 fi
 rate_mib=8
 
@@ -122,6 +130,73 @@ if [ -n "$baseline" ]; then
 else
     ingest "$larch" ingest
 fi
+
+# The sources phase: each other source alone on a fresh larch, its lines
+# counted from larch's own status, its CPU from /proc.
+source_field() {
+    status | python3 -c "import json,sys; print(max([r[\"$1\"] or 0 for r in json.load(sys.stdin).get(\"sources\", [])] or [0]))"
+}
+# Waits until the sources' stored lines reach $1, or stand still for 3 s.
+wait_stored() {
+    local before=-1 still=0 now
+    while now=$(source_field lines); [ "$now" != "$1" ] && [ $still -lt 30 ]; do
+        if [ "$now" = "$before" ]; then still=$((still + 1)); else still=0; fi
+        before=$now; sleep 0.1
+    done
+}
+# Writes $results/$1.json: the lines stored, the seconds from $2 (epoch s)
+# to the last store, and the CPU seconds $3.
+source_result() {
+    local lines last_ms
+    lines=$(source_field lines); last_ms=$(source_field last_stored_ms)
+    echo "{\"lines\": $lines, \"seconds\": $(awk "BEGIN{print $last_ms / 1000 - $2}"), \"cpu_s\": $3}" >"$results/$1.json"
+}
+now_s() { date +%s.%N; }
+sources_phase() {
+    local c0 t0 conf_src port
+    echo "sources: syslog over TCP, 4 connections, as fast as possible, $dur..." >&2
+    port=$(free_port)
+    conf_src="$work/sources.toml"
+    printf '[[sources.syslog]]\naccount = "bench"\ntransport = "tcp"\nlisten = "127.0.0.1:%s"\n' "$port" >"$conf_src"
+    rm -rf "$work/src-syslog"
+    start "$work/src-syslog" --late-window 6h --config "$conf_src"
+    c0=$(cpu); t0=$(now_s)
+    "$bench" syslog --to "127.0.0.1:$port" --duration "$dur" >"$results/syslog-sent.json"
+    wait_stored "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sent"])' "$results/syslog-sent.json")"
+    source_result syslog "$t0" "$(awk "BEGIN{print $(cpu) - $c0}")"
+    stop
+
+    echo "sources: OTLP/HTTP protobuf, 16 clients, as fast as possible, $dur..." >&2
+    rm -rf "$work/src-otlp"
+    start "$work/src-otlp" --late-window 6h
+    c0=$(cpu)
+    "$bench" load --otlp --addr "$addr" --duration "$dur" >"$results/otlp-load.json"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({"lines": r["lines"], "seconds": r["seconds"], "cpu_s": float(sys.argv[2])}))' \
+        "$results/otlp-load.json" "$(awk "BEGIN{print $(cpu) - $c0}")" >"$results/otlp.json"
+    stop
+
+    local entries=$journal_entries remote=/lib/systemd/systemd-journal-remote
+    [ -x "$remote" ] || remote=/usr/lib/systemd/systemd-journal-remote
+    echo "sources: the journal, $entries entries written beforehand, read through journalctl..." >&2
+    rm -rf "$work/journal" "$work/src-journal"
+    mkdir -p "$work/journal"
+    "$bench" journal-export --entries "$entries" |
+        "$remote" --split-mode=none --output="$work/journal/bench.journal" - 2>/dev/null
+    printf '[[sources.journald]]\naccount = "bench"\ndirectory = "%s"\n' "$work/journal" >"$conf_src"
+    t0=$(now_s)
+    start "$work/src-journal" --late-window 6h --config "$conf_src"
+    until [ "$(source_field lines)" -gt 0 ]; do sleep 0.1; done
+    wait_stored "$entries"
+    # journalctl, larch's child, does part of the work: its CPU counts too.
+    local child_cpu=0 child
+    for child in $(pgrep -P "$pid" journalctl); do
+        child_cpu=$(awk -v t="$(getconf CLK_TCK)" -v s="$child_cpu" '{print s + ($14 + $15) / t}' "/proc/$child/stat")
+    done
+    source_result journald "$t0" "$(awk "BEGIN{print $(cpu) + $child_cpu}")"
+    echo "{\"journalctl_cpu_s\": $child_cpu}" >"$results/journald-child.json"
+    stop
+}
+sources_phase
 
 # The steady phase on larch binary $1, results under the name $2.
 steady() {

@@ -117,6 +117,28 @@ row("ingest: peak RSS", ingest_proc["peak_rss_mb"], "MB")
 if ingest["failed_requests"]:
     row("ingest: failed requests", ingest["failed_requests"], "")
 
+# The other sources, each alone on a fresh larch, beside the HTTP figure of
+# the same run (all of larch's CPU, the compactor included, on both sides).
+http_all = ingest_proc["cpu_s"] / ingest["lines"] * 1e6 if ingest["lines"] else 0
+journal_child = maybe("journald-child")
+for name, what in (
+    ("syslog", "syslog over TCP, 4 connections"),
+    ("otlp", "OTLP/HTTP protobuf, 16 clients"),
+    ("journald", "journal via journalctl"),
+):
+    figures = maybe(name)
+    if not figures or not figures["lines"] or figures["seconds"] <= 0:
+        continue
+    per_million = figures["cpu_s"] / figures["lines"] * 1e6
+    row(f"{name}: lines/s ({what})", figures["lines"] / figures["seconds"], "",
+        f"{ingest['lines_per_s']:,.0f} HTTP")
+    note = ""
+    if name == "journald" and journal_child:
+        note = f"{journal_child['journalctl_cpu_s'] / figures['lines'] * 1e6:.2f} of them journalctl's"
+    row(f"{name}: CPU per million lines", per_million, "CPU-s",
+        f"{http_all:.2f} CPU-s HTTP", f"{per_million / http_all:.1f}x" if http_all else "", note,
+        digits=2)
+
 steady_cores = steady_proc["cpu_s"] / steady["seconds"]
 row("steady: lines/s (asked 100,000)", steady["lines_per_s"], "")
 row(

@@ -3,20 +3,23 @@
 # - moto (PyPI): an S3-compatible server, with boto3 to inspect what larch wrote;
 # - Azurite (npm): the Azure Blob Storage emulator, with azure-storage-blob (PyPI);
 # - s3s-fs (crates.io): an S3-compatible server that checks request signatures;
-# and, with no names given, logger (Debian's bsdutils) if it is missing.
+# - otel (PyPI): the OpenTelemetry Python SDK with its OTLP/HTTP log exporters,
+#   protobuf and JSON, in their own virtualenv;
+# and, with no names given, logger (Debian's bsdutils) and journalctl with
+# systemd-journal-remote (Debian's systemd, systemd-journal-remote) if missing.
 # Idempotent: what is already there is kept.
 #
 #   scripts/test-servers.sh           all of them
-#   scripts/test-servers.sh s3s-fs    only the named ones (moto, azurite, s3s-fs)
+#   scripts/test-servers.sh s3s-fs    only the named ones (moto, azurite, s3s-fs, otel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.test-servers
 mkdir -p "$dir"
-wanted=" ${*:-moto azurite s3s-fs} "
+wanted=" ${*:-moto azurite s3s-fs otel} "
 for name in $wanted; do
     case $name in
-        moto | azurite | s3s-fs) ;;
-        *) echo "unknown test server '$name' (known: moto, azurite, s3s-fs)" >&2; exit 2 ;;
+        moto | azurite | s3s-fs | otel) ;;
+        *) echo "unknown test server '$name' (known: moto, azurite, s3s-fs, otel)" >&2; exit 2 ;;
     esac
 done
 want() { [[ $wanted == *" $1 "* ]]; }
@@ -25,6 +28,15 @@ if want moto && ! "$dir/venv/bin/python" -c 'import boto3, moto, azure.storage.b
     python3 -m venv "$dir/venv"
     "$dir/venv/bin/pip" install --quiet --disable-pip-version-check \
         'moto[server]' boto3 azure-storage-blob
+fi
+# The JSON exporter (still a beta) pins the common packages at 0.66b1, which
+# the protobuf exporter 1.45.1 shares.
+if want otel && ! "$dir/otel/bin/python" -c 'import opentelemetry.exporter.otlp.json.http._log_exporter, opentelemetry.exporter.otlp.proto.http._log_exporter' 2>/dev/null; then
+    echo "installing the OpenTelemetry Python SDK and its OTLP/HTTP exporters into $dir/otel"
+    python3 -m venv "$dir/otel"
+    "$dir/otel/bin/pip" install --quiet --disable-pip-version-check \
+        'opentelemetry-sdk==1.45.1' 'opentelemetry-exporter-otlp-proto-http==1.45.1' \
+        'opentelemetry-exporter-otlp-json-http==0.66b1'
 fi
 if want azurite && [ ! -x "$dir/npm/node_modules/.bin/azurite-blob" ]; then
     if ! command -v npm >/dev/null; then
@@ -45,6 +57,18 @@ if [ $# -eq 0 ] && ! command -v logger >/dev/null; then
     echo "installing logger (bsdutils) for the syslog tests"
     apt-get install -y -qq bsdutils
 fi
+# The journal tests write journal files with systemd-journal-remote and larch
+# reads them with journalctl.
+if [ $# -eq 0 ] && ! { command -v journalctl >/dev/null &&
+    { [ -x /lib/systemd/systemd-journal-remote ] || [ -x /usr/lib/systemd/systemd-journal-remote ]; }; }; then
+    echo "installing journalctl and systemd-journal-remote for the journal tests"
+    install_journal() {
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            systemd systemd-journal-remote
+    }
+    install_journal || { apt-get update -qq && install_journal; }
+fi
 if want moto; then "$dir/venv/bin/python" -c 'import moto; print("moto", moto.__version__)'; fi
 if want azurite; then echo "azurite $("$dir/npm/node_modules/.bin/azurite-blob" --version)"; fi
 if want s3s-fs; then "$dir/cargo/bin/s3s-fs" --version; fi
+if want otel; then "$dir/otel/bin/python" -c 'import opentelemetry.sdk.version as v; print("opentelemetry-sdk", v.__version__)'; fi

@@ -28,6 +28,7 @@ use crate::config::Settings;
 use crate::ingest::listen::serve;
 use crate::ingest::{self, Ingest, LiveKeys};
 use crate::intake::Intake;
+use crate::journald::Journals;
 use crate::ops::Ops;
 use crate::reload::{Reloadable, Reloader};
 use crate::rules::LiveRules;
@@ -179,11 +180,14 @@ pub async fn run(
     let syslog = SyslogListeners::start(&settings.syslog_sources, &intake, &stop)
         .await
         .map_err(|e| DaemonError::Task("syslog source", e))?;
+    let journals = Journals::start(&settings.journal_sources, &intake)
+        .map_err(|e| DaemonError::Task("journal source", e))?;
     let reloadable = Arc::new(Reloadable {
         keys: keys.clone(),
         intake: intake.clone(),
         tails: Mutex::new(Some(tails)),
         syslog: Mutex::new(Some(syslog)),
+        journals: Mutex::new(Some(journals)),
         stop: stop.clone(),
         current: Mutex::new(settings.clone()),
     });
@@ -317,9 +321,14 @@ impl Stages {
         // included), then drop their committer handles.
         let tails = self.reloadable.tails.lock().take();
         let syslog = self.reloadable.syslog.lock().take();
+        let journals = self.reloadable.journals.lock().take();
         drop(self.reloadable);
         if let Some(tails) = tails {
             let _ = tokio::task::spawn_blocking(move || tails.stop()).await;
+        }
+        // Journal sources end journalctl; what they committed stays.
+        if let Some(journals) = journals {
+            let _ = tokio::task::spawn_blocking(move || journals.stop()).await;
         }
         // Syslog listeners commit what they read, then drop theirs.
         if let Some(syslog) = syslog {

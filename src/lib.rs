@@ -37,6 +37,7 @@ pub mod gzip;
 pub mod hour;
 pub mod ingest;
 pub mod intake;
+pub mod journald;
 pub mod line;
 pub mod memory;
 pub mod ops;

@@ -74,6 +74,18 @@ pub struct Line {
     pub origin: Arc<Origin>,
 }
 
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn cut_to(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// What a stored line costs beyond its own fields' text: its ID, times,
 /// flags, origin number and the framing of each field, rounded up.
 const STORED_OVERHEAD: usize = 64;

@@ -1,5 +1,5 @@
 //! `SIGHUP`: re-reads the configuration and applies what can change while
-//! lines flow: ingestion keys, rules, file sources and syslog listeners. Everything else is
+//! lines flow: ingestion keys, rules and sources (files, syslog, journal). Everything else is
 //! compared with what is running and named if it changed, since it takes a
 //! restart. A configuration that does not load leaves the running one in
 //! force, and so does one that would leave no ingestion key: falling back to
@@ -8,7 +8,8 @@
 //! Keys and rules are swapped whole between two requests (a request sees the
 //! old set or the new, never a mix). File sources whose configuration changed
 //! are stopped, which stores what they read, and started again from there, so
-//! no line of a file is skipped or read twice.
+//! no line of a file is skipped or read twice; journal sources likewise start
+//! again from their stored cursor.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::ingest::LiveKeys;
 use crate::intake::Intake;
+use crate::journald::Journals;
 use crate::syslog::listen::Listeners as SyslogListeners;
 use crate::tail::{self, Tails};
 
@@ -31,6 +33,7 @@ pub struct Reloadable {
     pub intake: Intake,
     pub tails: Mutex<Option<Tails>>,
     pub syslog: Mutex<Option<SyslogListeners>>,
+    pub journals: Mutex<Option<Journals>>,
     /// What stops the daemon's background work, syslog listeners included.
     pub stop: CancellationToken,
     /// The settings in force.
@@ -100,6 +103,27 @@ impl Reloadable {
                 }
             }
         }
+        let mut journal_sources = current.journal_sources.clone();
+        if new.journal_sources != current.journal_sources {
+            let mut running = self.journals.lock();
+            if let Some(old) = running.take() {
+                old.stop();
+            }
+            match Journals::start(&new.journal_sources, &self.intake) {
+                Ok(started) => {
+                    *running = Some(started);
+                    journal_sources = new.journal_sources.clone();
+                    applied.push(format!("{} journal source(s)", new.journal_sources.len()));
+                }
+                Err(e) => {
+                    tracing::error!("{e}; the journal sources in force before stay");
+                    match Journals::start(&current.journal_sources, &self.intake) {
+                        Ok(started) => *running = Some(started),
+                        Err(e) => tracing::error!("{e}; restart larch"),
+                    }
+                }
+            }
+        }
         let restart = needs_restart(&current, &new);
         if !restart.is_empty() {
             tracing::warn!(
@@ -113,11 +137,12 @@ impl Reloadable {
             rules: new.rules,
             file_sources: new.file_sources,
             syslog_sources,
+            journal_sources,
             ..current.clone()
         };
         *current = kept;
         Ok(if applied.is_empty() {
-            "no change to keys, rules, file sources or syslog listeners".into()
+            "no change to keys, rules or sources".into()
         } else {
             format!("now in force: {}", applied.join(", "))
         })

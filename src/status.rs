@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::rules::LiveRules;
 use crate::spool::{Room, RoomStatus, Spool, SpoolError, SpoolHandle, SpoolSummary};
 use crate::sync::{Board, SyncReport};
+use crate::telemetry::sources::SourceReport;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
@@ -29,6 +30,9 @@ pub struct Status {
     /// What the spool's disk holds, and how long an outage it can ride out.
     #[serde(default)]
     pub outlook: Outlook,
+    /// The sources besides HTTP, as each last said of itself.
+    #[serde(default)]
+    pub sources: Vec<SourceReport>,
 }
 
 /// The spool's bytes on disk against the NDJSON they will archive as, and the
@@ -94,8 +98,12 @@ impl Reporter {
     /// The status now (reads every part record, off the async runtime).
     pub async fn status(&self) -> Result<Status, SpoolError> {
         let spool = self.spool.run(Spool::summary).await?;
-        let (lines_dropped_by_rule, room) = match &self.running {
-            Some(r) => (r.rules.load().dropped(), r.room.status()),
+        let (lines_dropped_by_rule, room, sources) = match &self.running {
+            Some(r) => (
+                r.rules.load().dropped(),
+                r.room.status(),
+                crate::telemetry::sources::sources(),
+            ),
             None => Default::default(),
         };
         Ok(Status {
@@ -106,6 +114,7 @@ impl Reporter {
             sync: self.board.report(),
             lines_dropped_by_rule,
             room,
+            sources,
         })
     }
 }

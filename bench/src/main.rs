@@ -17,6 +17,9 @@
 //! - `fleet`: many writers in one process, each with its own spool and sync
 //!   loop, archive one account-hour into one bucket at once (`fleet.rs`).
 //!
+//! - `syslog`, `journal-export` and `load --otlp`: the other sources' load
+//!   (`sources.rs`).
+//!
 //! Every figure is printed as JSON so the script can put them in one table.
 //!
 //! (Over 500 lines: one command per subcommand, each a page that shares only the
@@ -33,6 +36,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 mod fleet;
+mod sources;
 
 #[derive(Parser)]
 #[command(name = "larch-bench", about = "Load generator and baselines for larch")]
@@ -45,6 +49,10 @@ struct Cli {
 enum Command {
     /// Send lines to a running larch and measure throughput and latency.
     Load(LoadPlan),
+    /// Send syslog over TCP to a larch listener as fast as it goes.
+    Syslog(sources::SyslogPlan),
+    /// Journal entries in export format, for systemd-journal-remote.
+    JournalExport(sources::JournalPlan),
     /// Sequential write + fsync throughput in a directory.
     Fsync {
         #[arg(long)]
@@ -128,6 +136,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Load(plan) => load(plan),
+        Command::Syslog(plan) => sources::syslog(plan),
+        Command::JournalExport(plan) => sources::journal_export(plan),
         Command::Fsync { dir, mib } => fsync(&dir, mib),
         Command::FsyncProbe {
             dir,
@@ -169,7 +179,7 @@ fn mix(mut x: u64) -> u64 {
 /// A log line of about `len` bytes, like an application's access log: fixed
 /// words, and ids, addresses and numbers that vary, so it compresses about as
 /// well as real logs (4 to 5 times with gzip -6).
-fn log_line(n: u64, len: usize) -> String {
+pub(crate) fn log_line(n: u64, len: usize) -> String {
     const PATHS: [&str; 6] = [
         "/api/v1/orders",
         "/api/v1/users",
@@ -242,10 +252,17 @@ struct LoadPlan {
     /// they seal at once with `--late-window 0s`; 0 stamps them now.
     #[arg(long, default_value_t = 0)]
     hours_back: i64,
+    /// Send OTLP/HTTP logs (protobuf, to /v1/logs) instead of Mezmo bodies.
+    #[arg(long)]
+    otlp: bool,
 }
 
 fn body(plan: &LoadPlan, seq: u64) -> Vec<u8> {
     let now_ms = chrono::Utc::now().timestamp_millis();
+    if plan.otlp {
+        let first = seq * plan.lines_per_request as u64;
+        return sources::otlp_body(first, plan.lines_per_request, plan.line_bytes, now_ms);
+    }
     let mut out = Vec::with_capacity(plan.lines_per_request * (plan.line_bytes + 64));
     out.extend_from_slice(b"{\"lines\":[");
     for i in 0..plan.lines_per_request as u64 {
@@ -278,7 +295,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn load(plan: LoadPlan) -> anyhow::Result<()> {
     let plan = Arc::new(plan);
-    let url = format!("http://{}/logs/ingest?hostname=bench", plan.addr);
+    let (url, content_type) = if plan.otlp {
+        (
+            format!("http://{}/v1/logs", plan.addr),
+            "application/x-protobuf",
+        )
+    } else {
+        (
+            format!("http://{}/logs/ingest?hostname=bench", plan.addr),
+            "application/json",
+        )
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let lines_ok = Arc::new(AtomicU64::new(0));
     let bytes_ok = Arc::new(AtomicU64::new(0));
@@ -339,7 +366,7 @@ fn load(plan: LoadPlan) -> anyhow::Result<()> {
                 let result = agent
                     .post(&url)
                     .header("apikey", &key)
-                    .header("Content-Type", "application/json")
+                    .header("Content-Type", content_type)
                     .send(&body[..]);
                 let took = sent.elapsed();
                 match result {

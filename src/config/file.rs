@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::values::{
     ByteRate, ByteSize, GzipLevel, HumanDuration, KeyPrefix, ListenAddr, LogFormat,
 };
+use crate::journald::JournaldSourceConfig;
 use crate::rules::RulesConfig;
 use crate::syslog::SyslogSourceConfig;
 use crate::tail::FileSourceConfig;
@@ -77,6 +78,8 @@ pub struct SourcesConfig {
     pub files: Vec<FileSourceConfig>,
     #[serde(default)]
     pub syslog: Vec<SyslogSourceConfig>,
+    #[serde(default)]
+    pub journald: Vec<JournaldSourceConfig>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]

@@ -26,6 +26,7 @@ use crate::account::{AccountId, InvalidAccountId};
 use crate::ingest::auth::{KeyError, Keys};
 use crate::ingest::listen::ListenLimits;
 use crate::ingest::tls::TlsFiles;
+use crate::journald::{JournalSource, JournaldConfigError};
 use crate::rules::{RuleError, Rules};
 use crate::spool::RoomLimits;
 use crate::spool::SealRule;
@@ -85,6 +86,8 @@ pub enum ConfigError {
     Source(#[from] SourceError),
     #[error("{0}")]
     Syslog(#[from] SyslogConfigError),
+    #[error("{0}")]
+    Journald(#[from] JournaldConfigError),
 }
 
 /// Everything the daemon needs, checked.
@@ -129,6 +132,8 @@ pub struct Settings {
     pub file_sources: Vec<FileSource>,
     /// `[[sources.syslog]]`: syslog listeners.
     pub syslog_sources: Vec<SyslogListener>,
+    /// `[[sources.journald]]`: journals followed.
+    pub journal_sources: Vec<JournalSource>,
     /// `RUST_LOG`-style filter, when `RUST_LOG` itself is not set.
     pub log_level: String,
     pub log_format: LogFormat,
@@ -281,6 +286,7 @@ impl Settings {
             rules: Arc::new(Rules::new(file.rules.unwrap_or_default())?),
             file_sources: FileSource::all(sources.files)?,
             syslog_sources: SyslogListener::all(sources.syslog, max_skew_ms)?,
+            journal_sources: JournalSource::all(sources.journald, max_skew_ms)?,
             log_level: log.level.unwrap_or_else(|| "info".into()),
             log_format: log.format.unwrap_or_default(),
         })
@@ -362,6 +368,8 @@ mod tests {
             "[[rules.exclude]]",
             "[[sources.files]]",
             "[[sources.syslog]]",
+            "[[sources.journald]]",
+            "matches",
             "idle_timeout",
             "max_message",
             "follow_symlinks",

@@ -1,6 +1,7 @@
-//! The HTTP front door: Mezmo-compatible `POST /logs/ingest`. A request is
-//! answered 200 only after the committer says its lines are durable; every
-//! refusal uses docs/FORMAT.md's error body.
+//! The HTTP front door: Mezmo-compatible `POST /logs/ingest`, and OTLP/HTTP
+//! logs on `POST /v1/logs` ([`otlp`]). A request is answered 200 only after
+//! the committer says its lines are durable; every refusal uses
+//! docs/FORMAT.md's error body (OTLP's, a `google.rpc.Status`).
 //!
 //! A request's memory comes from one shared [`budget`] before it is used, and
 //! gunzip, JSON parsing and the rules run on blocking threads, so a large or
@@ -10,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod listen;
+pub mod otlp;
 pub mod tls;
 
 use std::sync::Arc;
@@ -40,6 +42,7 @@ pub struct Ingest {
 pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/logs/ingest", post(ingest_lines))
+        .route("/v1/logs", post(otlp::export_logs))
         // The handler enforces the body limit itself, with docs/FORMAT.md's 413 body.
         .layer(DefaultBodyLimit::disable())
         .with_state(ingest)
@@ -82,88 +85,16 @@ async fn answer(
             .map(|(_, v)| v.as_str())
     };
 
-    let Some(key) = auth::key_of(&headers, param("apikey")) else {
-        return not_ok(
-            StatusCode::UNAUTHORIZED,
-            vec!["no ingestion key: send it as Basic auth (key as user name), an apikey header, or ?apikey=".into()],
-        );
+    let received = match receive(&ingest, &headers, param("apikey"), param("account"), body).await {
+        Ok(received) => received,
+        Err(refusal) => return refusal.into_response(),
     };
-    let Some(account) = ingest.keys.load().account(&key).cloned() else {
-        return not_ok(
-            StatusCode::UNAUTHORIZED,
-            vec!["unknown ingestion key".into()],
-        );
-    };
-    // An optional check (`larch send --account`): lines never land in another
-    // account because a key was mixed up.
-    if let Some(expected) = param("account") {
-        if expected != account.as_str() {
-            return not_ok(
-                StatusCode::UNAUTHORIZED,
-                vec![format!(
-                    "this ingestion key belongs to account {:?}, not {expected:?}",
-                    account.as_str()
-                )],
-            );
-        }
-    }
-    let mut share = ingest.budget.share();
-    let length = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let raw = match read_body(body, length, &mut share, ingest.body_timeout).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            return rejection(Rejection::TooLarge(format!(
-                "the request body is over the {} MB limit; send fewer lines per request",
-                body::MAX_BODY / (1024 * 1024)
-            )))
-        }
-        Err(BodyError::Busy) => return busy(),
-        Err(BodyError::Slow) => {
-            crate::telemetry::connection_timed_out();
-            return not_ok(
-                StatusCode::REQUEST_TIMEOUT,
-                vec![format!(
-                    "the request body did not arrive within {} (ingest.body_timeout); send smaller requests or check the link",
-                    humantime::format_duration(ingest.body_timeout)
-                )],
-            );
-        }
-        Err(BodyError::Read(e)) => {
-            return not_ok(
-                StatusCode::BAD_REQUEST,
-                vec![format!("cannot read the request body: {e}")],
-            )
-        }
-    };
-    let gzip = headers
-        .get(axum::http::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    let received = raw.len();
-    let json = if gzip {
-        match gunzip(raw, &mut share).await {
-            Ok(json) => json,
-            Err(Refused::Busy) => return busy(),
-            Err(Refused::Rejected(r)) => return rejection(r),
-            Err(Refused::Failed(e)) => {
-                return not_ok(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    vec![format!("decompressing the body failed: {e}")],
-                )
-            }
-        }
-    } else {
-        raw
-    };
-    // What the body holds of the share: as received, and its text if gunzipped.
-    let body_held = if gzip {
-        received + json.len()
-    } else {
-        received
-    };
+    let Received {
+        account,
+        text: json,
+        mut share,
+        body_held,
+    } = received;
     let ctx = RequestContext {
         hostname: param("hostname").map(str::to_owned),
         mac: param("mac").map(str::to_owned),
@@ -222,7 +153,7 @@ async fn answer(
     .await;
     let (parsed, mut share, lines_held) = match parsed {
         Ok((Ok(parsed), share, held)) => (parsed, share, held),
-        Ok((Err(r), ..)) => return rejection(r),
+        Ok((Err(r), ..)) => return Refusal::rejected(r).into_response(),
         Err(e) => {
             return not_ok(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -240,66 +171,208 @@ async fn answer(
             Json(json!({"status": "ok", "batchID": batch_id})),
         )
             .into_response(),
-        Err(e @ CommitError::ShuttingDown) => not_ok(
+        Err(e) => Refusal::not_stored(e).into_response(),
+    }
+}
+
+/// Why a request was refused: its status, what to tell the client, and when
+/// to try again. Each route writes it in its own error body.
+pub struct Refusal {
+    pub status: StatusCode,
+    pub errors: Vec<String>,
+    /// Seconds, for `Retry-After`.
+    pub retry_after: Option<&'static str>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, why: String) -> Self {
+        Self {
+            status,
+            errors: vec![why],
+            retry_after: None,
+        }
+    }
+
+    fn retry(status: StatusCode, why: String, seconds: &'static str) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(status, why)
+        }
+    }
+
+    /// Too many requests are being read at once.
+    fn busy() -> Self {
+        crate::telemetry::ingest_busy();
+        Self::retry(
             StatusCode::SERVICE_UNAVAILABLE,
-            vec![format!("{e}; retry shortly")],
-        ),
-        Err(CommitError::NoRoom(NoRoom::Full(why))) => retry_later(
-            StatusCode::INSUFFICIENT_STORAGE,
-            format!("{why}; nothing of this request was stored, retry later"),
-        ),
-        Err(CommitError::NoRoom(NoRoom::OverShare(why))) => retry_later(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("{why}; nothing of this request was stored, retry later"),
-        ),
-        Err(
+            format!("{Busy}; nothing of this request was stored, retry shortly"),
+            "1",
+        )
+    }
+
+    /// The request cannot be read: nothing can come of retrying it.
+    fn rejected(r: Rejection) -> Self {
+        match r {
+            Rejection::Busy => Self::busy(),
+            Rejection::Malformed(errors) => Self {
+                status: StatusCode::BAD_REQUEST,
+                errors,
+                retry_after: None,
+            },
+            Rejection::TooLarge(e) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e),
+        }
+    }
+
+    /// Why the committer did not store a request's lines.
+    fn not_stored(e: CommitError) -> Self {
+        let why = |e: &dyn std::fmt::Display| {
+            format!("{e}; nothing of this request was stored, retry later")
+        };
+        match e {
+            e @ CommitError::ShuttingDown => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{e}; retry shortly"),
+            ),
+            CommitError::NoRoom(NoRoom::Full(w)) => {
+                Self::retry(StatusCode::INSUFFICIENT_STORAGE, why(&w), "5")
+            }
+            CommitError::NoRoom(NoRoom::OverShare(w)) => {
+                Self::retry(StatusCode::TOO_MANY_REQUESTS, why(&w), "5")
+            }
             e @ CommitError::Store {
                 disk_full: true, ..
-            },
-        ) => not_ok(
-            StatusCode::INSUFFICIENT_STORAGE,
-            vec![format!(
-                "{e}; the spool's disk is full, nothing of this request was stored, retry later"
-            )],
-        ),
-        Err(e) => not_ok(
-            StatusCode::SERVICE_UNAVAILABLE,
-            vec![format!(
-                "{e}; nothing of this request was stored, retry later"
-            )],
-        ),
+            } => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "{e}; the spool's disk is full, nothing of this request was stored, retry later"
+                ),
+            ),
+            e => Self::new(StatusCode::SERVICE_UNAVAILABLE, why(&e)),
+        }
     }
 }
 
-fn busy() -> Response {
-    crate::telemetry::ingest_busy();
-    retry_after(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("{Busy}; nothing of this request was stored, retry shortly"),
-        "1",
-    )
-}
-
-/// A refusal the client should retry after a while.
-fn retry_later(status: StatusCode, why: String) -> Response {
-    retry_after(status, why, "5")
-}
-
-fn retry_after(status: StatusCode, why: String, seconds: &'static str) -> Response {
-    let mut response = not_ok(status, vec![why]);
-    response.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static(seconds),
-    );
-    response
-}
-
-fn rejection(r: Rejection) -> Response {
-    match r {
-        Rejection::Busy => busy(),
-        Rejection::Malformed(errors) => not_ok(StatusCode::BAD_REQUEST, errors),
-        Rejection::TooLarge(e) => not_ok(StatusCode::PAYLOAD_TOO_LARGE, vec![e]),
+impl IntoResponse for Refusal {
+    /// In docs/FORMAT.md's error body.
+    fn into_response(self) -> Response {
+        let mut response = not_ok(self.status, self.errors);
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(seconds),
+            );
+        }
+        response
     }
+}
+
+/// A request whose key is known, its body read whole and, if it came
+/// gzipped, decompressed: where every ingest route starts.
+pub struct Received {
+    pub account: crate::account::AccountId,
+    pub text: Bytes,
+    /// What the request holds of the memory budget.
+    pub share: Share,
+    /// Of that, what the body takes: as received, plus its text if gunzipped.
+    pub body_held: usize,
+}
+
+/// Checks the request's key (and the account it was said to be for), then
+/// reads its body within the budget and the body timeout, and gunzips it.
+pub async fn receive(
+    ingest: &Ingest,
+    headers: &HeaderMap,
+    apikey: Option<&str>,
+    expected_account: Option<&str>,
+    body: axum::body::Body,
+) -> Result<Received, Refusal> {
+    let Some(key) = auth::key_of(headers, apikey) else {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "no ingestion key: send it as Basic auth (key as user name), an apikey header, or ?apikey=".into(),
+        ));
+    };
+    let Some(account) = ingest.keys.load().account(&key).cloned() else {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown ingestion key".into(),
+        ));
+    };
+    // An optional check (`larch send --account`): lines never land in another
+    // account because a key was mixed up.
+    if let Some(expected) = expected_account {
+        if expected != account.as_str() {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "this ingestion key belongs to account {:?}, not {expected:?}",
+                    account.as_str()
+                ),
+            ));
+        }
+    }
+    let mut share = ingest.budget.share();
+    let length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let raw = match read_body(body, length, &mut share, ingest.body_timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Err(Refusal::rejected(Rejection::TooLarge(format!(
+                "the request body is over the {} MB limit; send fewer lines per request",
+                body::MAX_BODY / (1024 * 1024)
+            ))))
+        }
+        Err(BodyError::Busy) => return Err(Refusal::busy()),
+        Err(BodyError::Slow) => {
+            crate::telemetry::connection_timed_out();
+            return Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} (ingest.body_timeout); send smaller requests or check the link",
+                    humantime::format_duration(ingest.body_timeout)
+                ),
+            ));
+        }
+        Err(BodyError::Read(e)) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request body: {e}"),
+            ))
+        }
+    };
+    let gzip = headers
+        .get(axum::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let received = raw.len();
+    let text = if gzip {
+        match gunzip(raw, &mut share).await {
+            Ok(text) => text,
+            Err(Refused::Busy) => return Err(Refusal::busy()),
+            Err(Refused::Rejected(r)) => return Err(Refusal::rejected(r)),
+            Err(Refused::Failed(e)) => {
+                return Err(Refusal::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("decompressing the body failed: {e}"),
+                ))
+            }
+        }
+    } else {
+        raw
+    };
+    let body_held = if gzip {
+        received + text.len()
+    } else {
+        received
+    };
+    Ok(Received {
+        account,
+        text,
+        share,
+        body_held,
+    })
 }
 
 /// A body past the limit is still read (and thrown away) up to this much, so the

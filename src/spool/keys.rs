@@ -6,6 +6,7 @@
 //! - `M name`                         → spool metadata (version, counters)
 //! - `Q <original key>`               → a record set aside because it was corrupt
 //! - `S source 0x00 dev inode`        → how far a tailed file was read
+//! - `C source`                       → the journal cursor a journal source read up to
 //!
 //! Integers are big-endian (hours with the sign bit flipped) so keys sort by
 //! account, then hour, then part, then block: a part's lines come back in the
@@ -19,6 +20,7 @@ pub const PART: u8 = b'P';
 pub const META: u8 = b'M';
 pub const QUARANTINE: u8 = b'Q';
 pub const POSITION: u8 = b'S';
+pub const CURSOR: u8 = b'C';
 
 /// One part: the lines of an (account, UTC hour) that share a part number.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,6 +90,13 @@ pub fn positions_of(source: &str) -> Vec<u8> {
     let mut k = vec![POSITION];
     k.extend_from_slice(source.as_bytes());
     k.push(0);
+    k
+}
+
+/// Where the journal source `source` keeps its cursor.
+pub fn cursor_of(source: &str) -> Vec<u8> {
+    let mut k = vec![CURSOR];
+    k.extend_from_slice(source.as_bytes());
     k
 }
 

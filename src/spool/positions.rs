@@ -1,5 +1,5 @@
-//! Read positions of tailed files, kept in the spool beside the lines read
-//! from them.
+//! Read positions of sources that can be read again (tailed files, the
+//! journal), kept in the spool beside the lines read from them.
 //!
 //! A position is written in the same sled batch, and made durable by the same
 //! flush, as the lines read up to it, so after a crash reading resumes exactly
@@ -47,20 +47,31 @@ pub struct FilePosition {
     pub in_long_line: bool,
 }
 
-/// A position to store (or, with `None`, forget) with a commit.
+/// A position to store (or forget) with a commit.
 #[derive(Clone, Debug)]
-pub struct PositionUpdate {
-    pub key: FileKey,
-    pub position: Option<FilePosition>,
+pub enum PositionUpdate {
+    /// How far a tailed file was read; `None` forgets a file that is gone.
+    File {
+        key: FileKey,
+        position: Option<FilePosition>,
+    },
+    /// The journal cursor of the last entry a journal source read.
+    Cursor { source: String, cursor: String },
 }
 
 impl PositionUpdate {
     pub(super) fn key_bytes(&self) -> Vec<u8> {
-        self.key.encode()
+        match self {
+            PositionUpdate::File { key, .. } => key.encode(),
+            PositionUpdate::Cursor { source, .. } => keys::cursor_of(source),
+        }
     }
 
     pub(super) fn value_bytes(&self) -> Option<Vec<u8>> {
-        self.position.as_ref().map(codec::encode)
+        match self {
+            PositionUpdate::File { position, .. } => position.as_ref().map(codec::encode),
+            PositionUpdate::Cursor { cursor, .. } => Some(cursor.as_bytes().to_vec()),
+        }
     }
 }
 
@@ -97,5 +108,22 @@ impl Spool {
             }
         }
         Ok(out)
+    }
+
+    /// The stored cursor of the journal source `source`, if it read anything.
+    /// A cursor that is not text is set aside: the source then starts as on
+    /// its first run.
+    pub fn journal_cursor(&self, source: &str) -> Result<Option<String>, SpoolError> {
+        let key = keys::cursor_of(source);
+        let Some(value) = self.db.get(&key)? else {
+            return Ok(None);
+        };
+        match std::str::from_utf8(&value) {
+            Ok(cursor) if !cursor.is_empty() => Ok(Some(cursor.to_owned())),
+            _ => {
+                self.quarantine(&key, &value, "journal cursor is not text")?;
+                Ok(None)
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::listen::{SyslogListener, Transport};
 use crate::account::{AccountId, InvalidAccountId};
+use crate::ingest::tls::TlsFiles;
 
 /// Bytes of one message kept by default (RFC 5425 asks receivers to take at
 /// least 2 KiB; appliances send stack traces).
@@ -21,7 +22,7 @@ const MAX_MAX_MESSAGE: usize = 1 << 20;
 #[serde(deny_unknown_fields)]
 pub struct SyslogSourceConfig {
     pub account: String,
-    /// `udp` or `tcp`.
+    /// `udp`, `tcp`, or `tls` (TCP with TLS, RFC 5425).
     pub transport: String,
     /// Address and port, like `0.0.0.0:514`.
     pub listen: String,
@@ -31,6 +32,9 @@ pub struct SyslogSourceConfig {
     pub max_connections: Option<usize>,
     /// A TCP connection that sends nothing this long is closed (default 60s).
     pub idle_timeout: Option<String>,
+    /// `tls`: PEM files of the certificate chain and private key.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +44,7 @@ pub enum SyslogConfigError {
         number: usize,
         source: InvalidAccountId,
     },
-    #[error("[[sources.syslog]] number {number}: transport {given:?} is not \"udp\" or \"tcp\"")]
+    #[error("[[sources.syslog]] number {number}: transport {given:?} is not \"udp\", \"tcp\" or \"tls\"")]
     Transport { number: usize, given: String },
     #[error("[[sources.syslog]] number {number}: listen {given:?} is not an address and port, like \"0.0.0.0:514\"")]
     Listen { number: usize, given: String },
@@ -53,6 +57,8 @@ pub enum SyslogConfigError {
     },
     #[error("[[sources.syslog]]: {0} is given twice for one transport")]
     Duplicate(String),
+    #[error("[[sources.syslog]] number {number}: transport \"tls\" needs tls_cert and tls_key (PEM files), and only it takes them")]
+    Tls { number: usize },
 }
 
 impl SyslogListener {
@@ -69,6 +75,7 @@ impl SyslogListener {
             let transport = match c.transport.as_str() {
                 "udp" => Transport::Udp,
                 "tcp" => Transport::Tcp,
+                "tls" => Transport::Tls,
                 _ => {
                     return Err(SyslogConfigError::Transport {
                         number,
@@ -113,18 +120,28 @@ impl SyslogListener {
                         why: "give a duration like 60s".into(),
                     })?,
             };
+            let tls = match (transport, c.tls_cert, c.tls_key) {
+                (Transport::Tls, Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (Transport::Tls, ..) | (_, Some(_), _) | (_, _, Some(_)) => {
+                    return Err(SyslogConfigError::Tls { number })
+                }
+                _ => None,
+            };
             let listener = Self {
                 account,
                 transport,
+                tls,
                 listen,
                 max_message,
                 max_connections,
                 idle_timeout,
                 max_skew_ms,
             };
+            // TCP and TLS listeners both take TCP ports.
+            let udp = |t: Transport| t == Transport::Udp;
             if listeners
                 .iter()
-                .any(|l| l.listen == listener.listen && l.transport == listener.transport)
+                .any(|l| l.listen == listener.listen && udp(l.transport) == udp(listener.transport))
             {
                 return Err(SyslogConfigError::Duplicate(listen.to_string()));
             }
@@ -172,8 +189,14 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
+        let err = bad("account = \"net\"\ntransport = \"relp\"\nlisten = \"127.0.0.1:1\"");
+        assert!(err.contains("\"relp\""), "{err}");
         let err = bad("account = \"net\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:1\"");
-        assert!(err.contains("\"tls\""), "{err}");
+        assert!(err.contains("tls_cert and tls_key"), "{err}");
+        let err = bad(
+            "account = \"net\"\ntransport = \"udp\"\nlisten = \"127.0.0.1:1\"\ntls_cert = \"/c\"",
+        );
+        assert!(err.contains("only it takes them"), "{err}");
         let err = bad("account = \"net\"\ntransport = \"udp\"\nlisten = \"localhost\"");
         assert!(err.contains("\"localhost\""), "{err}");
         let err = bad("account = \"../x\"\ntransport = \"udp\"\nlisten = \"127.0.0.1:1\"");

@@ -1,5 +1,6 @@
-//! The syslog listeners: UDP (a message per datagram) and TCP (messages framed
-//! as RFC 6587 allows), each feeding one account's lines to the spool.
+//! The syslog listeners: UDP (a message per datagram) and TCP, with or
+//! without TLS (messages framed as RFC 6587 allows; RFC 5425 for TLS), each
+//! feeding one account's lines to the spool.
 //!
 //! Lines are committed in small batches (at most `BATCH_LINES`, or what came
 //! within `BATCH_WAIT`). Syslog has no acknowledgement, so what larch can do
@@ -15,17 +16,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::AsyncRead;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::{Decoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{Frame, Frames};
 use super::message::line_of;
 use crate::account::AccountId;
+use crate::ingest::tls::{server_config, TlsFiles};
 use crate::intake::Intake;
 use crate::line::{Line, Origin};
 use crate::spool::{Along, CommitError};
+use crate::telemetry::sources::SourceEntry;
 use crate::telemetry::Source;
 
 /// Lines committed at once, at most.
@@ -52,12 +57,26 @@ pub struct SyslogListener {
     pub idle_timeout: Duration,
     /// Message times further ahead than this are not believed.
     pub max_skew_ms: i64,
+    /// The certificate and key of a `tls` listener.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     Udp,
     Tcp,
+    /// TCP with TLS (RFC 5425), framed as TCP is.
+    Tls,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
 }
 
 /// A message as it arrived, before it is a line.
@@ -93,16 +112,7 @@ impl Listeners {
     ) -> Result<Self, String> {
         let mut bound = Vec::with_capacity(listeners.len());
         for listener in listeners {
-            bound.push(Bound::bind(listener.clone()).await.map_err(|e| {
-                format!(
-                    "cannot listen for syslog on {} ({}): {e}. Free the port or change [[sources.syslog]] listen",
-                    listener.listen,
-                    match listener.transport {
-                        Transport::Udp => "udp",
-                        Transport::Tcp => "tcp",
-                    }
-                )
-            })?);
+            bound.push(Bound::bind(listener.clone()).await?);
         }
         let stop = stop.child_token();
         let tasks = bound
@@ -131,14 +141,34 @@ struct Bound {
 
 enum Socket {
     Udp(UdpSocket),
-    Tcp(TcpListener),
+    /// With TLS on each connection when the acceptor is there.
+    Tcp(TcpListener, Option<TlsAcceptor>),
 }
 
 impl Bound {
-    async fn bind(listener: SyslogListener) -> std::io::Result<Self> {
+    /// Binds the address (and reads the certificate first, for TLS); the
+    /// error says what to change.
+    async fn bind(listener: SyslogListener) -> Result<Self, String> {
+        let tls = match &listener.tls {
+            Some(files) => Some(TlsAcceptor::from(Arc::new(
+                server_config(files)
+                    .map_err(|e| format!("syslog listener {} (tls): {e}", listener.listen))?,
+            ))),
+            None => None,
+        };
+        let taken = |e: std::io::Error| {
+            format!(
+                "cannot listen for syslog on {} ({}): {e}. Free the port or change [[sources.syslog]] listen",
+                listener.listen,
+                listener.transport.name()
+            )
+        };
         let socket = match listener.transport {
-            Transport::Udp => Socket::Udp(UdpSocket::bind(listener.listen).await?),
-            Transport::Tcp => Socket::Tcp(TcpListener::bind(listener.listen).await?),
+            Transport::Udp => Socket::Udp(UdpSocket::bind(listener.listen).await.map_err(taken)?),
+            Transport::Tcp | Transport::Tls => Socket::Tcp(
+                TcpListener::bind(listener.listen).await.map_err(taken)?,
+                tls,
+            ),
         };
         Ok(Self {
             listener: Arc::new(listener),
@@ -150,10 +180,17 @@ impl Bound {
     async fn serve(self, intake: Intake, stop: CancellationToken) {
         let listener = self.listener;
         let (tx, rx) = mpsc::channel::<Arrived>(WAITING);
-        let committing = tokio::spawn(commit_batches(listener.clone(), intake.clone(), rx));
+        let row = SourceEntry::register(
+            "syslog",
+            format!("{} {}", listener.transport.name(), listener.listen),
+            &listener.account,
+        );
+        let committing = tokio::spawn(commit_batches(listener.clone(), intake.clone(), rx, row));
         let served = match self.socket {
             Socket::Udp(socket) => serve_udp(socket, &listener, &intake, tx, stop).await,
-            Socket::Tcp(socket) => serve_tcp(socket, listener.clone(), intake, tx, stop).await,
+            Socket::Tcp(socket, tls) => {
+                serve_tcp(socket, tls, listener.clone(), intake, tx, stop).await
+            }
         };
         if let Err(e) = served {
             tracing::error!("syslog listener {} stopped: {e}", listener.listen);
@@ -189,6 +226,7 @@ async fn serve_udp(
 
 async fn serve_tcp(
     socket: TcpListener,
+    tls: Option<TlsAcceptor>,
     listener: Arc<SyslogListener>,
     intake: Intake,
     tx: mpsc::Sender<Arrived>,
@@ -217,10 +255,27 @@ async fn serve_tcp(
             drop(stream);
             continue;
         };
-        let (listener, intake, tx, stop) =
-            (listener.clone(), intake.clone(), tx.clone(), stop.clone());
+        let (listener, intake, tx, stop, tls) = (
+            listener.clone(),
+            intake.clone(),
+            tx.clone(),
+            stop.clone(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            read_connection(stream, peer, &listener, &intake, tx, stop).await;
+            match tls {
+                None => read_connection(stream, peer, &listener, &intake, tx, stop).await,
+                // The handshake is bounded by the idle timeout, as silence is.
+                Some(tls) => match tokio::time::timeout(listener.idle_timeout, tls.accept(stream))
+                    .await
+                {
+                    Ok(Ok(stream)) => {
+                        read_connection(stream, peer, &listener, &intake, tx, stop).await
+                    }
+                    Ok(Err(e)) => tracing::debug!("syslog TLS handshake with {peer} failed: {e}"),
+                    Err(_) => tracing::debug!("syslog TLS handshake with {peer} timed out"),
+                },
+            }
             drop(slot);
         });
     }
@@ -228,7 +283,7 @@ async fn serve_tcp(
 
 /// Reads one TCP connection's messages until it closes, falls idle or `stop`.
 async fn read_connection(
-    stream: TcpStream,
+    stream: impl AsyncRead + Unpin,
     peer: SocketAddr,
     listener: &SyslogListener,
     intake: &Intake,
@@ -272,8 +327,9 @@ async fn commit_batches(
     listener: Arc<SyslogListener>,
     intake: Intake,
     mut rx: mpsc::Receiver<Arrived>,
+    row: SourceEntry,
 ) {
-    let retry = listener.transport == Transport::Tcp;
+    let retry = listener.transport != Transport::Udp;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + BATCH_WAIT;
@@ -322,13 +378,18 @@ async fn commit_batches(
                 )
                 .await;
             match result {
-                Ok(_) => lines.clear(),
+                Ok(_) => {
+                    lines.clear();
+                    row.stored(count, intake.clock.now_ms());
+                }
                 Err(CommitError::ShuttingDown) => return,
                 Err(e) if retry => {
+                    row.problem(format!("senders held back: {e}"));
                     tracing::warn!("syslog {}: {e}; holding the senders back", listener.listen);
                     tokio::time::sleep(RETRY_AFTER).await;
                 }
                 Err(e) => {
+                    row.problem(format!("UDP messages lost: {e}"));
                     crate::telemetry::syslog_lost(count);
                     tracing::warn!("syslog {}: {count} UDP messages lost: {e}", listener.listen);
                 }

@@ -18,7 +18,7 @@ use syslog_loose::{IncompleteDate, Message, ProcId, Protocol, Variant};
 
 use crate::clock::EpochMs;
 use crate::ingest::body::{MAX_APP, MAX_HOSTNAME, MAX_LINE, MAX_META};
-use crate::line::{Line, Origin};
+use crate::line::{cut_to, Line, Origin};
 
 use super::frame::Frame;
 
@@ -131,17 +131,6 @@ fn year_nearest(date: IncompleteDate, received_ms: EpochMs) -> i32 {
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
-fn cut_to(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use crate::intake::Intake;
 use crate::spool::{FilePosition, PositionUpdate};
+use crate::telemetry::sources::SourceEntry;
 pub use config::{FileSource, FileSourceConfig, SourceError, StartAt};
 use file::{fingerprint, identity, open_regular, Tailed, FINGERPRINT_BYTES};
 
@@ -135,6 +136,8 @@ struct SourceRun {
     store_retry_at: Cell<Option<Instant>>,
     /// Links the last listing skipped, each reported once while it stays.
     skipped_links: HashSet<PathBuf>,
+    /// Its row in `larch status`.
+    row: SourceEntry,
 }
 
 /// A file a listing found: its path, and the glob's leading directory it was found under.
@@ -159,7 +162,9 @@ impl SourceRun {
             }
         };
         let instance = spool.instance_hex();
+        let row = SourceEntry::register("files", source.name.clone(), &source.account);
         Self {
+            row,
             first_run: stored.is_empty(),
             stored,
             files: HashMap::new(),
@@ -420,7 +425,7 @@ impl SourceRun {
         let gone: Vec<(u64, u64)> = self.stored.drain().map(|(key, _)| key).collect();
         let updates: Vec<PositionUpdate> = gone
             .into_iter()
-            .map(|key| PositionUpdate {
+            .map(|key| PositionUpdate::File {
                 key: self.key(key),
                 position: None,
             })

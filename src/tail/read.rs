@@ -120,7 +120,7 @@ impl SourceRun {
     }
 
     pub(super) fn update(&self, t: &Tailed, position: Option<FilePosition>) -> PositionUpdate {
-        PositionUpdate {
+        PositionUpdate::File {
             key: self.key((t.dev, t.ino)),
             position,
         }
@@ -135,7 +135,16 @@ impl SourceRun {
         let along = Along { ids, positions };
         let committer = self.intake.committer.clone();
         let account = self.source.account.clone();
-        self.runtime
-            .block_on(committer.commit_along(account, lines, along, Source::File))
+        let count = lines.len();
+        let committed =
+            self.runtime
+                .block_on(committer.commit_along(account, lines, along, Source::File));
+        match &committed {
+            Ok(_) => self.row.stored(count, self.intake.clock.now_ms()),
+            Err(e) => self
+                .row
+                .problem(format!("not stored, read again later: {e}")),
+        }
+        committed
     }
 }

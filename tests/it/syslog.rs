@@ -198,3 +198,96 @@ fn sighup_moves_a_syslog_listener_without_a_restart() {
         "{texts:?}"
     );
 }
+
+#[test]
+fn a_tls_listener_takes_messages_from_a_tls_client_framed_either_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let port = free_port();
+    let config = dir.path().join("larch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources.syslog]]\naccount = \"net\"\ntransport = \"tls\"\nlisten = \"127.0.0.1:{port}\"\n\
+             tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let d = Daemon::start(
+        &data,
+        &["--late-window", "0s", "--config", config.to_str().unwrap()],
+    );
+    // RFC 5425 frames by octet count; a newline-framed message follows it.
+    let counted = "<11>1 2026-01-02T03:04:05Z edge-1 vault 77 - - tls counted message";
+    let mut stream = format!("{} {counted}", counted.len()).into_bytes();
+    stream.extend_from_slice(b"<30>Jan  2 03:04:05 edge-2 cron[9]: tls newline message\n");
+    // openssl's own client, closing once its input ends.
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-no_ign_eof", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    client.stdin.take().unwrap().write_all(&stream).unwrap();
+    assert!(client.wait().unwrap().success(), "openssl s_client failed");
+    // A client that never completes the handshake costs the listener nothing.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain
+        .write_all(b"<13>1 - - - - - - not encrypted\n")
+        .unwrap();
+    // TLS (like TCP) has no acknowledgement: wait for the source to say it stored them.
+    let row = format!("tls 127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = d.status();
+        let stored = status["sources"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|s| s["name"] == row))
+            .and_then(|s| s["lines"].as_u64());
+        if stored == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}\n{}", d.log_tail(30));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    common::drain(&d.data);
+    let lines: Vec<Value> = read_archive(&data.join("archive"))
+        .into_iter()
+        .flat_map(|(_, lines)| lines)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{lines:#?}\n{}\n{}",
+        d.status(),
+        d.log_tail(30)
+    );
+    let by_text = |text: &str| {
+        lines
+            .iter()
+            .find(|l| l["_line"] == text)
+            .unwrap_or_else(|| panic!("{text:?} not archived: {lines:#?}"))
+    };
+    let l = by_text("tls counted message");
+    assert_eq!(
+        (&l["_app"], &l["level"], &l["_host"]),
+        (
+            &Value::from("vault"),
+            &Value::from("err"),
+            &Value::from("edge-1")
+        )
+    );
+    let l = by_text("tls newline message");
+    assert_eq!(
+        (&l["_app"], &l["level"]),
+        (&Value::from("cron"), &Value::from("info"))
+    );
+}

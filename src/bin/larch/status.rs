@@ -105,6 +105,24 @@ fn print_status(status: &Status, json: bool) -> anyhow::Result<()> {
             room.throttled_accounts.join(", ")
         );
     }
+    for source in &status.sources {
+        let last = source
+            .last_stored_ms
+            .map_or("nothing stored yet".to_owned(), |ms| {
+                format!("last at {}", larch::clock::rfc3339(ms))
+            });
+        println!(
+            "source           {} {} -> {}: {} lines, {last}{}",
+            source.kind,
+            source.name,
+            source.account,
+            source.lines,
+            source
+                .problem
+                .as_deref()
+                .map_or(String::new(), |p| format!("; {p}"))
+        );
+    }
     for (rule, lines) in &status.lines_dropped_by_rule {
         println!("dropped by rule  {lines} lines: {rule}");
     }

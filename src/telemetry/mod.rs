@@ -10,6 +10,8 @@
 //! meaning is in [`describe`] (the ingest counts by account in
 //! [`render_ingested`]) and in the README's table.
 
+pub mod sources;
+
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -26,17 +28,27 @@ pub enum Source {
     Http,
     File,
     Syslog,
+    Journald,
+    Otlp,
 }
 
 impl Source {
     /// Every source, each at its [`Source::index`].
-    const ALL: [Source; 3] = [Source::Http, Source::File, Source::Syslog];
+    const ALL: [Source; 5] = [
+        Source::Http,
+        Source::File,
+        Source::Syslog,
+        Source::Journald,
+        Source::Otlp,
+    ];
 
     const fn index(self) -> usize {
         match self {
             Source::Http => 0,
             Source::File => 1,
             Source::Syslog => 2,
+            Source::Journald => 3,
+            Source::Otlp => 4,
         }
     }
 
@@ -45,6 +57,8 @@ impl Source {
             Source::Http => "http",
             Source::File => "file",
             Source::Syslog => "syslog",
+            Source::Journald => "journald",
+            Source::Otlp => "otlp",
         }
     }
 }
@@ -343,17 +357,12 @@ mod tests {
     #[test]
     fn ingest_counts_render_as_prometheus_counters() {
         let account = AccountId::parse("render-test").unwrap();
-        INGESTED.lock().insert(
-            account,
-            [
-                Ingested {
-                    lines: 3,
-                    bytes: 40,
-                },
-                Ingested::default(),
-                Ingested::default(),
-            ],
-        );
+        let mut counts = [Ingested::default(); Source::ALL.len()];
+        counts[Source::Http.index()] = Ingested {
+            lines: 3,
+            bytes: 40,
+        };
+        INGESTED.lock().insert(account, counts);
         // The exporter's text may or may not end its last line.
         let mut text = String::from("larch_http_requests_total{status=\"200\"} 1");
         render_ingested(&mut text);
