@@ -182,7 +182,7 @@ sources_phase() {
     mkdir -p "$work/journal"
     "$bench" journal-export --entries "$entries" |
         "$remote" --split-mode=none --output="$work/journal/bench.journal" - 2>/dev/null
-    printf '[[sources.journald]]\naccount = "bench"\ndirectory = "%s"\n' "$work/journal" >"$conf_src"
+    printf '[[sources.journald]]\naccount = "bench"\ndirectory = "%s"\n' "$(realpath "$work/journal")" >"$conf_src"
     t0=$(now_s)
     start "$work/src-journal" --late-window 6h --config "$conf_src"
     until [ "$(source_field lines)" -gt 0 ]; do sleep 0.1; done

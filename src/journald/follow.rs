@@ -31,8 +31,12 @@ use crate::telemetry::Source;
 const BATCH_ENTRIES: usize = 1000;
 /// How long the first entry of a batch waits for others.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
-/// Entries read and waiting for the batch being committed, at most.
-const WAITING: usize = 256;
+/// Entries a reader hands over at once, at most: whatever journalctl's
+/// output already holds, so a busy journal costs a wake-up per chunk, not
+/// per entry.
+const CHUNK: usize = 256;
+/// Chunks read and waiting for the batch being committed, at most.
+const WAITING: usize = 4;
 /// The most larch reads of one entry's JSON; past it the entry is archived
 /// empty and marked (see [`Mapper::oversized`]). journald's own stream and
 /// syslog limits keep real entries far below it.
@@ -118,8 +122,8 @@ struct Follower {
     row: SourceEntry,
 }
 
-/// What a reader thread hands over: an entry, or a line that was not one.
-type Got = Result<Entry, String>;
+/// What a reader thread hands over: entries, or lines that were not one.
+type Got = Vec<Result<Entry, String>>;
 
 impl Follower {
     fn stopping(&self) -> bool {
@@ -198,6 +202,8 @@ impl Follower {
                     }
                     continue;
                 }
+                // Stopping with the rest of a service (its whole group signalled).
+                Ok(Ended::Exited(_)) if self.stopping() => return,
                 Ok(Ended::Exited(why)) => {
                     self.row.problem(format!("journalctl ended ({why})"));
                     tracing::warn!(source = %name, "journalctl ended ({why}); starting it again in {}s", restart.as_secs());
@@ -321,25 +327,27 @@ impl Follower {
     ) -> Ended {
         loop {
             let first = match rx.recv_timeout(TICK) {
-                Ok(read) => read,
+                Ok(chunk) => chunk,
                 Err(RecvTimeoutError::Timeout) if self.stopping() => return Ended::Stopped,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return Ended::Exited(String::new()),
             };
-            let mut batch = Vec::with_capacity(64);
+            let mut batch = Vec::with_capacity(first.len());
             let mut ended = false;
             let deadline = Instant::now() + BATCH_WAIT;
             let mut next = Some(first);
-            while let Some(read) = next.take() {
-                match read {
-                    Ok(entry) => batch.push(entry),
-                    Err(e) => tracing::warn!(source = %self.source.name, "{e}; skipped"),
+            while let Some(chunk) = next.take() {
+                for got in chunk {
+                    match got {
+                        Ok(entry) => batch.push(entry),
+                        Err(e) => tracing::warn!(source = %self.source.name, "{e}; skipped"),
+                    }
                 }
                 if batch.len() >= BATCH_ENTRIES {
                     break;
                 }
                 match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(read) => next = Some(read),
+                    Ok(chunk) => next = Some(chunk),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => ended = true,
                 }
@@ -440,13 +448,21 @@ fn read_entries(
 ) {
     let mut reader = BufReader::with_capacity(256 * 1024, out);
     let mut buf = Vec::new();
+    let mut chunk = Vec::with_capacity(CHUNK);
     loop {
+        // Before waiting for more output, hand over what was read.
+        if !chunk.is_empty() && (reader.buffer().is_empty() || chunk.len() >= CHUNK) {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            if tx.send(full).is_err() {
+                return;
+            }
+        }
         let read = match bounded_line(&mut reader, &mut buf, MAX_ENTRY) {
             Ok(Some(read)) => read,
-            Ok(None) => return,
+            Ok(None) => break,
             Err(e) => {
                 tracing::warn!("cannot read journalctl's output: {e}");
-                return;
+                break;
             }
         };
         if buf.is_empty() {
@@ -457,9 +473,10 @@ fn read_entries(
             Kept::Whole => mapper.entry(&buf, now),
             Kept::Cut(bytes) => mapper.oversized(&buf, bytes, now),
         };
-        if tx.send(entry.map_err(|e| e.to_string())).is_err() {
-            return;
-        }
+        chunk.push(entry.map_err(|e| e.to_string()));
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(chunk);
     }
 }
 
