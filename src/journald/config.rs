@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::account::{AccountId, InvalidAccountId};
+use crate::tail::config::is_source_name;
 use crate::tail::StartAt;
 
 /// The fields put into `_meta` when a source names none: what tells one
@@ -178,12 +179,7 @@ impl JournalSource {
         // units or matches keeps the name and so the place reached.
         let name = match c.name {
             Some(name) => {
-                let ok = !name.is_empty()
-                    && name.len() <= 64
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-                if !ok {
+                if !is_source_name(&name) {
                     return Err(bad("name", &name, "use letters, digits, '_', '-' and '.'"));
                 }
                 name

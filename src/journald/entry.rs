@@ -137,7 +137,8 @@ impl Mapper {
             .map(|l| l.to_string());
         own.meta_json = self.meta(&fields);
         Ok(Entry {
-            id: self.line_id(&cursor, realtime.unwrap_or(ts)),
+            // The entry's own time, never the time it was read: the same ID every read.
+            id: self.line_id(&cursor, realtime.unwrap_or(0)),
             cursor,
             line,
         })
@@ -159,16 +160,18 @@ impl Mapper {
             .to_owned();
         let realtime = leading_text(start, "__REALTIME_TIMESTAMP")
             .and_then(|us| us.parse::<i64>().ok())
-            .map(|us| us / 1000)
-            .filter(|&ms| ms > 0 && ms <= received_ms.saturating_add(self.source.max_skew_ms));
-        let ts = realtime.unwrap_or(received_ms);
+            .map(|us| us / 1000);
+        let ts = realtime
+            .filter(|&ms| ms > 0 && ms <= received_ms.saturating_add(self.source.max_skew_ms))
+            .unwrap_or(received_ms);
         let mut line = Line::new(ts, String::new(), self.origin.clone());
         line.truncated = true;
         line.own_mut().meta_json = Some(format!(
             r#"{{"entry_too_large":true,"entry_bytes":{entry_bytes}}}"#
         ));
         Ok(Entry {
-            id: self.line_id(&cursor, ts),
+            // The entry's own time, as `entry` takes it: the same ID every read.
+            id: self.line_id(&cursor, realtime.unwrap_or(0)),
             cursor,
             line,
         })

@@ -41,6 +41,8 @@ const WAITING: usize = 4;
 /// empty and marked (see [`Mapper::oversized`]). journald's own stream and
 /// syslog limits keep real entries far below it.
 const MAX_ENTRY: usize = 1 << 20;
+/// A journalctl run that prints one thing and ends is given this long.
+const QUICK_RUN: Duration = Duration::from_secs(10);
 /// How often a waiting thread looks whether it should stop.
 const TICK: Duration = Duration::from_millis(100);
 /// A refused batch is tried again after this long.
@@ -63,13 +65,9 @@ impl Journals {
     pub fn start(sources: &[JournalSource], intake: &Intake) -> Result<Self, String> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
         for source in sources {
-            let ran = Command::new(&source.journalctl)
-                .arg("--version")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if let Err(e) = ran {
+            let mut version = Command::new(&source.journalctl);
+            version.arg("--version").stdin(Stdio::null());
+            if let Err(e) = output_within(version, QUICK_RUN) {
                 return Err(format!(
                     "journal source {:?}: cannot run {}: {e}. Install journalctl (Debian: the systemd package) or set journalctl = \"/path/to/journalctl\" in [[sources.journald]]",
                     source.name,
@@ -253,11 +251,9 @@ impl Follower {
     /// before its first batch still starts after what was there. `None` for
     /// an empty journal: then everything in it came later.
     fn journal_end(&self) -> Result<Option<String>, String> {
-        let output = self
-            .journalctl()
-            .args(["--lines=1", "--output-fields=__CURSOR"])
-            .output()
-            .map_err(|e| e.to_string())?;
+        let mut last = self.journalctl();
+        last.args(["--lines=1", "--output-fields=__CURSOR"]);
+        let output = output_within(last, QUICK_RUN).map_err(|e| e.to_string())?;
         if !output.status.success() {
             return Err(stderr_text(&output.stderr));
         }
@@ -299,12 +295,35 @@ impl Follower {
         let mut child = cmd.spawn()?;
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let (tx, rx) = sync_channel::<Got>(WAITING);
-        let reader = stdout.map(|out| {
-            let (mapper, clock) = (mapper.clone(), self.intake.clock.clone());
-            std::thread::spawn(move || read_entries(out, &mapper, &*clock, tx))
-        });
+        let (mapper, clock) = (mapper.clone(), self.intake.clock.clone());
         let name = self.source.name.clone();
-        let errors = stderr.map(|err| std::thread::spawn(move || log_stderr(err, &name)));
+        let threads = (|| -> std::io::Result<_> {
+            let reader = match stdout {
+                Some(out) => Some(
+                    std::thread::Builder::new()
+                        .name("larch-journal-read".into())
+                        .spawn(move || read_entries(out, &mapper, &*clock, tx))?,
+                ),
+                None => None,
+            };
+            let errors = match stderr {
+                Some(err) => Some(
+                    std::thread::Builder::new()
+                        .name("larch-journal-err".into())
+                        .spawn(move || log_stderr(err, &name))?,
+                ),
+                None => None,
+            };
+            Ok((reader, errors))
+        })();
+        let (reader, errors) = match threads {
+            Ok(threads) => threads,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         let ended = self.commit_from(&rx, cursor, refused);
         let status = end_child(&mut child, !matches!(ended, Ended::Exited(_)));
         drop(rx);
@@ -326,6 +345,10 @@ impl Follower {
         refused: &mut bool,
     ) -> Ended {
         loop {
+            // A busy journal never lets the wait below time out.
+            if self.stopping() {
+                return Ended::Stopped;
+            }
             let first = match rx.recv_timeout(TICK) {
                 Ok(chunk) => chunk,
                 Err(RecvTimeoutError::Timeout) if self.stopping() => return Ended::Stopped,
@@ -437,6 +460,63 @@ fn end_child(child: &mut Child, kill: bool) -> String {
         Ok(status) => status.to_string(),
         Err(e) => format!("cannot learn its status: {e}"),
     }
+}
+
+/// Runs `cmd` to its end with its output collected (a few MiB at most),
+/// killing it if it has not ended within `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> std::io::Result<std::process::Output> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::Builder::new()
+            .name("larch-journal-run".into())
+            .spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(pipe) = pipe {
+                    let _ = pipe.take(4 * MAX_ENTRY as u64).read_to_end(&mut bytes);
+                }
+                bytes
+            })
+    };
+    let out = collect(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = collect(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                break Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("it did not end within {} s", limit.as_secs()),
+                ))
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if status.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let joined = |t: std::io::Result<JoinHandle<Vec<u8>>>| {
+        t.ok().and_then(|t| t.join().ok()).unwrap_or_default()
+    };
+    let (stdout, stderr) = (joined(out), joined(err));
+    Ok(std::process::Output {
+        status: status?,
+        stdout,
+        stderr,
+    })
 }
 
 /// Reads journalctl's output, an entry per line, into `tx` until it ends.

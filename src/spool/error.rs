@@ -19,6 +19,8 @@ pub enum SpoolError {
     Segment(#[from] io::Error),
     #[error("a spool task failed: {0}")]
     Task(String),
+    #[error("the stored journal cursor of journal source {journal_source:?} is damaged. larch does not guess where that journal was read up to: to read it again from where `start` says, give the source another name (name = \"...\" in its [[sources.journald]])")]
+    DamagedCursor { journal_source: String },
 }
 
 fn open_advice(source: &sled::Error) -> &'static str {

@@ -111,19 +111,55 @@ impl Spool {
     }
 
     /// The stored cursor of the journal source `source`, if it read anything.
-    /// A cursor that is not text is set aside: the source then starts as on
-    /// its first run.
+    /// A damaged cursor is an error, not a first run: starting over would
+    /// archive the journal a second time.
     pub fn journal_cursor(&self, source: &str) -> Result<Option<String>, SpoolError> {
-        let key = keys::cursor_of(source);
-        let Some(value) = self.db.get(&key)? else {
+        let Some(value) = self.db.get(keys::cursor_of(source))? else {
             return Ok(None);
         };
         match std::str::from_utf8(&value) {
             Ok(cursor) if !cursor.is_empty() => Ok(Some(cursor.to_owned())),
-            _ => {
-                self.quarantine(&key, &value, "journal cursor is not text")?;
-                Ok(None)
-            }
+            _ => Err(SpoolError::DamagedCursor {
+                journal_source: source.to_owned(),
+            }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::AccountId;
+    use crate::clock::{ManualClock, SharedClock};
+    use crate::spool::{Along, SealRule};
+
+    #[test]
+    fn a_journal_cursor_is_stored_with_its_lines_and_a_damaged_one_is_an_error_not_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: SharedClock = std::sync::Arc::new(ManualClock::new(3_600_000 * 100));
+        let spool = Spool::open(dir.path(), clock, SealRule::default(), 1 << 20).unwrap();
+        assert_eq!(spool.journal_cursor("system").unwrap(), None);
+        let along = Along {
+            ids: None,
+            positions: vec![PositionUpdate::Cursor {
+                source: "system".into(),
+                cursor: "s=ab;i=1f".into(),
+            }],
+        };
+        let account = AccountId::parse("ops").unwrap();
+        spool.append(vec![(account, Vec::new(), along)]).unwrap();
+        spool.make_durable().unwrap();
+        assert_eq!(
+            spool.journal_cursor("system").unwrap().as_deref(),
+            Some("s=ab;i=1f")
+        );
+        // Another source's cursor is its own.
+        assert_eq!(spool.journal_cursor("system2").unwrap(), None);
+        spool
+            .db
+            .insert(keys::cursor_of("system"), &[0xff, 0xfe][..])
+            .unwrap();
+        let err = spool.journal_cursor("system").unwrap_err().to_string();
+        assert!(err.contains("give the source another name"), "{err}");
     }
 }

@@ -255,26 +255,42 @@ async fn serve_tcp(
             drop(stream);
             continue;
         };
-        let (listener, intake, tx, stop, tls) = (
+        // A connection still in its TLS handshake holds no sender, so a stop
+        // never waits for it.
+        let (listener, intake, weak_tx, stop, tls) = (
             listener.clone(),
             intake.clone(),
-            tx.clone(),
+            tx.downgrade(),
             stop.clone(),
             tls.clone(),
         );
         tokio::spawn(async move {
+            let read =
+                |stream, tx| read_connection(stream, peer, &listener, &intake, tx, stop.clone());
             match tls {
-                None => read_connection(stream, peer, &listener, &intake, tx, stop).await,
-                // The handshake is bounded by the idle timeout, as silence is.
-                Some(tls) => match tokio::time::timeout(listener.idle_timeout, tls.accept(stream))
-                    .await
-                {
-                    Ok(Ok(stream)) => {
-                        read_connection(stream, peer, &listener, &intake, tx, stop).await
+                None => {
+                    if let Some(tx) = weak_tx.upgrade() {
+                        read(Box::new(stream) as Box<dyn AsyncRead + Unpin + Send>, tx).await
                     }
-                    Ok(Err(e)) => tracing::debug!("syslog TLS handshake with {peer} failed: {e}"),
-                    Err(_) => tracing::debug!("syslog TLS handshake with {peer} timed out"),
-                },
+                }
+                // The handshake is bounded by the idle timeout, as silence is.
+                Some(tls) => {
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(listener.idle_timeout, tls.accept(stream)) => done,
+                        _ = stop.cancelled() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            if let Some(tx) = weak_tx.upgrade() {
+                                read(Box::new(stream), tx).await
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!("syslog TLS handshake with {peer} failed: {e}")
+                        }
+                        Err(_) => tracing::debug!("syslog TLS handshake with {peer} timed out"),
+                    }
+                }
             }
             drop(slot);
         });

@@ -173,12 +173,7 @@ impl FileSource {
         // that reordering sources in the file keeps every position.
         let name = match c.name {
             Some(name) => {
-                let ok = !name.is_empty()
-                    && name.len() <= 64
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-                if !ok {
+                if !is_source_name(&name) {
                     return Err(SourceError::Name { number, name });
                 }
                 name
@@ -218,6 +213,16 @@ impl FileSource {
     pub fn excluded(&self, path: &str) -> bool {
         self.exclude.iter().any(|g| g.is_match(path))
     }
+}
+
+/// A name a source's stored positions are kept under: 1 to 64 letters,
+/// digits, `_`, `-` and `.`.
+pub fn is_source_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 /// The directory part of a glob before its first wildcard (or its file name):

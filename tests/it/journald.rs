@@ -163,19 +163,7 @@ impl Rig {
 
     /// Waits until the spool holds `n` lines.
     fn wait_stored(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = self.daemon().status();
-            if s["lines_waiting"].as_u64() == Some(n) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} lines stored: {s}\n{}",
-                self.daemon().log_tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.daemon().wait_lines_waiting(n);
     }
 
     /// Stops larch, starts it three hours ahead (past the late window) and

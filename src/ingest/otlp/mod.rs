@@ -28,6 +28,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
 };
 use prost::Message;
 
+use super::body::Rejection;
 use super::{receive, Ingest, Received, Refusal};
 use crate::spool::Along;
 use crate::telemetry::Source;
@@ -172,19 +173,38 @@ async fn answer(
     };
     let rules = ingest.intake.rules.load_full();
     let for_rules = account.clone();
+    let runtime = tokio::runtime::Handle::current();
     let decoded = tokio::task::spawn_blocking(move || {
-        let request = decode(encoding, &text)?;
+        let request = decode(encoding, &text).map_err(bad_data)?;
         drop(text);
-        let mut lines = records::lines_of(&request, &arrival);
+        // What the lines copy beyond the decoded request, held before they are made.
+        let mut held = share.held();
+        let mut reserve = |more: usize| {
+            held = held.saturating_add(more);
+            if held > share.total() {
+                return Err(Refusal::rejected(Rejection::TooLarge(format!(
+                    "the records of this body take more memory than larch gives all requests together \
+                     (ingest.max_request_memory, {}); send fewer records per request",
+                    crate::units::mib(share.total() as u64)
+                ))));
+            }
+            if held > share.held() {
+                runtime
+                    .block_on(share.hold(held))
+                    .map_err(|_| Refusal::busy())?;
+            }
+            Ok(())
+        };
+        let mut lines = records::lines_of(&request, &arrival, &mut reserve)?;
         drop(request);
         let count = lines.len();
         rules.retain(&for_rules, &mut lines);
-        Ok::<_, String>((lines, count))
+        Ok::<_, Refusal>((lines, count, share))
     })
     .await;
-    let (lines, count) = match decoded {
+    let (lines, count, mut share) = match decoded {
         Ok(Ok(decoded)) => decoded,
-        Ok(Err(e)) => return refuse(encoding, bad_data(e)),
+        Ok(Err(refusal)) => return refuse(encoding, refusal),
         Err(e) => {
             return refuse(
                 encoding,
@@ -232,6 +252,10 @@ fn decode(encoding: Encoding, text: &Bytes) -> Result<ExportLogsServiceRequest, 
         Encoding::Json => serde_json::from_slice(text).or_else(|first| {
             // Senders leave out an empty list's `values` (`{"arrayValue":{}}`),
             // which the typed reader does not take: fill them in and read again.
+            // Only then is the body read a second time, untyped.
+            if !weigh::may_hold_empty_lists(text) {
+                return Err(format!("the body is not OTLP JSON: {first}"));
+            }
             let mut value: serde_json::Value =
                 serde_json::from_slice(text).map_err(|e| format!("the body is not JSON: {e}"))?;
             if !weigh::fill_empty_lists(&mut value) {

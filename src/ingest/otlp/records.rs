@@ -11,6 +11,7 @@ use base64::Engine;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use prost::Message;
 use serde_json::{Map, Value};
 
 use crate::clock::EpochMs;
@@ -29,8 +30,21 @@ pub struct Arrival {
     pub max_skew_ms: i64,
 }
 
-/// Every record of a request as a line.
-pub fn lines_of(request: &ExportLogsServiceRequest, arrival: &Arrival) -> Vec<Line> {
+/// Values larger than this on the wire are not rendered as JSON at all: a
+/// body past it is archived empty and `_truncated`, attributes past it are
+/// left out of `_meta` and named in `dropped`, so no record's rendering takes
+/// more than a few times the limits it will be cut to.
+const MAX_RENDERED: usize = 4 * MAX_META;
+
+/// Every record of a request as a line. `reserve` is told, scope by scope,
+/// what the lines will take beyond the decoded request (the resource's and
+/// scope's `_meta` text copied into each of their records) before they are
+/// made, and may refuse.
+pub fn lines_of<E>(
+    request: &ExportLogsServiceRequest,
+    arrival: &Arrival,
+    reserve: &mut dyn FnMut(usize) -> Result<(), E>,
+) -> Result<Vec<Line>, E> {
     let mut lines = Vec::new();
     for resource_logs in &request.resource_logs {
         let attributes = resource_logs
@@ -56,12 +70,16 @@ pub fn lines_of(request: &ExportLogsServiceRequest, arrival: &Arrival) -> Vec<Li
             ..Origin::default()
         });
         // The resource's and each scope's part of `_meta`, written once.
-        let resource_json = (!attributes.is_empty()).then(|| json_text(&object_of(attributes)));
+        let resource_size: usize = attributes.iter().map(Message::encoded_len).sum();
+        let resource_dropped = resource_size > MAX_RENDERED;
+        let resource_json = (!attributes.is_empty() && !resource_dropped)
+            .then(|| json_text(&object_of(attributes)));
         for scope_logs in &resource_logs.scope_logs {
             let scope_json = scope_logs
                 .scope
                 .as_ref()
                 .filter(|s| !s.name.is_empty() || !s.version.is_empty())
+                .filter(|s| s.name.len() + s.version.len() <= MAX_RENDERED)
                 .map(|s| {
                     let mut scope = Map::new();
                     if !s.name.is_empty() {
@@ -75,8 +93,12 @@ pub fn lines_of(request: &ExportLogsServiceRequest, arrival: &Arrival) -> Vec<Li
             let shared = Shared {
                 origin: &origin,
                 resource_json: resource_json.as_deref(),
+                resource_dropped,
                 scope_json: scope_json.as_deref(),
             };
+            let copied = resource_json.as_ref().map_or(0, String::len)
+                + scope_json.as_ref().map_or(0, String::len);
+            reserve(scope_logs.log_records.len() * (copied + LINE_COST))?;
             lines.extend(
                 scope_logs
                     .log_records
@@ -85,13 +107,19 @@ pub fn lines_of(request: &ExportLogsServiceRequest, arrival: &Arrival) -> Vec<Li
             );
         }
     }
-    lines
+    Ok(lines)
 }
+
+/// What a line takes besides its texts: the line, its own fields and their
+/// allocations.
+const LINE_COST: usize = 256;
 
 /// What the records of one scope share.
 struct Shared<'a> {
     origin: &'a Arc<Origin>,
     resource_json: Option<&'a str>,
+    /// The resource's attributes were too large to render.
+    resource_dropped: bool,
     scope_json: Option<&'a str>,
 }
 
@@ -103,23 +131,21 @@ fn line_of(record: &LogRecord, shared: &Shared<'_>, arrival: &Arrival) -> Line {
     let ts = believable(record.time_unix_nano)
         .or_else(|| believable(record.observed_time_unix_nano))
         .unwrap_or(arrival.received_ms);
-    let body = match record.body.as_ref().and_then(|b| b.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(_) => record
-            .body
-            .as_ref()
-            .map(|b| json_text(&value_of(b, 0)))
-            .unwrap_or_default(),
-        None => String::new(),
+    let (body, too_large) = match record.body.as_ref() {
+        Some(AnyValue {
+            value: Some(any_value::Value::StringValue(s)),
+        }) => (cut_to(s, MAX_LINE).to_owned(), s.len() > MAX_LINE),
+        Some(b) if b.encoded_len() > MAX_RENDERED => (String::new(), true),
+        Some(b) if b.value.is_some() => {
+            let text = json_text(&value_of(b, 0));
+            (cut_to(&text, MAX_LINE).to_owned(), text.len() > MAX_LINE)
+        }
+        _ => (String::new(), false),
     };
-    let mut line = Line::new(
-        ts,
-        cut_to(&body, MAX_LINE).to_owned(),
-        shared.origin.clone(),
-    );
-    line.truncated = body.len() > MAX_LINE;
+    let mut line = Line::new(ts, body, shared.origin.clone());
+    line.truncated = too_large;
     let level = if record.severity_text.is_empty() {
-        usize::try_from(record.severity_number - 1)
+        usize::try_from(record.severity_number.saturating_sub(1))
             .ok()
             .and_then(|n| LEVELS.get(n / 4))
             .map(|l| l.to_string())
@@ -140,8 +166,10 @@ fn line_of(record: &LogRecord, shared: &Shared<'_>, arrival: &Arrival) -> Line {
 /// limit the resource, then the attributes are left out and named in
 /// `dropped`.
 fn meta_of(record: &LogRecord, shared: &Shared<'_>) -> Option<String> {
-    let attributes =
-        (!record.attributes.is_empty()).then(|| json_text(&object_of(&record.attributes)));
+    let attributes_size: usize = record.attributes.iter().map(Message::encoded_len).sum();
+    let attributes_dropped = attributes_size > MAX_RENDERED;
+    let attributes = (!record.attributes.is_empty() && !attributes_dropped)
+        .then(|| json_text(&object_of(&record.attributes)));
     let number = (record.severity_number != 0).then(|| record.severity_number.to_string());
     let quoted = |text: &str| json_text(&Value::String(text.to_owned()));
     let trace_id = (!record.trace_id.is_empty()).then(|| quoted(&hex::encode(&record.trace_id)));
@@ -164,6 +192,12 @@ fn meta_of(record: &LogRecord, shared: &Shared<'_>) -> Option<String> {
             + 2
     };
     let mut dropped = Vec::new();
+    if shared.resource_dropped {
+        dropped.push("resource");
+    }
+    if attributes_dropped {
+        dropped.push("attributes");
+    }
     for key in ["resource", "attributes"] {
         if size(&parts) + 64 <= MAX_META {
             break;
@@ -300,6 +334,10 @@ mod tests {
         }
     }
 
+    fn no_limit(_: usize) -> Result<(), ()> {
+        Ok(())
+    }
+
     fn arrival() -> Arrival {
         Arrival {
             received_ms: NOW,
@@ -333,7 +371,7 @@ mod tests {
             span_id: vec![0xcd; 8],
             ..Default::default()
         };
-        let lines = lines_of(&request(vec![record]), &arrival());
+        let lines = lines_of(&request(vec![record]), &arrival(), &mut no_limit).unwrap();
         let l = &lines[0];
         assert_eq!((&*l.line, l.ts), ("payment failed", NOW - 5000));
         assert_eq!(l.origin.app.as_deref(), Some("checkout"));
@@ -378,7 +416,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let lines = lines_of(&request(records), &arrival());
+        let lines = lines_of(&request(records), &arrival(), &mut no_limit).unwrap();
         assert_eq!((&*lines[0].line, lines[0].ts), (r#"{"k":"v"}"#, NOW));
         assert_eq!(
             lines[0].own.as_ref().unwrap().level.as_deref(),
@@ -386,6 +424,41 @@ mod tests {
         );
         assert_eq!(lines[1].ts, NOW - 1);
         assert!(lines[1].truncated && lines[1].line.len() == MAX_LINE);
+    }
+
+    #[test]
+    fn what_each_record_copies_of_its_resource_is_reserved_first_and_may_be_refused() {
+        let big = "r".repeat(10_000);
+        let mut req = request(vec![LogRecord::default(); 1000]);
+        if let Some(r) = req.resource_logs[0].resource.as_mut() {
+            r.attributes.push(kv("big", text(&big)));
+        }
+        let mut asked = 0;
+        let lines = lines_of(&req, &arrival(), &mut |n: usize| {
+            asked += n;
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(lines.len(), 1000);
+        assert!(asked >= 1000 * 10_000, "{asked}");
+        // A refusal comes before any line is made.
+        let refused = lines_of(&req, &arrival(), &mut |_: usize| Err("no room"));
+        assert_eq!(refused.unwrap_err(), "no room");
+    }
+
+    #[test]
+    fn a_huge_body_that_is_not_text_is_not_rendered() {
+        let values = (0..20_000)
+            .map(|i| text(&format!("v{i}")).unwrap())
+            .collect();
+        let record = LogRecord {
+            body: Some(AnyValue {
+                value: Some(any_value::Value::ArrayValue(ArrayValue { values })),
+            }),
+            ..Default::default()
+        };
+        let lines = lines_of(&request(vec![record]), &arrival(), &mut no_limit).unwrap();
+        assert!(lines[0].line.is_empty() && lines[0].truncated);
     }
 
     #[test]
@@ -399,7 +472,7 @@ mod tests {
         if let Some(r) = req.resource_logs[0].resource.as_mut() {
             r.attributes.push(kv("big", text(&big)));
         }
-        let lines = lines_of(&req, &arrival());
+        let lines = lines_of(&req, &arrival(), &mut no_limit).unwrap();
         let meta: Value =
             serde_json::from_str(lines[0].own.as_ref().unwrap().meta_json.as_deref().unwrap())
                 .unwrap();

@@ -100,7 +100,10 @@ fn weigh(mut buf: &[u8], kind: Kind, depth: usize) -> Result<usize, String> {
                 let inner = buf.get(..len).ok_or("a field runs past the body's end")?;
                 buf = &buf[len..];
                 weight += match kind.child(field) {
-                    Some(Kind::Opaque) | None => len,
+                    // A message of a newer schema: each two bytes of it may
+                    // decode into a string or a message of its own.
+                    Some(Kind::Opaque) => len.saturating_mul(48).saturating_add(96),
+                    None => len,
                     Some(child) => child.size() + weigh(inner, child, depth + 1)?,
                 };
             }
@@ -117,11 +120,17 @@ fn skip(buf: &[u8], n: usize) -> Result<&[u8], String> {
         .ok_or_else(|| "a field runs past the body's end".into())
 }
 
-/// Bytes decoding `body` as OTLP JSON will allocate, at most: its text, and
-/// for every object and list the largest struct it could become (JSON gives
-/// no cheaper way to tell a record from an attribute before reading it).
+/// What one JSON value may take while it is read: serde buffers the
+/// members of an `AnyValue` (a flattened enum) as untyped values.
+const VALUE_COST: usize = 80;
+
+/// Bytes decoding `body` as OTLP JSON will allocate, at most: its text, for
+/// every object and list the largest struct it could become (JSON gives no
+/// cheaper way to tell a record from an attribute before reading it), and
+/// for every member and element an untyped value.
 pub fn json(body: &[u8]) -> usize {
     let objects = body.iter().filter(|&&b| b == b'{' || b == b'[').count();
+    let members = body.iter().filter(|&&b| b == b',' || b == b':').count();
     let largest = [
         Kind::ResourceLogs,
         Kind::Resource,
@@ -135,7 +144,14 @@ pub fn json(body: &[u8]) -> usize {
     .map(|k| k.size())
     .max()
     .unwrap_or(0);
-    body.len() + objects * largest
+    body.len() + objects * largest + members * VALUE_COST
+}
+
+/// Whether the body names a list kind whose empty form the typed reader
+/// refuses (see [`fill_empty_lists`]).
+pub fn may_hold_empty_lists(body: &[u8]) -> bool {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    has(b"\"arrayValue\"") || has(b"\"kvlistValue\"")
 }
 
 /// Gives `{"arrayValue":{}}` and `{"kvlistValue":{}}` (an empty list, as
@@ -221,6 +237,29 @@ mod tests {
             protobuf(&[]).unwrap(),
             size_of::<ExportLogsServiceRequest>()
         );
+    }
+
+    #[test]
+    fn json_weighs_every_member_not_only_objects() {
+        // A body of bare numbers: no object to count, every one a value.
+        let body = format!("{{\"resourceLogs\":0,\"x\":[{}0]}}", "0,".repeat(100_000));
+        assert!(json(body.as_bytes()) >= 100_000 * VALUE_COST);
+        assert!(!may_hold_empty_lists(body.as_bytes()));
+    }
+
+    #[test]
+    fn an_unknown_message_in_a_resource_weighs_what_it_could_decode_to() {
+        // Resource field 3 (entity references, newer than this reader): ten
+        // empty messages, two bytes each on the wire.
+        let mut resource = Vec::new();
+        for _ in 0..10 {
+            resource.extend_from_slice(&[0x1a, 0x00]);
+        }
+        let mut resource_logs = vec![0x0a, resource.len() as u8];
+        resource_logs.extend_from_slice(&resource);
+        let mut request = vec![0x0a, resource_logs.len() as u8];
+        request.extend_from_slice(&resource_logs);
+        assert!(protobuf(&request).unwrap() >= 10 * 96);
     }
 
     #[test]

@@ -294,6 +294,23 @@ impl Daemon {
         serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
     }
 
+    /// Waits until the spool holds `n` lines (at most a minute).
+    pub fn wait_lines_waiting(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status();
+            if s["lines_waiting"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} lines stored: {s}\n{}",
+                self.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until every line has left the spool for the archive.
     pub fn wait_drained(&self, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
