@@ -22,9 +22,27 @@ fn sender(
     records: usize,
     timeout_s: u32,
 ) -> Command {
+    sender_to(
+        &format!("http://{}/v1/logs", d.addr),
+        key,
+        encoding,
+        tag,
+        records,
+        timeout_s,
+    )
+}
+
+fn sender_to(
+    endpoint: &str,
+    key: &str,
+    encoding: &str,
+    tag: &str,
+    records: usize,
+    timeout_s: u32,
+) -> Command {
     let mut cmd = Command::new(common::installed("otel/bin/python"));
     cmd.arg(common::repo_file("tests/otlp/send.py"))
-        .args(["--endpoint", &format!("http://{}/v1/logs", d.addr)])
+        .args(["--endpoint", endpoint])
         .args(["--key", key, "--encoding", encoding, "--tag", tag])
         .args(["--records", &records.to_string()])
         .args(["--timeout", &timeout_s.to_string()])
@@ -101,13 +119,21 @@ fn protobuf_and_json_exports_are_archived_with_their_fields_each_in_its_keys_acc
     assert!(ok, "{report}");
     let (ok, report) = send(&d, "kb", "json", "json", 2);
     assert!(ok, "{report}");
-    // An unknown key is refused, and not retried (401).
+    // An unknown key is refused, and not retried (401); so is a key of
+    // another account than the one the endpoint names.
     let (ok, report) = send(&d, "no-such-key", "protobuf", "stranger", 1);
+    assert!(!ok && report["retries"] == 0, "{report}");
+    let for_beta = format!("http://{}/v1/logs?account=beta", d.addr);
+    let (ok, report) = finish(
+        sender_to(&for_beta, "ka", "json", "mixed-up", 1, 10)
+            .spawn()
+            .unwrap(),
+    );
     assert!(!ok && report["retries"] == 0, "{report}");
     let samples = scrape(&d.addr);
     assert_eq!(
         value(&samples, "larch_http_requests_total", &[("status", "401")]),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(
         value(

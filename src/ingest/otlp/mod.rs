@@ -116,17 +116,30 @@ async fn answer(
             ),
         );
     }
-    let apikey = query.as_deref().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "apikey")
-            .map(|(_, v)| v.into_owned())
-    });
+    // `?apikey=` and, as for the Mezmo API, `?account=`: a key of another
+    // account is then refused rather than filing records there.
+    let param = |name: &str| {
+        query.as_deref().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        })
+    };
+    let (apikey, expected_account) = (param("apikey"), param("account"));
     let Received {
         account,
         text,
         mut share,
         body_held,
-    } = match receive(ingest, headers, apikey.as_deref(), None, body).await {
+    } = match receive(
+        ingest,
+        headers,
+        apikey.as_deref(),
+        expected_account.as_deref(),
+        body,
+    )
+    .await
+    {
         Ok(received) => received,
         Err(refusal) => return refuse(encoding, refusal),
     };
