@@ -14,22 +14,9 @@ use common::metrics::{scrape, value};
 use common::{read_archive, Daemon};
 use serde_json::{json, Value};
 
-fn sender(
-    d: &Daemon,
-    key: &str,
-    encoding: &str,
-    tag: &str,
-    records: usize,
-    timeout_s: u32,
-) -> Command {
-    sender_to(
-        &format!("http://{}/v1/logs", d.addr),
-        key,
-        encoding,
-        tag,
-        records,
-        timeout_s,
-    )
+/// The OTLP logs endpoint of `d`.
+fn endpoint(d: &Daemon) -> String {
+    format!("http://{}/v1/logs", d.addr)
 }
 
 fn sender_to(
@@ -54,7 +41,7 @@ fn sender_to(
 /// Runs the exporter to its end; returns whether every export succeeded, and its report.
 fn send(d: &Daemon, key: &str, encoding: &str, tag: &str, records: usize) -> (bool, Value) {
     finish(
-        sender(d, key, encoding, tag, records, 10)
+        sender_to(&endpoint(d), key, encoding, tag, records, 10)
             .spawn()
             .expect("run the OTLP sender"),
     )
@@ -232,7 +219,7 @@ fn an_exporter_retrying_through_a_full_spool_loses_nothing() {
         )
         .unwrap_or(0.0);
     // The exporter meets a full spool, is told to retry, and does.
-    let exporter = sender(&d, "ka", "protobuf", "patient", 1, 60)
+    let exporter = sender_to(&endpoint(&d), "ka", "protobuf", "patient", 1, 60)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
