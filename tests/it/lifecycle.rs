@@ -44,7 +44,21 @@ impl Rig {
             late_window_ms: 0,
             follow_up_after_ms: 60_000,
         };
-        let spool = Spool::open(self.dir.path(), clock, rule, 8 << 20).expect("spool opens");
+        // sled's own threads may hold the database's file lock for a moment
+        // after its last handle is dropped (a restart's new process never
+        // meets that): a held lock is waited out, briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let spool = loop {
+            match Spool::open(self.dir.path(), clock.clone(), rule, 8 << 20) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened.expect("spool opens"),
+            }
+        };
         self.spool = Some(SpoolHandle::new(spool));
         self
     }
