@@ -166,7 +166,14 @@ impl JournalSource {
                         ));
                     }
                 }
-                MetaFields::Named(list)
+                // A field named twice is put in once.
+                let mut unique: Vec<String> = Vec::with_capacity(list.len());
+                for field in list {
+                    if !unique.contains(&field) {
+                        unique.push(field);
+                    }
+                }
+                MetaFields::Named(unique)
             }
             None => MetaFields::Named(DEFAULT_FIELDS.iter().map(|f| f.to_string()).collect()),
         };

@@ -193,10 +193,12 @@ impl Mapper {
                     .filter_map(|n| fields.get_key_value(n.as_str())),
             ),
         };
-        let mut meta = Map::new();
+        // Each value is written once, straight into the text, its cost
+        // measured as written (escaping can grow a text).
+        let mut meta = String::from("{");
         let mut dropped = Vec::new();
         // Room for `fields_dropped` itself.
-        let mut room = MAX_META - 1024;
+        let room = MAX_META - 1024;
         for (name, value) in chosen {
             let mut values: Vec<Value> = texts(value)
                 .into_iter()
@@ -207,24 +209,31 @@ impl Mapper {
                 1 => values.remove(0),
                 _ => Value::Array(values),
             };
-            // Escaping can grow a text: measured as it will be written.
-            let cost =
-                name.len() + 4 + serde_json::to_string(&value).map_or(usize::MAX, |t| t.len());
-            if cost > room {
+            let member = format!(
+                "{}:{}",
+                json_text(&Value::String(name.clone())),
+                json_text(&value)
+            );
+            if meta.len() + member.len() + 1 > room {
                 if dropped.len() < 32 {
                     dropped.push(Value::String(name.clone()));
                 }
                 continue;
             }
-            room -= cost;
-            meta.insert(name.clone(), value);
+            if meta.len() > 1 {
+                meta.push(',');
+            }
+            meta.push_str(&member);
         }
         if !dropped.is_empty() {
-            meta.insert("fields_dropped".into(), Value::Array(dropped));
+            if meta.len() > 1 {
+                meta.push(',');
+            }
+            meta.push_str("\"fields_dropped\":");
+            meta.push_str(&json_text(&Value::Array(dropped)));
         }
-        (!meta.is_empty())
-            .then(|| serde_json::to_string(&meta).ok())
-            .flatten()
+        meta.push('}');
+        (meta.len() > 2).then_some(meta)
     }
 
     /// The same entry always gets the same ID: a ULID whose time is the
@@ -267,6 +276,11 @@ fn bytes_of(items: &[Value]) -> Option<Vec<u8>> {
         .iter()
         .map(|v| v.as_u64().and_then(|n| u8::try_from(n).ok()))
         .collect()
+}
+
+/// JSON of texts and lists of texts always serializes.
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// A field's values as one text, a value given more than once one per row.

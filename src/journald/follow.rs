@@ -152,13 +152,9 @@ impl Follower {
             match spool.journal_cursor(&name) {
                 Ok(cursor) => break cursor,
                 Err(e) => {
-                    self.row
-                        .problem(format!("cannot read the journal cursor: {e}"));
-                    tracing::error!(source = %name, "cannot read the journal cursor: {e}; trying again in {}s", restart.as_secs());
-                    if self.pause(restart) {
+                    if self.wait_out(format!("cannot read the journal cursor: {e}"), &mut restart) {
                         return;
                     }
-                    restart = (restart * 2).min(MAX_RESTART);
                 }
             }
         };
@@ -174,19 +170,17 @@ impl Follower {
                         first_run = false;
                     }
                     Err(e) => {
-                        self.row
-                            .problem(format!("cannot find the journal's end: {e}"));
-                        tracing::warn!(source = %name, "cannot find the journal's end: {e}; trying again in {}s", restart.as_secs());
-                        if self.pause(restart) {
+                        if self
+                            .wait_out(format!("cannot find the journal's end: {e}"), &mut restart)
+                        {
                             return;
                         }
-                        restart = (restart * 2).min(MAX_RESTART);
                         continue;
                     }
                 }
             }
             let started = Instant::now();
-            match self.follow(&mapper, &mut cursor, &mut refused) {
+            let problem = match self.follow(&mapper, &mut cursor, &mut refused) {
                 Ok(Ended::Stopped) => return,
                 Ok(Ended::Refused(e)) => {
                     self.row
@@ -202,23 +196,28 @@ impl Follower {
                 }
                 // Stopping with the rest of a service (its whole group signalled).
                 Ok(Ended::Exited(_)) if self.stopping() => return,
-                Ok(Ended::Exited(why)) => {
-                    self.row.problem(format!("journalctl ended ({why})"));
-                    tracing::warn!(source = %name, "journalctl ended ({why}); starting it again in {}s", restart.as_secs());
-                }
-                Err(e) => {
-                    self.row.problem(format!("cannot run journalctl: {e}"));
-                    tracing::warn!(source = %name, "cannot run journalctl: {e}; trying again in {}s", restart.as_secs());
-                }
-            }
+                Ok(Ended::Exited(why)) => format!("journalctl ended ({why})"),
+                Err(e) => format!("cannot run journalctl: {e}"),
+            };
+            // A journalctl that ran a while earns a prompt restart.
             if started.elapsed() > MAX_RESTART * 2 {
                 restart = MIN_RESTART;
             }
-            if self.pause(restart) {
+            if self.wait_out(problem, &mut restart) {
                 return;
             }
-            restart = (restart * 2).min(MAX_RESTART);
         }
+    }
+
+    /// Says what went wrong (in the log and the status row), waits `delay`,
+    /// and doubles it for next time, up to [`MAX_RESTART`]. Returns whether
+    /// the source was stopped meanwhile.
+    fn wait_out(&self, problem: String, delay: &mut Duration) -> bool {
+        tracing::warn!(source = %self.source.name, "{problem}; trying again in {}s", delay.as_secs());
+        self.row.problem(problem);
+        let stopped = self.pause(*delay);
+        *delay = (*delay * 2).min(MAX_RESTART);
+        stopped
     }
 
     /// A journalctl with the source's journal and filters.
