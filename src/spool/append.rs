@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use super::part::PartState;
+use super::replay::{self, GroupRecord, PartGrowth};
 use super::{block, codec, keys, Along, OpenPart, PartId, Spool, SpoolError, BLOCK_BYTES};
 use crate::account::AccountId;
 use crate::clock::EpochMs;
@@ -104,36 +105,60 @@ impl Spool {
             });
         }
 
-        let mut batch = sled::Batch::default();
-        // The blocks are on disk before sled learns where they are. If they
+        // The blocks, and after them the group's record of what it gives
+        // sled, are on disk before sled learns of them (`replay`). If they
         // cannot be written or fsynced, sled never learns of them: the group
         // is refused whole and none of it can reach the archive.
+        let mut record = GroupRecord::new(self.record_key);
         let mut writer = self.segments.lock();
         for (part_id, runs) in runs_by_part {
             for (first_seq, block) in self.blocks(&taken, &runs, now) {
                 let at = writer.append_with(|out| block::encode_into(&block, out))?;
-                batch.insert(keys::block(&part_id, first_seq), &at.encode()[..]);
+                record
+                    .blocks
+                    .push((keys::block(&part_id, first_seq), at.encode().to_vec()));
             }
         }
-        writer.sync()?;
+        let mut batch = sled::Batch::default();
         for ((account, hour), part) in &touched {
             let id = PartId {
                 account: account.clone(),
                 hour: *hour,
                 seq: part.seq,
             };
-            batch.insert(
-                keys::part(&id),
-                codec::encode(&part.record(PartState::Open)),
-            );
+            let key = keys::part(&id);
+            batch.insert(&key[..], codec::encode(&part.record(PartState::Open)));
+            let before = index.open.get(&(account.clone(), *hour));
+            record.parts.push(PartGrowth {
+                key,
+                first_line_ms: part.first_line_ms,
+                lines: part.lines - before.map_or(0, |p| p.lines),
+                bytes: part.bytes - before.map_or(0, |p| p.bytes),
+            });
+        }
+        record.next_line = next_line;
+        record.positions = positions
+            .iter()
+            .map(|update| (update.key_bytes(), update.value_bytes()))
+            .collect();
+        let (segment, end) = writer.append_group(&codec::encode(&record))?;
+        if let Err(e) = writer.sync() {
+            if writer.fsync_failed() {
+                self.replay_past(&writer);
+            }
+            return Err(e.into());
+        }
+        for (key, at) in &record.blocks {
+            batch.insert(&key[..], &at[..]);
         }
         batch.insert(keys::meta("next_line"), &next_line.to_be_bytes());
-        for update in &positions {
-            match update.value_bytes() {
-                Some(value) => batch.insert(update.key_bytes(), value),
-                None => batch.remove(update.key_bytes()),
+        for (key, value) in record.positions {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
             }
         }
+        batch.insert(replay::mark_key(), &replay::mark(segment, end)[..]);
         // sled applies a batch atomically for recovery, but not in memory: on
         // an error some of it may be visible and could become durable with
         // the next flush. So that is final, as a failed flush is.
@@ -152,6 +177,26 @@ impl Spool {
             batch_ids,
             follow_ups,
         })
+    }
+
+    /// Moves the mark past a segment whose fsync failed, and makes that
+    /// durable before the failed group is refused: its record may reach the
+    /// disk after all, and a refused group must never be replayed. Earlier
+    /// groups of that segment are in sled's memory and become durable with
+    /// it. If sled cannot be made durable either, the spool's failure hook
+    /// stops the daemon first and the group is never answered.
+    fn replay_past(&self, writer: &super::segments::SegmentWriter<'_>) {
+        let next = writer.position().0 + 1;
+        let moved = self
+            .db
+            .insert(replay::mark_key(), &replay::mark(next, 0)[..])
+            .map_err(SpoolError::from)
+            .and_then(|_| self.make_durable());
+        if let Err(e) = moved {
+            self.durability.fail(&format!(
+                "the spool could not record that a segment whose fsync failed is not to be read again: {e}"
+            ));
+        }
     }
 
     /// A part's lines of one group, gathered as blocks of about [`BLOCK_BYTES`],

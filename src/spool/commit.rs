@@ -1,12 +1,17 @@
-//! Group commit: many concurrent requests share one flush and one fsync.
+//! Group commit: many concurrent requests share one write and one fsync.
 //!
 //! Sources hand their lines to [`Committer::commit`] and wait. One thread takes
-//! every request that is waiting, stages them in one sled batch, makes it durable,
-//! and only then answers them all. A request is in exactly one group, so it is
-//! stored whole or not at all.
+//! every request that is waiting, writes them as one group (blocks and a group
+//! record, fsynced), stages them in one sled batch, and only then answers them
+//! all. A request is in exactly one group, so it is stored whole or not at all.
+//!
+//! sled is flushed behind the answers by a thread of its own: once a second,
+//! or sooner after much was appended, so a restart has little to replay
+//! (`replay`).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,6 +25,11 @@ use crate::telemetry::Source;
 const GROUP_BYTES: usize = 8 * 1024 * 1024;
 /// Requests waiting for a group; more than this and senders wait their turn.
 const QUEUE: usize = 256;
+/// sled is flushed this long after the first group it has not made durable…
+const FLUSH_AFTER: Duration = Duration::from_secs(1);
+/// …or once this many bytes of lines, or groups, wait for it, whichever is first.
+const FLUSH_AT_BYTES: usize = 32 * 1024 * 1024;
+const FLUSH_AT_GROUPS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -129,6 +139,21 @@ impl Committer {
 }
 
 fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
+    let (committed, groups) = std::sync::mpsc::channel();
+    let flusher = {
+        let spool = spool.clone();
+        std::thread::Builder::new()
+            .name("larch-flush".into())
+            .spawn(move || flush_behind(&spool, &groups))
+    };
+    let flusher = match flusher {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            // Every group is still replayed at the next start; nothing is lost.
+            tracing::error!("cannot start the thread that flushes the spool's index: {e}");
+            None
+        }
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut group_bytes = first.bytes;
         let mut group = vec![first];
@@ -150,6 +175,7 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
         match commit_group(&spool, requests) {
             Ok(batch_ids) => {
                 crate::telemetry::committed(lines, started.elapsed());
+                let _ = committed.send(group_bytes);
                 for (done, id) in answers.into_iter().zip(batch_ids) {
                     let _ = done.send(Ok(id));
                 }
@@ -165,9 +191,49 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
             }
         }
     }
+    // The last flush, once every group is answered.
+    drop(committed);
+    if let Some(flusher) = flusher {
+        let _ = flusher.join();
+    }
 }
 
-/// Appends a group and makes it durable. A group whose blocks cannot be
+/// Flushes sled behind the group commits, as the module doc says. A flush
+/// that fails stops the daemon through the spool's failure hook.
+fn flush_behind(spool: &Spool, groups: &std::sync::mpsc::Receiver<usize>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    // Since when, and how many bytes and groups, sled has not made durable.
+    let mut waiting: Option<(Instant, usize, usize)> = None;
+    loop {
+        let wait = waiting.map_or(Duration::from_secs(3600), |(since, ..)| {
+            FLUSH_AFTER.saturating_sub(since.elapsed())
+        });
+        let last = match groups.recv_timeout(wait) {
+            Ok(bytes) => {
+                let (_, waiting_bytes, waiting_groups) =
+                    waiting.get_or_insert((Instant::now(), 0, 0));
+                *waiting_bytes += bytes;
+                *waiting_groups += 1;
+                if *waiting_bytes < FLUSH_AT_BYTES && *waiting_groups < FLUSH_AT_GROUPS {
+                    continue;
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        if waiting.take().is_some() {
+            if let Err(e) = spool.make_durable() {
+                tracing::error!("the spool's index could not be made durable: {e}");
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Appends a group and makes it durable: its segment fsynced (`replay`). A group whose blocks cannot be
 /// written is refused with nothing of it stored. A group that cannot be made
 /// durable is never answered in the daemon: the spool's failure hook exits
 /// first (see `durable`), so its senders learn nothing, as after a crash.
@@ -176,7 +242,6 @@ fn commit_group(
     requests: Vec<(AccountId, Vec<Line>, Along)>,
 ) -> Result<Vec<String>, SpoolError> {
     let appended = spool.append(requests)?;
-    spool.make_durable()?;
     crate::telemetry::follow_ups_opened(appended.follow_ups);
     Ok(appended.batch_ids)
 }

@@ -7,10 +7,12 @@
 //! the counters. Each job has its file:
 //!
 //! - `open`: opening, and refusing a spool that lost part of itself;
-//! - `append`: a group's blocks written and fsynced, then their references
-//!   staged in one atomic sled batch; [`Spool::make_durable`] flushes and
-//!   fsyncs sled (`durable`), and only after that is anything acknowledged
-//!   (`commit`, the group commit thread);
+//! - `append`: a group's blocks and its record written and fsynced, then
+//!   their references staged in one atomic sled batch; only after that is
+//!   anything acknowledged (`commit`, the group commit thread, which flushes
+//!   sled in the background);
+//! - `replay`: the group records, applied again at open to what sled lost;
+//! - `durable`: [`Spool::make_durable`], sled flushed and fsynced;
 //! - `seal`: parts closing once their time is up, and the task that does it;
 //! - `room`: whether the spool may take more lines, and the task that
 //!   measures it and seals early when it may not;
@@ -34,6 +36,7 @@ mod open;
 pub mod part;
 mod positions;
 mod read;
+mod replay;
 pub mod reserve;
 pub mod room;
 pub mod seal;
@@ -65,10 +68,11 @@ pub use summary::SpoolSummary;
 /// Bumped when the on-disk layout changes incompatibly: 3 writes blocks that
 /// store each origin once, which a larch reading 2 would set aside as damaged;
 /// 4 stores runs of lines compressed as members, which a larch reading 3
-/// would set aside the same way.
-const FORMAT_VERSION: u32 = 4;
+/// would set aside the same way; 5 leaves groups to be replayed from their
+/// records (`replay`), which a larch reading 4 would not do.
+const FORMAT_VERSION: u32 = 5;
 /// Older layouts this larch still reads, and moves up to [`FORMAT_VERSION`].
-const READS_FORMATS: &[u64] = &[2, 3];
+const READS_FORMATS: &[u64] = &[2, 3, 4];
 /// Lines per block are capped by size so a block decodes in little memory
 /// and damage to one sets few lines aside. Each block costs a segment record
 /// and a sled key of its own, so a request's lines go in few of them (a
@@ -113,6 +117,8 @@ pub struct Spool {
     clock: SharedClock,
     seal_rule: SealRule,
     instance: u32,
+    /// In every group record (`replay`).
+    record_key: u64,
     quarantined: AtomicU64,
     /// Who walks or rewrites which part's records now (staging, the compactor).
     claims: claim::Claims,

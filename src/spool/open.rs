@@ -147,19 +147,20 @@ impl Spool {
                 i
             }
         };
-        let next_line = read_u64(&db, "next_line")?.unwrap_or(0);
+        let record_key = Self::record_key(&db)?;
         let opened_ms = clock.now_ms();
-        let spool = Self {
+        let mut spool = Self {
             db,
             segments,
             durability,
             index: parking_lot::Mutex::new(Index {
                 open: HashMap::new(),
-                next_line,
+                next_line: 0,
             }),
             clock,
             seal_rule,
             instance,
+            record_key,
             quarantined: AtomicU64::new(0),
             claims: Default::default(),
             compacted: Default::default(),
@@ -167,6 +168,15 @@ impl Spool {
             uploads_waiting: Default::default(),
             opened_ms,
         };
+        let replayed = spool.replay()?;
+        if replayed > 0 {
+            tracing::info!(
+                "stored {replayed} group(s) of lines again from their records in {}: \
+                 acknowledged before larch stopped, they had not reached its index",
+                segments_dir.display()
+            );
+        }
+        spool.index.get_mut().next_line = read_u64(&spool.db, "next_line")?.unwrap_or(0);
         let quarantined = spool.db.scan_prefix([keys::QUARANTINE]).count() as u64;
         spool.quarantined.store(quarantined, Ordering::Relaxed);
         let mut open = HashMap::new();

@@ -18,6 +18,11 @@
 //! past the last block (no reference points there); writes through the page
 //! cache do the same on disk, since the cache writes its last page back whole.
 //! File systems without direct I/O (some FUSE) get ordinary writes.
+//!
+//! Every record in a segment is framed: a kind byte and its length. A
+//! reference points past the frame, so reading a block needs no frame; the
+//! frames let a segment be walked from a known point to find the group
+//! records (`replay`) that follow the blocks of each group commit.
 
 use aligned_vec::{AVec, ConstAlign};
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
@@ -45,6 +50,13 @@ const WRITE_AT: usize = 1 << 20;
 
 /// The pending buffer is kept between groups up to this size.
 const KEEP_BUFFER: usize = 2 * WRITE_AT;
+
+/// A frame's kind byte: a block of lines (or a member).
+const FRAME_BLOCK: u8 = b'b';
+/// A frame's kind byte: a group record, written after the group's blocks.
+const FRAME_GROUP: u8 = b'g';
+/// A frame: its kind, then its record's length (u32, little-endian).
+const FRAME: usize = 5;
 
 /// Where one block's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +136,17 @@ struct Writer {
     given_up: bool,
     /// A segment file was created since the last sync: the directory needs one too.
     new_file: bool,
+    /// An fsync failed after its bytes were written: they may reach the disk
+    /// even so, a group record with them (see [`SegmentWriter::fsync_failed`]).
+    fsync_failed: bool,
+}
+
+/// A group record found by [`Segments::group_records`].
+pub struct FoundGroup {
+    pub segment: u64,
+    /// Where the record's frame ends: where the next group's bytes begin.
+    pub end: u64,
+    pub record: Vec<u8>,
 }
 
 /// Members (`member`) go to segments of their own, whose IDs have this bit
@@ -275,6 +298,55 @@ impl Segments {
         }
     }
 
+    /// The group records in segments of blocks from `segment` (at `offset`)
+    /// on, in the order they were written. A segment is walked frame by frame
+    /// until its bytes end or stop being frames (zeros past the last page
+    /// written, or a group cut short by a crash), then the next is.
+    pub fn group_records(&self, segment: u64, offset: u64) -> io::Result<Vec<FoundGroup>> {
+        let mut ids: Vec<u64> = Self::ids(&self.dir)?
+            .into_iter()
+            .filter(|id| id & MEMBER_SEGMENTS == 0 && *id >= segment)
+            .collect();
+        ids.sort_unstable();
+        let mut found = Vec::new();
+        for id in ids {
+            let file = match File::open(self.dir.join(file_name(id))) {
+                Ok(file) => file,
+                // Collected meanwhile: nothing in it is owed (see `collect`).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let size = file.metadata()?.len();
+            let mut at = if id == segment { offset } else { 0 };
+            let mut header = [0u8; FRAME];
+            while at + FRAME as u64 <= size {
+                file.read_exact_at(&mut header, at)?;
+                let len = u64::from(u32::from_le_bytes([
+                    header[1], header[2], header[3], header[4],
+                ]));
+                let body = at + FRAME as u64;
+                if len == 0 || body + len > size {
+                    break;
+                }
+                match header[0] {
+                    FRAME_BLOCK => {}
+                    FRAME_GROUP => {
+                        let mut record = vec![0u8; len as usize];
+                        file.read_exact_at(&mut record, body)?;
+                        found.push(FoundGroup {
+                            segment: id,
+                            end: body + len,
+                            record,
+                        });
+                    }
+                    _ => break,
+                }
+                at = body + len;
+            }
+        }
+        Ok(found)
+    }
+
     /// Reads one block's bytes.
     #[cfg(test)]
     pub fn read(&self, r: &BlockRef) -> io::Result<Vec<u8>> {
@@ -395,6 +467,7 @@ impl SegmentWriter<'_> {
         w.pending.clear();
         w.pending_at = 0;
         w.new_file = true;
+        w.fsync_failed = false;
         Ok(())
     }
 
@@ -407,27 +480,48 @@ impl SegmentWriter<'_> {
     /// Takes a block that `encode` writes in place into the group; it is
     /// durable after [`Self::sync`].
     pub fn append_with(&mut self, encode: impl FnOnce(&mut Pending<'_>)) -> io::Result<BlockRef> {
+        self.append_frame(FRAME_BLOCK, encode)
+    }
+
+    /// Takes a group's record, after its blocks; durable with them after
+    /// [`Self::sync`]. Returns where the record ends.
+    pub fn append_group(&mut self, record: &[u8]) -> io::Result<(u64, u64)> {
+        let r = self.append_frame(FRAME_GROUP, |out| out.buf.extend_from_slice(record))?;
+        Ok((r.segment, r.offset + u64::from(r.len)))
+    }
+
+    fn append_frame(
+        &mut self,
+        kind: u8,
+        encode: impl FnOnce(&mut Pending<'_>),
+    ) -> io::Result<BlockRef> {
         if self.writer.len >= SEGMENT_BYTES || self.writer.given_up {
             self.rotate()?;
         }
         let w = &mut *self.writer;
+        let frame = w.pending.len();
+        w.pending.extend_from_slice(&[kind, 0, 0, 0, 0]);
         let start = w.pending.len();
         encode(&mut Pending {
             buf: &mut w.pending,
         });
-        let Ok(len) = u32::try_from(w.pending.len() - start) else {
-            w.pending.truncate(start);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "block too large",
-            ));
+        let len = match u32::try_from(w.pending.len() - start) {
+            Ok(len) if len > 0 => len,
+            _ => {
+                w.pending.truncate(frame);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a record is empty or too large for a segment",
+                ));
+            }
         };
+        w.pending.as_mut_slice()[frame + 1..start].copy_from_slice(&len.to_le_bytes());
         let r = BlockRef {
             segment: w.id,
-            offset: w.len,
+            offset: w.len + FRAME as u64,
             len,
         };
-        w.len += u64::from(len);
+        w.len += (FRAME as u64) + u64::from(len);
         if w.pending.len() >= WRITE_AT {
             w.write_pending()?;
         }
@@ -446,10 +540,16 @@ impl SegmentWriter<'_> {
         let w = &mut *self.writer;
         let synced = (|| {
             w.write_pending()?;
-            for file in w.unsynced.drain(..) {
-                file.sync_data()?;
+            let fsynced = (|| {
+                for file in w.unsynced.drain(..) {
+                    file.sync_data()?;
+                }
+                w.file.sync_data()
+            })();
+            if fsynced.is_err() {
+                w.fsync_failed = true;
             }
-            w.file.sync_data()?;
+            fsynced?;
             if w.new_file {
                 sync_dir(self.dir)?;
                 w.new_file = false;
@@ -460,6 +560,13 @@ impl SegmentWriter<'_> {
             w.given_up = true;
         }
         synced
+    }
+
+    /// The last [`Self::sync`] failed in an fsync, after its writes went
+    /// through: the group's bytes, its record with them, may still reach the
+    /// disk. Its segment must then never be replayed past where it failed.
+    pub fn fsync_failed(&self) -> bool {
+        self.writer.fsync_failed
     }
 }
 
@@ -505,6 +612,7 @@ impl Writer {
             unsynced: Vec::new(),
             given_up: false,
             new_file: false,
+            fsync_failed: false,
         })
     }
 
@@ -696,7 +804,11 @@ mod tests {
             assert_eq!(segments.read(&second).unwrap(), b"second");
         }
         let file = dir.path().join(file_name(segments.current()));
-        assert_eq!(std::fs::metadata(file).unwrap().len(), 11, "no padding");
+        assert_eq!(
+            std::fs::metadata(file).unwrap().len(),
+            11 + 2 * FRAME as u64,
+            "no padding"
+        );
     }
 
     #[test]
