@@ -143,7 +143,7 @@ impl Spool {
             .collect();
         let (segment, end) = writer.append_group(&codec::encode(&record))?;
         if let Err(e) = writer.sync() {
-            if writer.fsync_failed() {
+            if writer.failed_after_writing() {
                 self.replay_past(&writer);
             }
             return Err(e.into());

@@ -79,9 +79,16 @@ pub struct Committer {
 impl Committer {
     pub fn start(spool: Arc<Spool>, room: Arc<Room>) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (queue, rx) = mpsc::channel(QUEUE);
+        let (committed, groups) = std::sync::mpsc::channel();
+        let flusher = {
+            let spool = spool.clone();
+            std::thread::Builder::new()
+                .name("larch-flush".into())
+                .spawn(move || flush_behind(&spool, &groups))?
+        };
         let handle = std::thread::Builder::new()
             .name("larch-commit".into())
-            .spawn(move || run(spool, rx))?;
+            .spawn(move || run(spool, rx, committed, flusher))?;
         Ok((Self { queue, room }, handle))
     }
 
@@ -138,22 +145,13 @@ impl Committer {
     }
 }
 
-fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
-    let (committed, groups) = std::sync::mpsc::channel();
-    let flusher = {
-        let spool = spool.clone();
-        std::thread::Builder::new()
-            .name("larch-flush".into())
-            .spawn(move || flush_behind(&spool, &groups))
-    };
-    let flusher = match flusher {
-        Ok(handle) => Some(handle),
-        Err(e) => {
-            // Every group is still replayed at the next start; nothing is lost.
-            tracing::error!("cannot start the thread that flushes the spool's index: {e}");
-            None
-        }
-    };
+/// The group commit thread; `committed` tells the flusher of each group.
+fn run(
+    spool: Arc<Spool>,
+    mut rx: mpsc::Receiver<Request>,
+    committed: std::sync::mpsc::Sender<usize>,
+    flusher: JoinHandle<()>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut group_bytes = first.bytes;
         let mut group = vec![first];
@@ -193,9 +191,7 @@ fn run(spool: Arc<Spool>, mut rx: mpsc::Receiver<Request>) {
     }
     // The last flush, once every group is answered.
     drop(committed);
-    if let Some(flusher) = flusher {
-        let _ = flusher.join();
-    }
+    let _ = flusher.join();
 }
 
 /// Flushes sled behind the group commits, as the module doc says. A flush

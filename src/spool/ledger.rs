@@ -77,6 +77,10 @@ impl Spool {
             }
         }
         if pruned > 0 {
+            // Under the index lock, and durable before it goes: a group that
+            // comes next may take a part number freed here, acknowledged with
+            // one fsync of its segment (`replay`).
+            let _index = self.lock();
             self.db.apply_batch(batch)?;
             self.make_durable()?;
         }

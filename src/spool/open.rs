@@ -179,19 +179,43 @@ impl Spool {
         spool.index.get_mut().next_line = read_u64(&spool.db, "next_line")?.unwrap_or(0);
         let quarantined = spool.db.scan_prefix([keys::QUARANTINE]).count() as u64;
         spool.quarantined.store(quarantined, Ordering::Relaxed);
-        let mut open = HashMap::new();
+        let mut open: HashMap<_, OpenPart> = HashMap::new();
+        // Parts found open beside a later open part of their hour: only the
+        // last one of an hour takes lines, so the others are sealed, not
+        // forgotten (seals are durable before a group can see them, so this
+        // is a guard, not a path).
+        let mut beside = Vec::new();
         for (id, record) in spool.part_records(|_| true)? {
             if record.state == PartState::Open {
-                open.insert(
-                    (id.account, id.hour),
-                    OpenPart {
-                        seq: id.seq,
-                        first_line_ms: record.first_line_ms,
-                        lines: record.lines,
-                        bytes: record.bytes,
-                    },
-                );
+                let part = OpenPart {
+                    seq: id.seq,
+                    first_line_ms: record.first_line_ms,
+                    lines: record.lines,
+                    bytes: record.bytes,
+                };
+                let slot = (id.account.clone(), id.hour);
+                match open.get(&slot) {
+                    Some(later) if later.seq > part.seq => beside.push((id, part)),
+                    _ => {
+                        if let Some(earlier) = open.insert(slot, part) {
+                            beside.push((
+                                super::PartId {
+                                    seq: earlier.seq,
+                                    ..id
+                                },
+                                earlier,
+                            ));
+                        }
+                    }
+                }
             }
+        }
+        for (id, part) in beside {
+            tracing::warn!("part {id} was open beside a later part of its hour; sealing it");
+            spool.db.insert(
+                keys::part(&id),
+                super::codec::encode(&part.record(PartState::Sealed)),
+            )?;
         }
         spool.lock().open = open;
         spool.make_durable()?;
@@ -249,6 +273,61 @@ mod tests {
             Spool::open(dir.path(), clock, SealRule::default(), 1 << 20),
             Err(SpoolError::Incompatible { .. })
         ));
+    }
+
+    #[test]
+    fn a_part_open_beside_a_later_part_of_its_hour_is_sealed_not_forgotten() {
+        use crate::account::AccountId;
+        use crate::spool::{Along, PartId, PartRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let hour_ms = 3_600_000 * 100;
+        let clock: SharedClock = std::sync::Arc::new(crate::clock::ManualClock::new(hour_ms));
+        let open = || Spool::open(dir.path(), clock.clone(), SealRule::default(), 1 << 20);
+        let account = AccountId::parse("acme").unwrap();
+        let id = |seq| PartId {
+            account: account.clone(),
+            hour: crate::hour::Hour::of(hour_ms),
+            seq,
+        };
+        {
+            let spool = open().unwrap();
+            let origin = std::sync::Arc::new(crate::line::Origin::default());
+            let line = crate::line::Line::new(hour_ms, "kept", origin);
+            spool
+                .append(vec![(account.clone(), vec![line], Along::default())])
+                .unwrap();
+            // A later part of the same hour, open too.
+            let later = PartRecord {
+                state: PartState::Open,
+                first_line_ms: hour_ms,
+                lines: 0,
+                bytes: 0,
+            };
+            spool
+                .db
+                .insert(keys::part(&id(1)), super::super::codec::encode(&later))
+                .unwrap();
+            spool.make_durable().unwrap();
+        }
+        let spool = open().unwrap();
+        let state = |seq| {
+            let value = spool.db.get(keys::part(&id(seq))).unwrap().unwrap();
+            super::super::codec::decode::<PartRecord>(&value)
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(0), PartState::Sealed, "the earlier part is sealed");
+        assert_eq!(state(1), PartState::Open);
+        assert_eq!(
+            spool
+                .lock()
+                .open
+                .values()
+                .map(|p| p.seq)
+                .collect::<Vec<_>>(),
+            [1],
+            "the later part takes the hour's lines"
+        );
     }
 
     #[test]

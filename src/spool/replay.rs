@@ -97,10 +97,23 @@ impl Spool {
     /// many groups were applied. Made durable by the caller.
     pub(super) fn replay(&self) -> Result<usize, SpoolError> {
         let writer_at = self.segments.lock().position();
-        let from = self
-            .db
-            .get(mark_key())?
-            .and_then(|v| <[u8; 16]>::try_from(v.as_ref()).ok());
+        let from = match self.db.get(mark_key())? {
+            None => None,
+            Some(value) => match <[u8; 16]>::try_from(value.as_ref()) {
+                Ok(from) => Some(from),
+                // Walking every segment instead would apply groups sled holds
+                // a second time; a mark that does not read is said, not guessed.
+                Err(_) => {
+                    tracing::error!(
+                        "the spool's replay mark is damaged ({} bytes, not 16): groups \
+                         acknowledged since sled's last flush before the stop are not \
+                         stored again",
+                        value.len()
+                    );
+                    None
+                }
+            },
+        };
         let mut applied = 0;
         // No mark: a new spool, or one of an earlier format, whose groups
         // were each flushed to sled before they were answered.

@@ -89,9 +89,13 @@ impl Spool {
             for slot in &due {
                 index.open.remove(slot);
             }
+            // Durable before the index lock goes: a group that comes next for
+            // a sealed hour opens a follow-up part, acknowledged with one fsync
+            // of its segment (`replay`), and the seal must not be lost in a
+            // crash that keeps that part.
+            self.make_durable()?;
             sealed
         };
-        self.make_durable()?;
         Ok(sealed)
     }
 }

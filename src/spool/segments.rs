@@ -136,9 +136,9 @@ struct Writer {
     given_up: bool,
     /// A segment file was created since the last sync: the directory needs one too.
     new_file: bool,
-    /// An fsync failed after its bytes were written: they may reach the disk
-    /// even so, a group record with them (see [`SegmentWriter::fsync_failed`]).
-    fsync_failed: bool,
+    /// A sync failed after its bytes were written: they may reach the disk
+    /// even so, a group record with them (see [`SegmentWriter::failed_after_writing`]).
+    failed_after_writing: bool,
 }
 
 /// A group record found by [`Segments::group_records`].
@@ -310,17 +310,24 @@ impl Segments {
         ids.sort_unstable();
         let mut found = Vec::new();
         for id in ids {
-            let file = match File::open(self.dir.join(file_name(id))) {
+            let path = self.dir.join(file_name(id));
+            let named = |e: io::Error| {
+                io::Error::new(
+                    e.kind(),
+                    format!("reading {} for group records: {e}", path.display()),
+                )
+            };
+            let file = match File::open(&path) {
                 Ok(file) => file,
                 // Collected meanwhile: nothing in it is owed (see `collect`).
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(named(e)),
             };
-            let size = file.metadata()?.len();
+            let size = file.metadata().map_err(named)?.len();
             let mut at = if id == segment { offset } else { 0 };
             let mut header = [0u8; FRAME];
             while at + FRAME as u64 <= size {
-                file.read_exact_at(&mut header, at)?;
+                file.read_exact_at(&mut header, at).map_err(named)?;
                 let len = u64::from(u32::from_le_bytes([
                     header[1], header[2], header[3], header[4],
                 ]));
@@ -332,7 +339,7 @@ impl Segments {
                     FRAME_BLOCK => {}
                     FRAME_GROUP => {
                         let mut record = vec![0u8; len as usize];
-                        file.read_exact_at(&mut record, body)?;
+                        file.read_exact_at(&mut record, body).map_err(named)?;
                         found.push(FoundGroup {
                             segment: id,
                             end: body + len,
@@ -467,7 +474,7 @@ impl SegmentWriter<'_> {
         w.pending.clear();
         w.pending_at = 0;
         w.new_file = true;
-        w.fsync_failed = false;
+        w.failed_after_writing = false;
         Ok(())
     }
 
@@ -544,17 +551,17 @@ impl SegmentWriter<'_> {
                 for file in w.unsynced.drain(..) {
                     file.sync_data()?;
                 }
-                w.file.sync_data()
+                w.file.sync_data()?;
+                if w.new_file {
+                    sync_dir(self.dir)?;
+                    w.new_file = false;
+                }
+                Ok(())
             })();
             if fsynced.is_err() {
-                w.fsync_failed = true;
+                w.failed_after_writing = true;
             }
-            fsynced?;
-            if w.new_file {
-                sync_dir(self.dir)?;
-                w.new_file = false;
-            }
-            Ok(())
+            fsynced
         })();
         if synced.is_err() {
             w.given_up = true;
@@ -562,11 +569,12 @@ impl SegmentWriter<'_> {
         synced
     }
 
-    /// The last [`Self::sync`] failed in an fsync, after its writes went
-    /// through: the group's bytes, its record with them, may still reach the
-    /// disk. Its segment must then never be replayed past where it failed.
-    pub fn fsync_failed(&self) -> bool {
-        self.writer.fsync_failed
+    /// The last [`Self::sync`] failed in an fsync (of a file or of the
+    /// directory), after its writes went through: the group's bytes, its
+    /// record with them, may still reach the disk. Its segment must then never
+    /// be replayed past where it failed.
+    pub fn failed_after_writing(&self) -> bool {
+        self.writer.failed_after_writing
     }
 }
 
@@ -612,7 +620,7 @@ impl Writer {
             unsynced: Vec::new(),
             given_up: false,
             new_file: false,
-            fsync_failed: false,
+            failed_after_writing: false,
         })
     }
 
