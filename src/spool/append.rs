@@ -148,17 +148,7 @@ impl Spool {
             }
             return Err(e.into());
         }
-        for (key, at) in &record.blocks {
-            batch.insert(&key[..], &at[..]);
-        }
-        batch.insert(keys::meta("next_line"), &next_line.to_be_bytes());
-        for (key, value) in record.positions {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        batch.insert(replay::mark_key(), &replay::mark(segment, end)[..]);
+        record.stage(&mut batch, segment, end);
         // sled applies a batch atomically for recovery, but not in memory: on
         // an error some of it may be visible and could become durable with
         // the next flush. So that is final, as a failed flush is.

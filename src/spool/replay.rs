@@ -77,6 +77,23 @@ impl GroupRecord {
             ..Self::default()
         }
     }
+
+    /// Stages what the record gives sled besides its parts (block
+    /// references, the line counter, positions) and the mark of where it
+    /// ends: the same at the commit and at replay.
+    pub fn stage(self, batch: &mut sled::Batch, segment: u64, end: u64) {
+        for (key, at) in self.blocks {
+            batch.insert(key, at);
+        }
+        batch.insert(keys::meta("next_line"), &self.next_line.to_be_bytes());
+        for (key, value) in self.positions {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch.insert(mark_key(), &mark(segment, end)[..]);
+    }
 }
 
 impl Spool {
@@ -168,12 +185,9 @@ impl Spool {
         })
     }
 
-    fn apply_record(&self, group: &FoundGroup, record: GroupRecord) -> Result<(), SpoolError> {
+    fn apply_record(&self, group: &FoundGroup, mut record: GroupRecord) -> Result<(), SpoolError> {
         let mut batch = sled::Batch::default();
-        for (key, at) in record.blocks {
-            batch.insert(key, at);
-        }
-        for growth in record.parts {
+        for growth in std::mem::take(&mut record.parts) {
             let grown = match self.db.get(&growth.key)? {
                 None => Some(PartRecord {
                     state: PartState::Open,
@@ -193,14 +207,7 @@ impl Spool {
                 batch.insert(growth.key, codec::encode(&part));
             }
         }
-        batch.insert(keys::meta("next_line"), &record.next_line.to_be_bytes());
-        for (key, value) in record.positions {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
-        }
-        batch.insert(mark_key(), &mark(group.segment, group.end)[..]);
+        record.stage(&mut batch, group.segment, group.end);
         self.db.apply_batch(batch)?;
         Ok(())
     }
@@ -340,18 +347,24 @@ mod tests {
         assert_eq!(part(&spool, HOUR_MS).1.unwrap().lines, 8);
     }
 
+    /// A spool in `dir` with three lines sled flushed, a copy of sled's
+    /// files as that flush left them in `kept`, and then `after` done.
+    fn flushed_then(dir: &Path, kept: &Path, after: impl FnOnce(&Spool)) {
+        let spool = open(dir);
+        commit(&spool, "flushed", 3, HOUR_MS, "c1");
+        spool.make_durable().unwrap();
+        copy_dir(&dir.join("spool"), kept);
+        after(&spool);
+    }
+
     #[test]
     fn a_last_group_whose_blocks_did_not_all_reach_the_disk_is_not_stored() {
         let dir = tempfile::tempdir().unwrap();
         let kept = tempfile::tempdir().unwrap();
-        {
-            let spool = open(dir.path());
-            commit(&spool, "flushed", 3, HOUR_MS, "c1");
-            spool.make_durable().unwrap();
-            copy_dir(&dir.path().join("spool"), kept.path());
-            commit(&spool, "acked", 2, HOUR_MS, "c2");
-            commit(&spool, "cut short", 2, HOUR_MS, "c3");
-        }
+        flushed_then(dir.path(), kept.path(), |spool| {
+            commit(spool, "acked", 2, HOUR_MS, "c2");
+            commit(spool, "cut short", 2, HOUR_MS, "c3");
+        });
         // The last group's record reached the disk, a page of its block did not.
         let segment = std::fs::read_dir(dir.path().join("segments"))
             .unwrap()
@@ -382,13 +395,9 @@ mod tests {
     fn a_part_record_damaged_meanwhile_is_left_to_be_set_aside_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let kept = tempfile::tempdir().unwrap();
-        {
-            let spool = open(dir.path());
-            commit(&spool, "flushed", 3, HOUR_MS, "c1");
-            spool.make_durable().unwrap();
-            copy_dir(&dir.path().join("spool"), kept.path());
-            commit(&spool, "acked", 2, HOUR_MS, "c2");
-        }
+        flushed_then(dir.path(), kept.path(), |spool| {
+            commit(spool, "acked", 2, HOUR_MS, "c2");
+        });
         lose_sled_since(kept.path(), dir.path());
         {
             let db = sled::open(dir.path().join("spool")).unwrap();

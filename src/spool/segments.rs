@@ -57,6 +57,10 @@ const FRAME_BLOCK: u8 = b'b';
 const FRAME_GROUP: u8 = b'g';
 /// A frame: its kind, then its record's length (u32, little-endian).
 const FRAME: usize = 5;
+/// No group record comes near this (a group holds at most 8 MiB of lines in
+/// blocks of 256 KiB): a damaged length past it ends the walk rather than
+/// asking for that much memory.
+const MAX_GROUP_RECORD: u64 = 16 * 1024 * 1024;
 
 /// Where one block's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,7 +341,7 @@ impl Segments {
                 }
                 match header[0] {
                     FRAME_BLOCK => {}
-                    FRAME_GROUP => {
+                    FRAME_GROUP if len <= MAX_GROUP_RECORD => {
                         let mut record = vec![0u8; len as usize];
                         file.read_exact_at(&mut record, body).map_err(named)?;
                         found.push(FoundGroup {
