@@ -206,10 +206,12 @@ impl Spool {
                 (seq, &request.lines[i], given)
             })
         });
+        let mut left: usize = runs.iter().map(|run| run.lines.len()).sum();
         let mut pending = lines.next();
         std::iter::from_fn(move || {
             let (first_seq, ..) = pending?;
-            let mut block = Vec::new();
+            // Room for as many lines as the block can take, made once.
+            let mut block = Vec::with_capacity(left.min(BLOCK_BYTES / LINE_WEIGHT_MIN));
             let mut size = 0;
             while let Some((seq, line, given)) = pending {
                 let line_size = block_weight(line);
@@ -227,6 +229,7 @@ impl Spool {
                 });
                 pending = lines.next();
             }
+            left -= block.len();
             Some((first_seq, block))
         })
     }
@@ -258,9 +261,12 @@ impl Spool {
     }
 }
 
+/// What a line fills of a block beyond its text and `meta`.
+const LINE_WEIGHT_MIN: usize = 128;
+
 /// How much of a block a line fills: blocks close at [`BLOCK_BYTES`] of this.
 fn block_weight(line: &Line) -> usize {
-    line.line.len() + line.meta_json().map_or(0, str::len) + 128
+    line.line.len() + line.meta_json().map_or(0, str::len) + LINE_WEIGHT_MIN
 }
 
 /// What lines take in the spool: their own fields, and each origin once per

@@ -20,7 +20,7 @@ use crate::line::Line;
 #[derive(Default)]
 pub(super) struct InLine<'a> {
     pub line: Option<Kept<'a>>,
-    pub timestamp: Option<&'a RawValue>,
+    pub timestamp: Option<Stamp>,
     pub app: Option<Text<'a>>,
     pub level: Option<Text<'a>>,
     pub file: Option<Text<'a>>,
@@ -121,6 +121,65 @@ impl<'de> Visitor<'de> for LineSeed<'_, 'de> {
     }
 }
 
+/// A line's `timestamp` as sent (absent or `null` is `None`), read as the
+/// number it is in one pass: kept as JSON text and parsed again, it cost
+/// a twentieth of a line's CPU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Stamp {
+    /// A number, or a string holding one.
+    Number(f64),
+    /// Anything else: refused with the line's other problems.
+    NotANumber,
+}
+
+impl<'de> Deserialize<'de> for Stamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StampVisitor)
+    }
+}
+
+struct StampVisitor;
+
+impl<'de> Visitor<'de> for StampVisitor {
+    type Value = Stamp;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Stamp, E> {
+        Ok(Stamp::Number(v as f64))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Stamp, E> {
+        Ok(Stamp::Number(v as f64))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Stamp, E> {
+        Ok(Stamp::Number(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Stamp, E> {
+        Ok(v.trim()
+            .parse::<f64>()
+            .map_or(Stamp::NotANumber, Stamp::Number))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Stamp, E> {
+        Ok(Stamp::NotANumber)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Stamp, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Stamp::NotANumber)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Stamp, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Stamp::NotANumber)
+    }
+}
+
 /// A line's text (or `null`), kept in [`Texts`] as it is read.
 struct KeepSeed<'r>(&'r mut Texts);
 
@@ -206,19 +265,28 @@ pub(super) struct Texts {
     /// The body, when it is UTF-8: texts without escapes are slices of it.
     pub body: Option<ByteString>,
     /// Texts that held escapes (or of a body read as bytes), unescaped one
-    /// after the other.
-    pub unescaped: String,
-    /// Which line's text is where in `unescaped`, given once reading is done.
-    pub placed: Vec<(usize, std::ops::Range<usize>)>,
+    /// after the other into chunks of [`CHUNK`] bytes (or of one text's
+    /// length, when it is longer). A full chunk stays where it is, so no text
+    /// is copied again as more come (growing one buffer cost a twentieth of
+    /// a line's CPU), and at most a chunk's room goes unused.
+    pub unescaped: Vec<String>,
+    /// Which line's text is where in `unescaped` (chunk, bytes), given once
+    /// reading is done.
+    pub placed: Vec<(usize, usize, std::ops::Range<usize>)>,
     pub borrows_body: bool,
+    /// About how many lines the body holds, for `placed`'s first room.
+    pub lines_guess: usize,
 }
+
+/// Room for unescaped texts is made this much at a time.
+const CHUNK: usize = 64 * 1024;
 
 /// Where a line's text was put as its object was read.
 pub(super) enum Kept<'a> {
     /// A slice of the body (when it is UTF-8), or empty.
     Body(&'a str),
-    /// `Texts::unescaped[range]`.
-    Unescaped(std::ops::Range<usize>),
+    /// `Texts::unescaped[chunk][range]`.
+    Unescaped(usize, std::ops::Range<usize>),
 }
 
 impl Texts {
@@ -237,15 +305,25 @@ impl Texts {
 
     /// A text the parser unescaped (or found in a body read as bytes).
     fn keep_unescaped<'a>(&mut self, text: &str) -> Kept<'a> {
-        let start = self.unescaped.len();
-        self.unescaped.push_str(text);
-        Kept::Unescaped(start..self.unescaped.len())
+        let fits = self
+            .unescaped
+            .last()
+            .is_some_and(|chunk| chunk.capacity() - chunk.len() >= text.len());
+        if !fits {
+            self.unescaped
+                .push(String::with_capacity(CHUNK.max(text.len())));
+        }
+        let at = self.unescaped.len() - 1;
+        let chunk = &mut self.unescaped[at];
+        let start = chunk.len();
+        chunk.push_str(text);
+        Kept::Unescaped(at, start..chunk.len())
     }
 
     pub fn text<'k>(&'k self, kept: &'k Kept<'_>) -> &'k str {
         match kept {
             Kept::Body(text) => text,
-            Kept::Unescaped(range) => &self.unescaped[range.clone()],
+            Kept::Unescaped(chunk, range) => &self.unescaped[*chunk][range.clone()],
         }
     }
 
@@ -260,13 +338,14 @@ impl Texts {
                 }
                 _ => ByteString::new(),
             },
-            Kept::Unescaped(range) => {
+            Kept::Unescaped(chunk, range) => {
                 let end = range.start + len;
                 // A cut text was the last one put there: its rest is given back.
-                if range.end == self.unescaped.len() {
-                    self.unescaped.truncate(end);
+                self.give_back(chunk, end..range.end);
+                if self.placed.capacity() == 0 {
+                    self.placed.reserve(self.lines_guess);
                 }
-                self.placed.push((at, range.start..end));
+                self.placed.push((at, chunk, range.start..end));
                 ByteString::new()
             }
         }
@@ -274,19 +353,32 @@ impl Texts {
 
     /// A kept text no line takes (its line was refused) gives its room back.
     pub fn release(&mut self, kept: Kept<'_>) {
-        if let Kept::Unescaped(range) = kept {
-            if range.end == self.unescaped.len() {
-                self.unescaped.truncate(range.start);
+        if let Kept::Unescaped(chunk, range) = kept {
+            self.give_back(chunk, range);
+        }
+    }
+
+    /// Drops the bytes of `range` from a chunk if they are its last.
+    fn give_back(&mut self, chunk: usize, range: std::ops::Range<usize>) {
+        if let Some(chunk) = self.unescaped.get_mut(chunk) {
+            if range.end == chunk.len() {
+                chunk.truncate(range.start);
             }
         }
     }
 
+    /// Memory the texts hold beyond the body.
+    pub fn heap_size(&self) -> usize {
+        self.unescaped.iter().map(String::capacity).sum::<usize>()
+            + self.placed.capacity() * std::mem::size_of::<(usize, usize, std::ops::Range<usize>)>()
+    }
+
     /// Gives the lines kept in `unescaped` their texts.
     pub fn place(self, lines: &mut [Line]) {
-        let unescaped = ByteString::from(self.unescaped);
-        for (at, range) in self.placed {
-            if let Some(line) = lines.get_mut(at) {
-                line.line = unescaped.slice_ref(&unescaped[range]);
+        let chunks: Vec<ByteString> = self.unescaped.into_iter().map(ByteString::from).collect();
+        for (at, chunk, range) in self.placed {
+            if let (Some(line), Some(chunk)) = (lines.get_mut(at), chunks.get(chunk)) {
+                line.line = chunk.slice_ref(&chunk[range]);
             }
         }
     }
