@@ -7,8 +7,8 @@
 //! gunzip runs on blocking threads, and so do the JSON parsing and the rules
 //! of a body past a MiB (or one whose lines want more of the budget than it
 //! holds), so a large or hostile body neither fills memory nor stalls the
-//! listeners; a smaller body is read where it arrived, in about a
-//! millisecond at most.
+//! listeners; a smaller body is read where it arrived, in a few
+//! milliseconds at most.
 
 pub mod auth;
 pub mod body;
@@ -121,7 +121,7 @@ async fn answer(
     let rules = ingest.intake.rules.load_full();
     let json_len = json.len();
     // A body of up to a MiB is read where it arrived, within what its share
-    // already holds (about 1 ms a MiB): handing each request to a blocking
+    // already holds (1 to 3 ms a MiB here): handing each request to a blocking
     // thread and back cost a twentieth of a line's CPU. A larger body, or one
     // whose lines need more of the budget than its share holds, is read on a
     // blocking thread, where waiting for room stalls no other request.
