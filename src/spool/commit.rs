@@ -8,9 +8,12 @@
 //! sled is flushed behind the answers by a thread of its own, as soon as a
 //! group is waiting for it: under load one flush covers the groups that came
 //! while the last one ran, and a restart has little to replay (`replay`).
-//! Letting groups pile up for longer between flushes (a second's worth) made
-//! sled's memory grow without bound, about 0.65 MB a second at 100,000 lines
-//! a second in 100-line requests; flushed this way it stays flat.
+//! Flushing once a second instead took no CPU off a line, and made resident
+//! memory grow (about 0.65 MB a second at 100,000 lines a second in 100-line
+//! requests): a flush that seals sled's write buffer leaves the free of its
+//! 512 KiB block deferred on the flushing thread's epoch bag, which is handed
+//! on only once 64 wait there. Flushed after every group, the bag turns over
+//! within a fraction of a second.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -124,7 +124,7 @@ impl<'de> Visitor<'de> for LineSeed<'_, 'de> {
 /// A line's `timestamp` as sent (absent or `null` is `None`), read as the
 /// number it is in one pass: kept as JSON text and parsed again, it cost
 /// a twentieth of a line's CPU.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 pub(super) enum Stamp {
     /// A number, or a string holding one.
     Number(f64),
