@@ -282,6 +282,25 @@ fn body(plan: &LoadPlan, seq: u64) -> Vec<u8> {
     out
 }
 
+/// Posts one body and reads the answer to its end, which gives the
+/// connection back to the agent: shippers keep their connections open, and
+/// a new connection for every request would be measured as larch's cost.
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    key: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<u16, ureq::Error> {
+    let mut answer = agent
+        .post(url)
+        .header("apikey", key)
+        .header("Content-Type", content_type)
+        .send(body)?;
+    answer.body_mut().read_to_vec()?;
+    Ok(answer.status().as_u16())
+}
+
 /// Distinct bodies each client cycles through.
 const BODIES_PER_CLIENT: u64 = 8;
 
@@ -363,14 +382,10 @@ fn load(plan: LoadPlan) -> anyhow::Result<()> {
                 };
                 sent_count += 1;
                 let sent = Instant::now();
-                let result = agent
-                    .post(&url)
-                    .header("apikey", &key)
-                    .header("Content-Type", content_type)
-                    .send(&body[..]);
+                let result = post(&agent, &url, &key, content_type, body);
                 let took = sent.elapsed();
                 match result {
-                    Ok(r) if r.status() == 200 => {
+                    Ok(200) => {
                         lines_ok.fetch_add(plan.lines_per_request as u64, Ordering::Relaxed);
                         bytes_ok.fetch_add(body.len() as u64, Ordering::Relaxed);
                         mine.push(took.as_secs_f64() * 1000.0);
@@ -766,4 +781,63 @@ fn upload_rate(url: &str, rate: &str, seconds: u64, uploads: u64) -> anyhow::Res
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// A client posts every request over the connection it already has:
+    /// a server that answers on one connection and then accepts no other
+    /// sees all of them.
+    #[test]
+    fn requests_share_one_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            let mut answered = 0;
+            for _ in 0..3 {
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap() == 0 {
+                        return answered;
+                    }
+                    if header == "\r\n" {
+                        break;
+                    }
+                    let lower = header.to_ascii_lowercase();
+                    if let Some(value) = lower.strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let answer = b"{\"status\":\"ok\"}";
+                write!(
+                    writer,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                    answer.len()
+                )
+                .unwrap();
+                writer.write_all(answer).unwrap();
+                answered += 1;
+            }
+            answered
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .into();
+        let url = format!("http://{addr}/logs/ingest");
+        for _ in 0..3 {
+            let status = super::post(&agent, &url, "k", "application/json", b"{\"lines\":[]}");
+            assert_eq!(status.ok(), Some(200));
+        }
+        assert_eq!(server.join().unwrap(), 3);
+    }
 }
