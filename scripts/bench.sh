@@ -62,6 +62,8 @@ rate_mib=8
 
 s3s_fs=.test-servers/cargo/bin/s3s-fs
 [ -x "$s3s_fs" ] || scripts/test-servers.sh s3s-fs
+# The sources phase writes a journal with systemd-journal-remote.
+scripts/test-servers.sh journal
 
 . scripts/lib.sh
 bench_setup run

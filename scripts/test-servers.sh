@@ -5,21 +5,22 @@
 # - s3s-fs (crates.io): an S3-compatible server that checks request signatures;
 # - otel (PyPI): the OpenTelemetry Python SDK with its OTLP/HTTP log exporters,
 #   protobuf and JSON, in their own virtualenv;
-# and, with no names given, logger (Debian's bsdutils) and journalctl with
-# systemd-journal-remote (Debian's systemd, systemd-journal-remote) if missing.
+# - journal: journalctl with systemd-journal-remote (Debian's systemd,
+#   systemd-journal-remote), if missing;
+# and, with no names given, logger (Debian's bsdutils) if missing.
 # Idempotent: what is already there is kept.
 #
 #   scripts/test-servers.sh           all of them
-#   scripts/test-servers.sh s3s-fs    only the named ones (moto, azurite, s3s-fs, otel)
+#   scripts/test-servers.sh s3s-fs    only the named ones (moto, azurite, s3s-fs, otel, journal)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=.test-servers
 mkdir -p "$dir"
-wanted=" ${*:-moto azurite s3s-fs otel} "
+wanted=" ${*:-moto azurite s3s-fs otel journal} "
 for name in $wanted; do
     case $name in
-        moto | azurite | s3s-fs | otel) ;;
-        *) echo "unknown test server '$name' (known: moto, azurite, s3s-fs, otel)" >&2; exit 2 ;;
+        moto | azurite | s3s-fs | otel | journal) ;;
+        *) echo "unknown test server '$name' (known: moto, azurite, s3s-fs, otel, journal)" >&2; exit 2 ;;
     esac
 done
 want() { [[ $wanted == *" $1 "* ]]; }
@@ -57,9 +58,9 @@ if [ $# -eq 0 ] && ! command -v logger >/dev/null; then
     echo "installing logger (bsdutils) for the syslog tests"
     apt-get install -y -qq bsdutils
 fi
-# The journal tests write journal files with systemd-journal-remote and larch
-# reads them with journalctl.
-if [ $# -eq 0 ] && ! { command -v journalctl >/dev/null &&
+# The journal tests (and the bench's journal phase) write journal files with
+# systemd-journal-remote and larch reads them with journalctl.
+if want journal && ! { command -v journalctl >/dev/null &&
     { [ -x /lib/systemd/systemd-journal-remote ] || [ -x /usr/lib/systemd/systemd-journal-remote ]; }; }; then
     echo "installing journalctl and systemd-journal-remote for the journal tests"
     install_journal() {
